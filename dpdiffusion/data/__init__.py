@@ -1,0 +1,1 @@
+"""dpdiffusion.data."""
