@@ -1,0 +1,193 @@
+"""The ``dpdiffusion`` command line: ``demo | protect | unlearn | evaluate | train | space``.
+
+Errors in the user's arguments are printed as one clear line (``dpdiffusion: error: ...``) with exit status 2,
+never as a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import sys
+import types
+import typing
+from pathlib import Path
+
+logger = logging.getLogger("dpdiffusion")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)  # accepts "inf"
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError("NaN is not allowed")
+    return value
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "y"):
+        return True
+    if text.lower() in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per field of the dataclass ``cls`` (help from the field's metadata)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp = hints[f.name]
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next(a for a in args if a is not type(None))
+        kwargs: dict = {"help": f.metadata.get("help", "")}
+        if typing.get_origin(tp) is list:
+            inner = typing.get_args(tp)[0]
+            kwargs.update(nargs="+", type=_parse_float if inner is float else inner)
+        elif tp is bool:
+            kwargs.update(type=_bool, metavar="{true,false}")
+        elif tp is float:
+            kwargs["type"] = _parse_float
+        else:
+            kwargs["type"] = tp
+        if f.default is not dataclasses.MISSING:
+            kwargs["default"] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            kwargs["default"] = f.default_factory()  # type: ignore[misc]
+        else:
+            kwargs["required"] = True
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
+
+
+def _dataclass_from(cls, ns: argparse.Namespace, **extra):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(ns).items() if k in names}, **extra)
+
+
+def _load_pipeline(model: str | None):
+    from .models.default import DEFAULT_MODEL, default_model_available
+    from .pipeline_dp_diffusion import DPDiffusionPipeline
+
+    if model in (None, "default", "DEFAULT_MODEL"):
+        if not default_model_available():
+            raise ValueError("the embedded default model is not installed; train it with "
+                             "scripts/train_default_models.py --install or pass --model PATH_OR_REPO")
+        model = DEFAULT_MODEL
+    pipe = DPDiffusionPipeline.from_pretrained(model)
+    return pipe
+
+
+def cmd_train(ns) -> int:
+    from .training.train_autoencoder import AutoencoderTrainingConfig, train_autoencoder
+
+    model_dir = train_autoencoder(_dataclass_from(AutoencoderTrainingConfig, ns))
+    print(f"pipeline saved to {model_dir}")
+    return 0
+
+
+def cmd_protect(ns) -> int:
+    from accelerate import Accelerator
+
+    from .protect import ProtectConfig, protect_dataset
+
+    config = _dataclass_from(ProtectConfig, ns)
+    accelerator = Accelerator()
+    pipe = _load_pipeline(ns.model).to(accelerator.device)
+    out = protect_dataset(pipe, config, accelerator=accelerator, progress=not ns.no_progress)
+    if accelerator.is_main_process:
+        print(f"protected images and metadata written to {out}")
+    return 0
+
+
+def cmd_demo(ns) -> int:
+    from .demo import run_demo
+
+    report = run_demo(ns.out, model=ns.model, num_images=ns.num_images, seed=ns.seed,
+                      num_inference_steps=ns.num_inference_steps)
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_evaluate(ns) -> int:
+    from .evaluation.default_model import evaluate_autoencoder
+
+    import json
+
+    pipe = _load_pipeline(ns.model)
+    metrics = evaluate_autoencoder(pipe, num_images=ns.num_images, num_inference_steps=ns.num_inference_steps,
+                                   seed=ns.seed)
+    text = json.dumps(metrics, indent=2)
+    if ns.out:
+        Path(ns.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def cmd_space(ns) -> int:
+    import runpy
+
+    app = Path(__file__).resolve().parent.parent / "spaces" / "app.py"
+    if not app.exists():
+        raise ValueError(f"the Space app was not found at {app}; run from a source checkout")
+    sys.argv = [str(app)] + (["--port", str(ns.port)] if ns.port else [])
+    runpy.run_path(str(app), run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .protect import ProtectConfig
+    from .training.train_autoencoder import AutoencoderTrainingConfig
+
+    parser = argparse.ArgumentParser(prog="dpdiffusion", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log at INFO level.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="The main job on the embedded default: protect, unlearn, evaluate, report.")
+    p.add_argument("--out", default="demo-out", help="Output folder (report.md, plots, metrics.json).")
+    p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id (default: the embedded one).")
+    p.add_argument("--num-images", type=int, default=16, help="SynthFaces images in the before/after grid.")
+    p.add_argument("--num-inference-steps", type=int, default=25, help="DDIM steps.")
+    p.add_argument("--seed", type=int, default=0, help="Seed.")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("protect", help="Protect a whole dataset (resumable, streaming, data-parallel).")
+    add_dataclass_arguments(p, ProtectConfig)
+    p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id (default: the embedded one).")
+    p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    p.set_defaults(func=cmd_protect)
+
+    p = sub.add_parser("evaluate", help="Evaluate a diffusion autoencoder: inversion PSNR, attribute keeping, probes.")
+    p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id (default: the embedded one).")
+    p.add_argument("--num-images", type=int, default=500, help="Held-out SynthFaces images.")
+    p.add_argument("--num-inference-steps", type=int, default=50, help="DDIM steps.")
+    p.add_argument("--seed", type=int, default=12345, help="Seed of the held-out set (differs from training's).")
+    p.add_argument("--out", default=None, help="Also write the JSON here.")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="Train a diffusion autoencoder and fit attribute directions (Accelerate).")
+    add_dataclass_arguments(p, AutoencoderTrainingConfig)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("space", help="Run the interactive Gradio app locally.")
+    p.add_argument("--port", type=int, default=None, help="Port (default: Gradio's).")
+    p.set_defaults(func=cmd_space)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return ns.func(ns)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.exit(2, f"dpdiffusion {ns.command}: error: {exc}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "interrupted; rerun the same command to resume\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Diffusion-autoencoder building blocks: the conditional UNet, the scheduler and deterministic DDIM.
+
+The decoder is a ``UNet2DModel`` with ``class_embed_type="identity"`` and ``resnet_time_scale_shift="scale_shift"``:
+the projected semantic latent ``SemanticEncoder.condition(z)`` is added to the timestep embedding and modulates every
+ResNet block (AdaGN, as in DiffAE).
+
+Deterministic DDIM (eta = 0) in both directions uses one timestep grid, the ``DDIMScheduler``'s own
+(``set_timesteps``), and the textbook update
+
+    x_next = sqrt(abar_next) * x0_hat + sqrt(1 - abar_next) * eps_hat,   x0_hat = (x - sqrt(1 - abar) eps_hat) / sqrt(abar)
+
+Decoding walks the grid down (t_k -> t_k - T/n, the last step to ``final_alpha_cumprod``), inversion walks exactly the
+same pairs up, evaluating ``eps(x_prev, t_k)`` in place of the unknown ``eps(x_{t_k}, t_k)``. Pairing diffusers'
+``DDIMInverseScheduler`` naively with ``DDIMScheduler`` uses different grids and final alphas (DESIGN.md section 4),
+which is why both directions live here, on one grid.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+
+
+def build_unet(
+    *,
+    sample_size: int = 32,
+    block_out_channels: tuple[int, ...] = (32, 64, 64),
+    layers_per_block: int = 1,
+    attention: bool = True,
+    norm_num_groups: int = 8,
+) -> UNet2DModel:
+    """A ``UNet2DModel`` conditioned on the semantic latent (via the time embedding, width 4 * channels[0])."""
+    n = len(block_out_channels)
+    down = ["DownBlock2D"] * n
+    up = ["UpBlock2D"] * n
+    if attention and n >= 2:
+        down[-1] = "AttnDownBlock2D"
+        up[0] = "AttnUpBlock2D"
+    return UNet2DModel(
+        sample_size=sample_size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        norm_num_groups=norm_num_groups,
+        attention_head_dim=block_out_channels[-1] // 2,
+        class_embed_type="identity",
+        resnet_time_scale_shift="scale_shift",
+    )
+
+
+def build_scheduler(num_train_timesteps: int = 1000) -> DDIMScheduler:
+    """The DDIM scheduler used for training, decoding and inversion (cosine schedule, no x0 clipping)."""
+    return DDIMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule="squaredcos_cap_v2",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        prediction_type="epsilon",
+        timestep_spacing="leading",
+        steps_offset=0,
+    )
+
+
+def ddim_pairs(scheduler: DDIMScheduler, num_inference_steps: int) -> list[tuple[int, float, float]]:
+    """The decoding grid as ``(t_k, abar_{t_k}, abar_prev)`` triples, from the noisiest step down.
+
+    Uses the scheduler's own ``set_timesteps`` and ``final_alpha_cumprod`` so that decoding and inversion agree.
+    """
+    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be an integer >= 1, got num_inference_steps={num_inference_steps!r}")
+    if num_inference_steps > scheduler.config.num_train_timesteps:
+        raise ValueError(
+            f"num_inference_steps must be <= num_train_timesteps={scheduler.config.num_train_timesteps}, "
+            f"got num_inference_steps={num_inference_steps}"
+        )
+    sched = DDIMScheduler.from_config(scheduler.config)
+    sched.set_timesteps(num_inference_steps)
+    step = sched.config.num_train_timesteps // num_inference_steps
+    ac = sched.alphas_cumprod
+    out = []
+    for t in sched.timesteps.tolist():
+        prev = t - step
+        a_prev = float(ac[prev]) if prev >= 0 else float(sched.final_alpha_cumprod)
+        out.append((int(t), float(ac[t]), a_prev))
+    return out
+
+
+def _ddim_update(x: torch.Tensor, eps: torch.Tensor, a_from: float, a_to: float) -> torch.Tensor:
+    x0 = (x - (1.0 - a_from) ** 0.5 * eps) / a_from**0.5
+    return a_to**0.5 * x0 + (1.0 - a_to) ** 0.5 * eps
+
+
+def _eps(unet: UNet2DModel, x: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
+    timestep = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+    return unet(x, timestep, class_labels=cond.to(x.dtype)).sample
+
+
+def ddim_decode(
+    unet: UNet2DModel,
+    scheduler: DDIMScheduler,
+    x_T: torch.Tensor,
+    cond: torch.Tensor,
+    num_inference_steps: int,
+    *,
+    callback: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Deterministic DDIM from the stochastic code ``x_T`` (B, C, H, W) to ``x_0``, conditioned on ``cond`` (B, E)."""
+    x = x_T
+    for i, (t, a_t, a_prev) in enumerate(ddim_pairs(scheduler, num_inference_steps)):
+        x = _ddim_update(x, _eps(unet, x, t, cond), a_t, a_prev)
+        if callback is not None:
+            callback(i)
+    return x
+
+
+def ddim_invert(
+    unet: UNet2DModel,
+    scheduler: DDIMScheduler,
+    x_0: torch.Tensor,
+    cond: torch.Tensor,
+    num_inference_steps: int,
+    *,
+    callback: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Deterministic DDIM inversion ``x_0 -> x_T`` on exactly the decoding grid (the stochastic code of DiffAE)."""
+    x = x_0
+    for i, (t, a_t, a_prev) in enumerate(reversed(ddim_pairs(scheduler, num_inference_steps))):
+        x = _ddim_update(x, _eps(unet, x, t, cond), a_prev, a_t)
+        if callback is not None:
+            callback(i)
+    return x

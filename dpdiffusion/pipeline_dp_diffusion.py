@@ -1,0 +1,343 @@
+"""``DPDiffusionPipeline``: differentially private release of faces through a diffusion autoencoder.
+
+What is released for each input image ``x``: a decoded image ``x~ = Dec(z~, x_T)`` with ``z~ = A_S a~ + r`` where
+``a = A_S^T (Enc(x) - c)`` are the protected attribute coordinates, ``a~_i = clip(a_i, -C_i, C_i) + N(0, sigma_i^2)``,
+and ``r`` is the residual (identity, pose, expression, ...). With ``stochastic_code="random"`` the code ``x_T`` is drawn
+independently of ``x``, so ``x~`` is post-processing of ``(a~, r)`` and the whole release is
+(epsilon, delta)-DP for *attribute-neighbours* (two images whose latents differ only in the protected coordinates);
+see ``dpdiffusion.privacy.mechanism`` for the statement, the calibration and what is not protected. With
+``scope="latent"`` the residual is clipped and noised too, which covers any two images (image-level DP in the latent).
+With ``stochastic_code="inverted"`` ``x_T`` comes from DDIM inversion of ``x`` and the output says
+``guarantee="heuristic"``: ``x_T`` carries information about ``x`` that the accountant does not cover.
+
+The pipeline is plumbing: it never derives a privacy number itself; all of them come from ``dpdiffusion.privacy``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .data.images import images_to_tensor, tensor_to_output
+from .models.attribute_directions import AttributeDirections
+from .models.diffae import ddim_decode, ddim_invert
+from .models.semantic_encoder import SemanticEncoder
+from .privacy import mechanism
+from .privacy.spec import PrivacySpec
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROTECTED = ("dark_skin", "long_hair")
+
+
+@dataclass
+class PrivacyReport:
+    """The privacy figures of one release (shared by every image of a call).
+
+    Attributes:
+        epsilon (`float`), delta (`float`): the (epsilon, delta)-DP guarantee of one release.
+        noise_multiplier (`float`): noise of the composed Gaussian mechanism over its unit sensitivity.
+        sigmas (`dict[str, float]`): noise standard deviation added to each protected coordinate.
+        residual_sigma (`float | None`): noise std on the residual (``scope="latent"`` only).
+        strength (`float`): the equivalent forward-diffusion time in [0, 1] of that noise.
+        attributes (`tuple[str]`), weights (`tuple[float]`), clip_bounds (`dict[str, float]`).
+        scope (`str`), guarantee (`str`): ``"formal"`` or ``"heuristic"``.
+        neighbouring_relation (`str`): the relation the guarantee is stated for.
+    """
+
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    sigmas: dict
+    residual_sigma: float | None
+    strength: float
+    attributes: tuple
+    weights: tuple
+    clip_bounds: dict
+    scope: str
+    guarantee: str
+    neighbouring_relation: str
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class DPDiffusionPipelineOutput(BaseOutput):
+    """Output of ``DPDiffusionPipeline``: the images and the privacy figures that hold for them.
+
+    Attributes:
+        images (`list[PIL.Image.Image]` or `np.ndarray` or `torch.Tensor`): the protected images.
+        epsilon, delta, noise_multiplier, sigmas, strength, attributes, guarantee: see ``PrivacyReport``.
+        report (`PrivacyReport`): everything above plus clip bounds, weights, scope and neighbouring relation.
+        remaining_budget (`list[float] | None`): per-subject epsilon left in the ledger, when a ledger was used.
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    sigmas: dict
+    strength: float
+    attributes: tuple
+    guarantee: str
+    report: PrivacyReport | None = None
+    remaining_budget: list | None = None
+
+
+class DPDiffusionPipeline(DiffusionPipeline):
+    r"""Protect sensitive attributes of face images with calibrated noise in a diffusion autoencoder's latent.
+
+    Args:
+        unet (`UNet2DModel`): the conditional decoder (``class_embed_type="identity"``).
+        encoder (`SemanticEncoder`): ``x -> z`` and ``z -> condition``.
+        scheduler (`DDIMScheduler`): the noise schedule; decoding and inversion share its grid.
+        attribute_directions (`AttributeDirections`): directions, centre and public clip bounds.
+    """
+
+    model_cpu_offload_seq = "encoder->unet"
+
+    def __init__(self, unet: UNet2DModel, encoder: SemanticEncoder, scheduler: DDIMScheduler,
+                 attribute_directions: AttributeDirections):
+        super().__init__()
+        self.register_modules(unet=unet, encoder=encoder, scheduler=scheduler,
+                              attribute_directions=attribute_directions)
+
+    # ------------------------------------------------------------------ stages (public)
+    @property
+    def image_size(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    def preprocess(self, images: Any) -> torch.Tensor:
+        """Any supported image input -> ``(B, 3, H, W)`` in [-1, 1] at the model's resolution."""
+        return images_to_tensor(images, self.image_size).to(device=self.device, dtype=self.unet.dtype)
+
+    @torch.no_grad()
+    def encode(self, images: Any) -> torch.Tensor:
+        """Semantic latents ``(B, d)`` of ``images`` (PIL, arrays or tensors in [0, 1]; already-preprocessed
+        tensors in [-1, 1] are accepted via ``preprocess=False`` of ``encode_tensor``)."""
+        return self.encode_tensor(self.preprocess(images))
+
+    @torch.no_grad()
+    def encode_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Semantic latents ``(B, d)`` of a model-range tensor ``(B, 3, H, W)`` in [-1, 1]."""
+        return self.encoder(x)
+
+    def _default_attributes(self) -> list[str]:
+        names = self.attribute_directions.names
+        chosen = [a for a in DEFAULT_PROTECTED if a in names]
+        return chosen or [names[0]]
+
+    def privacy_spec(self, *, attributes=None, weights=None, epsilon=None, strength=None, delta=1e-5,
+                     scope="attributes", stochastic_code="random") -> PrivacySpec:
+        """Validate the privacy arguments and resolve ``strength`` to epsilon; returns the ``PrivacySpec``."""
+        attributes = list(attributes) if attributes is not None else self._default_attributes()
+        self.attribute_directions.indices(attributes)  # unknown names -> ValueError
+        if epsilon is not None and strength is not None:
+            raise ValueError("pass either epsilon or strength, not both")
+        if strength is not None:
+            if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+                raise ValueError(f"strength must be a number in [0, 1], got strength={strength!r}")
+            epsilon = self._calibration_from_strength(float(strength), attributes, weights, delta, scope).epsilon
+        if epsilon is None:
+            epsilon = 1.0
+        return PrivacySpec(epsilon=epsilon, delta=delta, attributes=tuple(attributes),
+                           weights=None if weights is None else tuple(weights), scope=scope,
+                           stochastic_code=stochastic_code)
+
+    def _bounds(self, attributes, scope):
+        bounds = self.attribute_directions.clip_bound_tensor(attributes).tolist()
+        residual = self.attribute_directions.residual_clip_bound if scope == "latent" else None
+        return bounds, residual
+
+    def _calibration_from_strength(self, strength, attributes, weights, delta, scope):
+        bounds, residual = self._bounds(attributes, scope)
+        m = mechanism.strength_to_noise_multiplier(strength, self.scheduler.alphas_cumprod)
+        return mechanism.calibrate_from_noise_multiplier(
+            noise_multiplier=m, delta=delta, clip_bounds=bounds, weights=weights, residual_clip_bound=residual)
+
+    def calibrate(self, spec: PrivacySpec):
+        """The ``NoiseCalibration`` (noise multiplier, sigmas) of ``spec`` on this model's public clip bounds."""
+        bounds, residual = self._bounds(list(spec.attributes), spec.scope)
+        return mechanism.calibrate(epsilon=spec.epsilon, delta=spec.delta, clip_bounds=bounds, weights=spec.weights,
+                                   residual_clip_bound=residual, residual_weight=spec.residual_weight)
+
+    def report_for(self, spec: PrivacySpec, calibration=None) -> PrivacyReport:
+        """The ``PrivacyReport`` of a release under ``spec``."""
+        cal = calibration or self.calibrate(spec)
+        names = list(spec.attributes)
+        strength = (0.0 if cal.noise_multiplier == 0 else
+                    mechanism.noise_multiplier_to_strength(cal.noise_multiplier, self.scheduler.alphas_cumprod))
+        relation = ("any two images (image-level, in the semantic latent)" if spec.scope == "latent" else
+                    "attribute-neighbours: latents differing only in the protected coordinates of "
+                    + ", ".join(names))
+        return PrivacyReport(
+            epsilon=float(cal.epsilon), delta=float(spec.delta), noise_multiplier=float(cal.noise_multiplier),
+            sigmas=dict(zip(names, map(float, cal.sigmas))),
+            residual_sigma=None if cal.residual_sigma is None else float(cal.residual_sigma),
+            strength=float(strength), attributes=tuple(names), weights=tuple(spec.normalized_weights()),
+            clip_bounds={n: self.attribute_directions.clip_bounds[n] for n in names}, scope=spec.scope,
+            guarantee=spec.guarantee, neighbouring_relation=relation)
+
+    @torch.no_grad()
+    def apply_privacy_noise(self, z: torch.Tensor, *, attributes=None, weights=None, epsilon=None, strength=None,
+                            delta: float = 1e-5, scope: str = "attributes", generator=None, secure_mode: bool = False,
+                            spec: PrivacySpec | None = None):
+        """Apply the weighted Gaussian mechanism to latents ``z`` (B, d).
+
+        Returns:
+            `tuple[torch.Tensor, PrivacyReport]`: the noisy latents ``z~`` (B, d) and the report. With
+            ``epsilon=inf`` the latents are returned unchanged (the same tensor values, bit for bit).
+        """
+        spec = spec or self.privacy_spec(attributes=attributes, weights=weights, epsilon=epsilon, strength=strength,
+                                         delta=delta, scope=scope)
+        cal = self.calibrate(spec)
+        report = self.report_for(spec, cal)
+        if math.isinf(spec.epsilon):
+            return z, report
+        names = list(spec.attributes)
+        dirs = self.attribute_directions
+        a, r = dirs.project(z, attributes=names)  # (B, k), (B, d)
+        bounds = dirs.clip_bound_tensor(names).to(device=z.device, dtype=z.dtype)
+        sigmas = torch.tensor(cal.sigmas, device=z.device, dtype=z.dtype)
+        a_noisy = mechanism.apply_weighted_gaussian_mechanism(a, clip_bounds=bounds, sigmas=sigmas,
+                                                              generator=generator, secure_mode=secure_mode)
+        if spec.scope == "latent":
+            basis = dirs.basis(names).to(device=z.device, dtype=z.dtype)
+            center = dirs.center.to(device=z.device, dtype=z.dtype)
+            offset = center - (center @ basis) @ basis.T  # (d,) = (I - A A^T) c
+            r = offset + mechanism.apply_residual_mechanism(
+                r - offset, clip_bound=dirs.residual_clip_bound, sigma=float(cal.residual_sigma), protected_basis=basis,
+                generator=generator, secure_mode=secure_mode)
+        return dirs.compose(a_noisy, r, attributes=names), report
+
+    @torch.no_grad()
+    def invert(self, images: Any, z: torch.Tensor | None = None, *, num_inference_steps: int = 50) -> torch.Tensor:
+        """DDIM inversion: the stochastic code ``x_T`` (B, 3, H, W) of ``images`` given their latents."""
+        x0 = self.preprocess(images) if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.min() >= 0 \
+            else images
+        z = self.encode_tensor(x0) if z is None else z
+        return ddim_invert(self.unet, self.scheduler, x0, self.encoder.condition(z), num_inference_steps)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, *, stochastic_code: str | torch.Tensor = "random", images: Any = None,
+               num_inference_steps: int = 50, generator=None, output_type: str = "pil", progress: bool = True):
+        """Decode latents ``z`` (B, d) to images with deterministic DDIM.
+
+        Args:
+            stochastic_code: ``"random"`` (x_T ~ N(0, I) from ``generator``), ``"inverted"`` (DDIM inversion of
+                ``images``, which must then be given) or a tensor ``x_T`` (B, 3, H, W).
+        """
+        b, size = z.shape[0], self.image_size
+        if isinstance(stochastic_code, torch.Tensor):
+            x_t = stochastic_code.to(device=self.device, dtype=self.unet.dtype)
+        elif stochastic_code == "random":
+            x_t = randn_tensor((b, 3, size, size), generator=generator, device=self.device, dtype=self.unet.dtype)
+        elif stochastic_code == "inverted":
+            if images is None:
+                raise ValueError("stochastic_code='inverted' needs the original images to invert")
+            x_t = self.invert(images, num_inference_steps=num_inference_steps)
+        else:
+            raise ValueError(f"stochastic_code must be 'random', 'inverted' or a tensor, got {stochastic_code!r}")
+        bar = self.progress_bar(total=num_inference_steps) if progress else None
+        x0 = ddim_decode(self.unet, self.scheduler, x_t, self.encoder.condition(z.to(self.unet.dtype)),
+                         num_inference_steps, callback=(lambda i: bar.update(1)) if bar is not None else None)
+        if bar is not None:
+            bar.close()
+        return tensor_to_output(x0, output_type)
+
+    # ------------------------------------------------------------------ the whole release
+    def check_inputs(self, num_inference_steps, output_type, ledger, subject_ids, batch_size):
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got num_inference_steps={num_inference_steps!r}")
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got output_type={output_type!r}")
+        if ledger is not None and subject_ids is None:
+            raise ValueError("subject_ids must be given with a ledger (one id per image)")
+        if subject_ids is not None and len(subject_ids) != batch_size:
+            raise ValueError(f"subject_ids has {len(subject_ids)} ids for {batch_size} images; pass one per image")
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        images: Any,
+        *,
+        attributes: Sequence[str] | None = None,
+        weights: Sequence[float] | None = None,
+        epsilon: float | None = None,
+        strength: float | None = None,
+        delta: float = 1e-5,
+        scope: str = "attributes",
+        stochastic_code: str = "random",
+        num_inference_steps: int = 50,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        ledger=None,
+        subject_ids: Sequence[str] | None = None,
+        secure_mode: bool = False,
+        return_dict: bool = True,
+    ):
+        r"""Release protected versions of ``images``.
+
+        Args:
+            images: PIL image(s), numpy array(s) or a tensor ``(B, 3, H, W)`` in [0, 1]; any mode and size.
+            attributes (`list[str]`): attributes to protect (default: ``dark_skin`` and ``long_hair``).
+            weights (`list[float]`): positive budget shares of the attributes (default: equal).
+            epsilon (`float`): target epsilon (> 0; ``float("inf")`` disables the mechanism). Default 1.0.
+            strength (`float`): alternatively, the noise as a diffusion time in [0, 1]; epsilon is then computed.
+            delta (`float`): target delta in (0, 1).
+            scope (`str`): ``"attributes"`` or ``"latent"``.
+            stochastic_code (`str`): ``"random"`` (formal guarantee) or ``"inverted"`` (heuristic, higher fidelity).
+            num_inference_steps (`int`): DDIM steps.
+            generator: ``torch.Generator`` for the privacy noise and ``x_T``.
+            output_type (`str`): ``"pil"``, ``"np"`` or ``"pt"``.
+            ledger (`PrivacyLedger`): charge each release to ``subject_ids`` and refuse overspending.
+            subject_ids (`list[str]`): one subject id per image (required with ``ledger``).
+            secure_mode (`bool`): draw the privacy noise from a cryptographically secure source.
+
+        Returns:
+            `DPDiffusionPipelineOutput` (or a tuple ``(images, report)`` when ``return_dict=False``).
+
+        Raises:
+            ValueError: for any invalid argument, and ``BudgetExceededError`` (a ``ValueError``) when a subject's
+            budget would be exceeded; nothing is charged or released then.
+        """
+        # 1. check inputs and resolve the privacy spec (all validation before any work or charge)
+        spec = self.privacy_spec(attributes=attributes, weights=weights, epsilon=epsilon, strength=strength,
+                                 delta=delta, scope=scope, stochastic_code=stochastic_code)
+        x0 = self.preprocess(images)  # (B, 3, H, W)
+        self.check_inputs(num_inference_steps, output_type, ledger, subject_ids, x0.shape[0])
+        cal = self.calibrate(spec)
+        # 2. charge the ledger: every subject must afford the release, else nothing is charged
+        remaining = None
+        if ledger is not None:
+            remaining = ledger.charge_many(list(subject_ids), noise_multiplier=cal.noise_multiplier,
+                                           attributes=list(spec.attributes), scope=spec.scope)
+        # 3. encode
+        z = self.encode_tensor(x0)  # (B, d)
+        # 4. stochastic code x_T (drawn first, so that epsilon=inf equals decode(encode(x)) with the same generator)
+        if stochastic_code == "random":
+            x_t = randn_tensor(x0.shape, generator=generator, device=self.device, dtype=self.unet.dtype)
+        else:
+            x_t = ddim_invert(self.unet, self.scheduler, x0, self.encoder.condition(z), num_inference_steps)
+        # 5. the privacy mechanism on the semantic latent
+        z_noisy, report = self.apply_privacy_noise(z, spec=spec, generator=generator, secure_mode=secure_mode)
+        # 6. deterministic DDIM decode with a progress bar
+        out = self.decode(z_noisy, stochastic_code=x_t, num_inference_steps=num_inference_steps,
+                          output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return out, report
+        return DPDiffusionPipelineOutput(
+            images=out, epsilon=report.epsilon, delta=report.delta, noise_multiplier=report.noise_multiplier,
+            sigmas=report.sigmas, strength=report.strength, attributes=report.attributes, guarantee=report.guarantee,
+            report=report, remaining_budget=remaining)

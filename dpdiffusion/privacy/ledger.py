@@ -1,0 +1,467 @@
+"""`PrivacyLedger`: a persistent, crash-safe per-subject privacy budget that refuses overspending.
+
+Every release of the weighted Gaussian mechanism is, after whitening, one Gaussian mechanism with noise multiplier
+m at unit sensitivity (`dpdiffusion.privacy.mechanism`), i.e. one `GaussianDpEvent(m)`. The ledger stores the
+multiplier of each release of each subject and composes them exactly: Gaussian mechanisms compose to one Gaussian
+mechanism with multiplier (sum_j m_j^-2)^(-1/2) (Gaussian DP, Dong, Roth & Su 2019, Corollary 3.3), whose epsilon at
+the ledger's delta is exact (`gaussian_epsilon`, Balle & Wang 2018). This is tighter than RDP composition and equal
+to what an ideal PLD accountant gives.
+
+Neighbouring relation. Composition is only meaningful under one relation, so a subject's relation is fixed by its
+first release: attribute-neighbours for the first release's attribute set S (scope "attributes"), or any pair of
+images (scope "latent"). A later release must be DP for that relation: scope "latent" always is; scope "attributes"
+is if it protects a superset of S (pairs differing only in S also differ only in the superset), and never after a
+"latent" first release.
+
+Storage: sqlite in WAL mode with synchronous=FULL; each charge runs in one `BEGIN IMMEDIATE` transaction (read the
+subject's releases, check the budget, insert), so concurrent processes are serialised and can never together
+overspend, and a crash leaves either the whole release recorded or nothing. The budget and delta are stored in the
+database; reopening with different values is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterator, List, Optional, Sequence
+
+from .accounting import compose_noise_multipliers, gaussian_epsilon
+from .spec import SCOPES, PrivacySpec
+
+__all__ = ["BudgetExceededError", "PrivacyLedger", "Release"]
+
+_SCHEMA_VERSION = "1"
+_TIMEOUT_S = 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS subjects (
+    subject_id TEXT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS releases (
+    release_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject_id TEXT NOT NULL REFERENCES subjects(subject_id),
+    noise_multiplier REAL NOT NULL,
+    epsilon REAL NOT NULL,
+    spent_after REAL NOT NULL,
+    attributes TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    note TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS releases_by_subject ON releases(subject_id);
+"""
+
+
+class BudgetExceededError(ValueError):
+    """A release would push a subject's spent epsilon above the ledger's budget; nothing was recorded.
+
+    Attributes:
+        subject_id (`str`), budget_epsilon (`float`), delta (`float`), spent_epsilon (`float`, before the release),
+        release_epsilon (`float`, the release on its own), epsilon_after (`float`, total had it been recorded),
+        remaining_epsilon (`float`, what is left).
+    """
+
+    def __init__(self, *, subject_id, budget_epsilon, delta, spent_epsilon, release_epsilon, epsilon_after,
+                 noise_multiplier):
+        self.subject_id = subject_id
+        self.budget_epsilon = budget_epsilon
+        self.delta = delta
+        self.spent_epsilon = spent_epsilon
+        self.release_epsilon = release_epsilon
+        self.epsilon_after = epsilon_after
+        self.noise_multiplier = noise_multiplier
+        self.remaining_epsilon = max(0.0, budget_epsilon - spent_epsilon)
+        super().__init__(
+            f"privacy budget exceeded for subject {subject_id!r}: budget epsilon={budget_epsilon:.6g} at "
+            f"delta={delta:.3g}, already spent {spent_epsilon:.6g}; this release (noise_multiplier="
+            f"{noise_multiplier:.6g}, epsilon={release_epsilon:.6g} on its own) would bring the total to "
+            f"{epsilon_after:.6g} (+{epsilon_after - spent_epsilon:.6g}), and only {self.remaining_epsilon:.6g} "
+            "is left. Nothing was recorded."
+        )
+
+
+@dataclass(frozen=True)
+class Release:
+    """One recorded release of a subject.
+
+    Args:
+        release_id (`int`), subject_id (`str`), noise_multiplier (`float`), epsilon (`float`: this release alone
+        at the ledger delta), spent_after (`float`: the subject's total after it), attributes (`tuple[str, ...]`),
+        scope (`str`), note (`str` or `None`), created_at (`str`, ISO 8601 UTC).
+    """
+
+    release_id: int
+    subject_id: str
+    noise_multiplier: float
+    epsilon: float
+    spent_after: float
+    attributes: tuple
+    scope: str
+    note: Optional[str]
+    created_at: str
+
+
+def _check_subject(subject_id) -> str:
+    if not isinstance(subject_id, str) or not subject_id:
+        raise ValueError(f"subject_id must be a non-empty str, got subject_id={subject_id!r}")
+    return subject_id
+
+
+def _check_attributes(attributes) -> tuple:
+    if isinstance(attributes, str):
+        raise ValueError(f"attributes must be a sequence of names, not one string; use attributes=({attributes!r},)")
+    try:
+        attributes = tuple(attributes)
+    except TypeError:
+        raise ValueError(f"attributes must be a non-empty sequence of str, got attributes={attributes!r}")
+    if not attributes or not all(isinstance(a, str) and a for a in attributes):
+        raise ValueError(f"attributes must be a non-empty sequence of non-empty str, got attributes={attributes!r}")
+    if len(set(attributes)) != len(attributes):
+        raise ValueError(f"attributes must be unique, got attributes={attributes!r}")
+    return attributes
+
+
+def _check_multiplier(noise_multiplier) -> float:
+    if isinstance(noise_multiplier, bool):
+        raise ValueError(f"noise_multiplier must be a float, got noise_multiplier={noise_multiplier!r}")
+    m = float(noise_multiplier)
+    if math.isnan(m) or not 0.0 <= m < math.inf:
+        raise ValueError(f"noise_multiplier must be finite and >= 0, got noise_multiplier={noise_multiplier}")
+    return m
+
+
+class PrivacyLedger:
+    r"""Per-subject privacy budget in an sqlite file; refuses any release that would exceed the budget.
+
+    Args:
+        path (`str` or `os.PathLike`):
+            The sqlite file (created if missing).
+        budget_epsilon (`float`, *optional*):
+            Total epsilon each subject may spend, finite and > 0. Required for a new ledger; for an existing one
+            it may be omitted, and must equal the stored value if given.
+        delta (`float`, *optional*):
+            The delta at which spending is measured, in (0, 1). Same rules as `budget_epsilon`.
+
+    Raises:
+        ValueError: on out-of-range arguments, or if they differ from those stored in an existing ledger.
+
+    Example:
+
+    ```py
+    >>> import tempfile, os
+    >>> from dpdiffusion.privacy.ledger import PrivacyLedger, BudgetExceededError
+    >>> from dpdiffusion.privacy.accounting import gaussian_sigma
+    >>> path = os.path.join(tempfile.mkdtemp(), "ledger.sqlite")
+    >>> ledger = PrivacyLedger(path, budget_epsilon=1.5, delta=1e-5)
+    >>> m = gaussian_sigma(epsilon=1.0, delta=1e-5)       # one release at epsilon = 1
+    >>> round(ledger.charge("alice", noise_multiplier=m, attributes=["dark_skin"]), 4)
+    0.5
+    >>> round(ledger.charge("alice", noise_multiplier=m, attributes=["dark_skin"]), 4)   # two compose to 1.4652
+    0.0348
+    >>> try:
+    ...     ledger.charge("alice", noise_multiplier=m, attributes=["dark_skin"])
+    ... except BudgetExceededError:
+    ...     print("refused")
+    refused
+
+    ```
+    """
+
+    def __init__(self, path, budget_epsilon: Optional[float] = None, delta: Optional[float] = None):
+        self._path = os.fspath(path)
+        if self._path == ":memory:" or not self._path:
+            raise ValueError("path must be a file path (the ledger is shared between processes), got ':memory:'")
+        if budget_epsilon is not None:
+            budget_epsilon = float(budget_epsilon)
+            if not 0.0 < budget_epsilon < math.inf:
+                raise ValueError(f"budget_epsilon must be finite and > 0, got budget_epsilon={budget_epsilon}")
+        if delta is not None:
+            delta = float(delta)
+            if not 0.0 < delta < 1.0:
+                raise ValueError(f"delta must be in (0, 1), got delta={delta}")
+        if not os.path.exists(self._path) and (budget_epsilon is None or delta is None):
+            raise ValueError(f"a new ledger needs budget_epsilon and delta; {self._path} does not exist")
+
+        with self._connect() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            with self._transaction(conn):
+                for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT the transaction
+                    if statement.strip():
+                        conn.execute(statement)
+                stored = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                if not stored:
+                    if budget_epsilon is None or delta is None:
+                        raise ValueError(f"a new ledger needs budget_epsilon and delta; {self._path} is empty")
+                    conn.executemany(
+                        "INSERT INTO meta (key, value) VALUES (?, ?)",
+                        [
+                            ("schema_version", _SCHEMA_VERSION),
+                            ("budget_epsilon", float.hex(budget_epsilon)),
+                            ("delta", float.hex(delta)),
+                        ],
+                    )
+                    stored = {"budget_epsilon": float.hex(budget_epsilon), "delta": float.hex(delta)}
+        stored_budget = float.fromhex(stored["budget_epsilon"])
+        stored_delta = float.fromhex(stored["delta"])
+        if (budget_epsilon is not None and budget_epsilon != stored_budget) or (
+            delta is not None and delta != stored_delta
+        ):
+            raise ValueError(
+                f"the ledger at {self._path} was created with budget_epsilon={stored_budget}, delta={stored_delta}; "
+                f"got budget_epsilon={budget_epsilon}, delta={delta}. A ledger's budget and delta cannot change"
+            )
+        self._budget_epsilon = stored_budget
+        self._delta = stored_delta
+
+    # -- properties ---------------------------------------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        """The sqlite file."""
+        return self._path
+
+    @property
+    def budget_epsilon(self) -> float:
+        """Total epsilon each subject may spend."""
+        return self._budget_epsilon
+
+    @property
+    def delta(self) -> float:
+        """The delta at which epsilon is measured."""
+        return self._delta
+
+    # -- sqlite plumbing ----------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # A fresh connection per operation: safe across threads and forked processes.
+        conn = sqlite3.connect(self._path, timeout=_TIMEOUT_S, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            yield conn
+        finally:
+            conn.close()
+
+    @staticmethod
+    @contextmanager
+    def _transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE"):
+        conn.execute(f"BEGIN {mode}")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @staticmethod
+    def _multipliers(conn: sqlite3.Connection, subject_id: str) -> List[float]:
+        rows = conn.execute(
+            "SELECT noise_multiplier FROM releases WHERE subject_id = ? ORDER BY release_id", (subject_id,)
+        ).fetchall()
+        return [float(r[0]) for r in rows]
+
+    def _epsilon_of(self, multipliers: Sequence[float]) -> float:
+        if not multipliers:
+            return 0.0
+        return gaussian_epsilon(sigma=compose_noise_multipliers(multipliers), delta=self._delta)
+
+    # -- queries ------------------------------------------------------------------------------------------------
+
+    def spent(self, subject_id: str) -> float:
+        """Epsilon the subject has spent at the ledger's delta (0.0 for an unknown subject).
+
+        Args:
+            subject_id (`str`): the subject.
+
+        Returns:
+            `float`: exact composed epsilon of all recorded releases.
+        """
+        subject_id = _check_subject(subject_id)
+        with self._connect() as conn:
+            return self._epsilon_of(self._multipliers(conn, subject_id))
+
+    def remaining(self, subject_id: str) -> float:
+        """Epsilon the subject has left: max(0, budget_epsilon - spent)."""
+        return max(0.0, self._budget_epsilon - self.spent(subject_id))
+
+    def preview(self, subject_id: str, *, noise_multiplier: float) -> float:
+        """Total epsilon the subject would have spent after a release with `noise_multiplier` (nothing written).
+
+        Args:
+            subject_id (`str`): the subject.
+            noise_multiplier (`float`): multiplier m >= 0 of the hypothetical release (0 gives `inf`).
+
+        Returns:
+            `float`: epsilon after the release, at the ledger's delta.
+        """
+        subject_id = _check_subject(subject_id)
+        m = _check_multiplier(noise_multiplier)
+        with self._connect() as conn:
+            return self._epsilon_of(self._multipliers(conn, subject_id) + [m])
+
+    def would_exceed(self, subject_id: str, *, noise_multiplier: float) -> bool:
+        """Whether a release with `noise_multiplier` would be refused (nothing written)."""
+        return self.preview(subject_id, noise_multiplier=noise_multiplier) > self._budget_epsilon
+
+    def min_noise_multiplier(self, subject_id: str) -> float:
+        """Smallest multiplier the subject's next release may have and still fit the budget (`inf` if spent).
+
+        The strongest next release: with m returned, `charge(subject_id, noise_multiplier=m, ...)` succeeds (unless
+        another process charges first).
+
+        Returns:
+            `float`: the multiplier.
+        """
+        from .accounting import gaussian_sigma
+
+        subject_id = _check_subject(subject_id)
+        with self._connect() as conn:
+            multipliers = self._multipliers(conn, subject_id)
+        total = gaussian_sigma(epsilon=self._budget_epsilon, delta=self._delta)
+        used = math.fsum(1.0 / (m * m) for m in multipliers)
+        left = 1.0 / (total * total) - used
+        if left <= 0.0:
+            return math.inf
+        m = 1.0 / math.sqrt(left)
+        step = 2.0**-52
+        while self._epsilon_of(multipliers + [m]) > self._budget_epsilon:
+            m *= 1.0 + step
+            step *= 2.0
+            if m == math.inf:
+                break
+        return m
+
+    def history(self, subject_id: str) -> List[Release]:
+        """The subject's recorded releases, oldest first."""
+        subject_id = _check_subject(subject_id)
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT release_id, subject_id, noise_multiplier, epsilon, spent_after, attributes, scope, note, "
+                "created_at FROM releases WHERE subject_id = ? ORDER BY release_id",
+                (subject_id,),
+            ).fetchall()
+        return [
+            Release(r[0], r[1], float(r[2]), float(r[3]), float(r[4]), tuple(json.loads(r[5])), r[6], r[7], r[8])
+            for r in rows
+        ]
+
+    def subjects(self) -> List[str]:
+        """All subjects with at least one release."""
+        with self._connect() as conn:
+            return [r[0] for r in conn.execute("SELECT subject_id FROM subjects ORDER BY subject_id").fetchall()]
+
+    # -- charging -----------------------------------------------------------------------------------------------
+
+    def charge(
+        self,
+        subject_id: str,
+        *,
+        noise_multiplier: float,
+        attributes: Sequence[str],
+        scope: str = "attributes",
+        note: Optional[str] = None,
+    ) -> float:
+        """Record one release of `subject_id` and return the epsilon left; refuse it if it would exceed the budget.
+
+        Runs in one `BEGIN IMMEDIATE` transaction: concurrent charges from any number of processes are serialised.
+
+        Args:
+            subject_id (`str`): the subject.
+            noise_multiplier (`float`): multiplier m of the composed mechanism (`NoiseCalibration.noise_multiplier`).
+            attributes (`Sequence[str]`): protected attributes of the release.
+            scope (`str`, *optional*, defaults to `"attributes"`): `"attributes"` or `"latent"`.
+            note (`str`, *optional*): free text stored with the release.
+
+        Returns:
+            `float`: remaining epsilon of the subject after the release.
+
+        Raises:
+            BudgetExceededError: if the release would push the subject above `budget_epsilon` (including any
+                release with noise_multiplier=0, whose cost is infinite); nothing is written.
+            ValueError: on bad arguments, or if the release does not protect the subject's neighbouring relation
+                (see the module docstring).
+        """
+        subject_id = _check_subject(subject_id)
+        m = _check_multiplier(noise_multiplier)
+        attributes = _check_attributes(attributes)
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got scope={scope!r}")
+        if note is not None and not isinstance(note, str):
+            raise ValueError(f"note must be None or a str, got note={note!r}")
+
+        with self._connect() as conn, self._transaction(conn):
+            row = conn.execute("SELECT scope, attributes FROM subjects WHERE subject_id = ?", (subject_id,)).fetchone()
+            if row is not None:
+                self._check_relation(subject_id, row[0], tuple(json.loads(row[1])), scope, attributes)
+            multipliers = self._multipliers(conn, subject_id)
+            spent = self._epsilon_of(multipliers)
+            after = self._epsilon_of(multipliers + [m])
+            if not after <= self._budget_epsilon:
+                raise BudgetExceededError(
+                    subject_id=subject_id,
+                    budget_epsilon=self._budget_epsilon,
+                    delta=self._delta,
+                    spent_epsilon=spent,
+                    release_epsilon=self._epsilon_of([m]),
+                    epsilon_after=after,
+                    noise_multiplier=m,
+                )
+            now = datetime.now(timezone.utc).isoformat()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO subjects (subject_id, scope, attributes, created_at) VALUES (?, ?, ?, ?)",
+                    (subject_id, scope, json.dumps(list(attributes)), now),
+                )
+            conn.execute(
+                "INSERT INTO releases (subject_id, noise_multiplier, epsilon, spent_after, attributes, scope, note, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (subject_id, m, self._epsilon_of([m]), after, json.dumps(list(attributes)), scope, note, now),
+            )
+        return max(0.0, self._budget_epsilon - after)
+
+    def charge_spec(self, subject_id: str, spec: PrivacySpec, *, note: Optional[str] = None) -> float:
+        """`charge` a release made with `spec` (multiplier `gaussian_sigma(spec.epsilon, spec.delta)`).
+
+        The cost is measured at the ledger's delta, whatever `spec.delta` is. A spec with
+        `stochastic_code="inverted"` is charged for its formal part only (its guarantee is heuristic).
+
+        Returns:
+            `float`: remaining epsilon of the subject.
+
+        Raises:
+            BudgetExceededError, ValueError: as `charge`.
+        """
+        if not isinstance(spec, PrivacySpec):
+            raise ValueError(f"spec must be a PrivacySpec, got {type(spec).__name__}")
+        return self.charge(
+            subject_id, noise_multiplier=spec.noise_multiplier, attributes=spec.attributes, scope=spec.scope, note=note
+        )
+
+    @staticmethod
+    def _check_relation(subject_id, first_scope, first_attributes, scope, attributes) -> None:
+        if scope == "latent":
+            return  # any two images: covers every relation
+        if first_scope == "latent":
+            raise ValueError(
+                f"subject {subject_id!r} was first released with scope='latent' (neighbours: any two images); a "
+                "scope='attributes' release is not private for that relation, so its cost cannot be composed. "
+                "Use scope='latent'."
+            )
+        missing = sorted(set(first_attributes) - set(attributes))
+        if missing:
+            raise ValueError(
+                f"subject {subject_id!r} was first released protecting {list(first_attributes)}; every later "
+                f"release must protect at least those (a superset) so that all releases are private for the same "
+                f"neighbouring relation, but this one omits {missing}"
+            )

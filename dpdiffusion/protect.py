@@ -1,0 +1,227 @@
+"""Protect a whole dataset: stream it through ``DPDiffusionPipeline`` and write an image folder with metadata.
+
+Output layout (an ``imagefolder`` that ``datasets.load_dataset("imagefolder", data_dir=out)`` reads)::
+
+    out/images/00000042.png      one protected image per input row (named by the row's position)
+    out/metadata.jsonl           file_name + every privacy figure of the image + the row's other columns
+    out/protect_config.json      the run's settings; a resumed run must use the same ones
+    out/skipped.jsonl            rows that could not be read (corrupt/truncated files), with the reason
+    out/.parts/worker-R.jsonl    per-process records while running (merged into metadata.jsonl at the end)
+
+Streaming: rows are read one batch at a time, so memory stays flat in the dataset size. Crash safety: each image is
+written to a temporary file and renamed (atomic), and only then is its record appended (flushed and fsync'ed) to the
+worker's part file; a rerun skips every row that has a record and redoes the rest. The noise of row ``i`` comes from
+a generator seeded by ``(seed, i)``, so an interrupted and resumed run writes the same images as an uninterrupted
+one. Under ``accelerate launch`` process ``R`` of ``W`` takes the rows ``i`` with ``i % W == R`` (data-parallel).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import PIL.Image
+import torch
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ProtectConfig:
+    """Settings of ``protect_dataset`` (also ``dpdiffusion protect``)."""
+
+    source: str = field(metadata={"help": "Image folder (optionally with metadata.csv/jsonl), a save_to_disk folder, or a Hub dataset name."})
+    output_dir: str = field(metadata={"help": "Folder to write the protected image folder to."})
+    attributes: list[str] | None = field(default=None, metadata={"help": "Attributes to protect (default: the model's dark_skin, long_hair)."})
+    weights: list[float] | None = field(default=None, metadata={"help": "Positive budget shares of the attributes."})
+    epsilon: float = field(default=1.0, metadata={"help": "Epsilon of each image's release (> 0; inf disables noise)."})
+    delta: float = field(default=1e-5, metadata={"help": "Delta of each image's release, in (0, 1)."})
+    scope: str = field(default="attributes", metadata={"help": "'attributes' or 'latent'."})
+    stochastic_code: str = field(default="random", metadata={"help": "'random' (formal) or 'inverted' (heuristic)."})
+    num_inference_steps: int = field(default=50, metadata={"help": "DDIM steps."})
+    batch_size: int = field(default=16, metadata={"help": "Images per batch."})
+    seed: int = field(default=0, metadata={"help": "Seed; row i uses a generator seeded by (seed, i)."})
+    split: str = field(default="train", metadata={"help": "Split of a Hub dataset or image folder."})
+    image_column: str = field(default="image", metadata={"help": "Image column."})
+    limit: int | None = field(default=None, metadata={"help": "Only the first N rows."})
+    secure_mode: bool = field(default=False, metadata={"help": "Draw privacy noise from a CSPRNG."})
+
+
+def _row_generator(seed: int, index: int) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def _iter_rows(config: ProtectConfig) -> Iterator[tuple[int, dict]]:
+    """Yield ``(index, row)`` without materialising the dataset; images stay undecoded until used."""
+    import datasets
+
+    src = Path(config.source)
+    if src.is_dir() and ((src / "dataset_info.json").exists() or (src / "dataset_dict.json").exists()):
+        ds = datasets.load_from_disk(str(src))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[config.split]
+    elif src.is_dir():
+        ds = datasets.load_dataset("imagefolder", data_dir=str(src), split=config.split, streaming=True)
+    else:
+        ds = datasets.load_dataset(config.source, split=config.split, streaming=True)
+    if config.image_column not in (ds.column_names or [config.image_column]):
+        raise ValueError(f"image_column={config.image_column!r} is not a column of {config.source}; "
+                         f"columns are {ds.column_names}")
+    ds = ds.cast_column(config.image_column, datasets.Image(decode=False))
+    for i, row in enumerate(ds):
+        if config.limit is not None and i >= config.limit:
+            return
+        yield i, row
+
+
+def _decode(value: Any) -> PIL.Image.Image:
+    if isinstance(value, PIL.Image.Image):
+        return value
+    data = value.get("bytes") if isinstance(value, dict) else None
+    path = value.get("path") if isinstance(value, dict) else None
+    img = PIL.Image.open(io.BytesIO(data)) if data else PIL.Image.open(path)
+    img.load()  # raises on truncated files
+    return img
+
+
+def _jsonable(value: Any):
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def _read_done(part_dir: Path) -> set[int]:
+    done = set()
+    for part in part_dir.glob("worker-*.jsonl"):
+        for line in part.read_text().splitlines():
+            try:
+                done.add(int(json.loads(line)["index"]))
+            except (ValueError, KeyError, json.JSONDecodeError):
+                continue  # a line cut by a crash: that row is redone
+    return done
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: bool = True) -> Path:
+    """Protect every row of ``config.source`` with ``pipe`` and write ``config.output_dir``; resumable.
+
+    Returns:
+        `pathlib.Path`: the output folder.
+
+    Raises:
+        ValueError: invalid privacy arguments (checked before anything is written), a missing image column, or an
+        existing output folder written with other settings.
+    """
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    # validate all privacy arguments before touching the disk
+    spec = pipe.privacy_spec(attributes=config.attributes, weights=config.weights, epsilon=config.epsilon,
+                             delta=config.delta, scope=config.scope, stochastic_code=config.stochastic_code)
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got batch_size={config.batch_size}")
+    out = Path(config.output_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    part_dir = out / ".parts"
+    part_dir.mkdir(exist_ok=True)
+    settings = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "limit", "batch_size")}
+    cfg_path = out / "protect_config.json"
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        if old != _jsonable(settings):
+            raise ValueError(f"{out} was written with other settings {old}; use another output_dir or the same settings")
+    elif rank == 0:
+        _atomic_write_bytes(cfg_path, json.dumps(_jsonable(settings), indent=2).encode())
+    done = _read_done(part_dir)
+    report = pipe.report_for(spec)
+    figures = report.to_dict()
+    part = open(part_dir / f"worker-{rank}.jsonl", "a")
+    skipped = open(part_dir / f"skipped-{rank}.jsonl", "a")
+    bar = tqdm(desc=f"protect (worker {rank})", unit="img", disable=not progress, position=rank)
+
+    def flush(batch):
+        idx = [i for i, _, _ in batch]
+        gens = [_row_generator(config.seed, i) for i in idx]
+        result = pipe([img for _, img, _ in batch], attributes=list(spec.attributes), weights=spec.weights,
+                      epsilon=spec.epsilon, delta=spec.delta, scope=spec.scope, stochastic_code=spec.stochastic_code,
+                      num_inference_steps=config.num_inference_steps, generator=gens, output_type="pil",
+                      secure_mode=config.secure_mode)
+        for (i, _, extra), image in zip(batch, result.images):
+            name = f"images/{i:08d}.png"
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            _atomic_write_bytes(out / name, buf.getvalue())
+            record = {"index": i, "file_name": name, **figures, **extra}
+            part.write(json.dumps(_jsonable(record)) + "\n")
+        part.flush()
+        os.fsync(part.fileno())
+        bar.update(len(batch))
+
+    batch: list = []
+    for i, row in _iter_rows(config):
+        if i % world != rank or i in done:
+            continue
+        try:
+            img = _decode(row[config.image_column])
+            pipe.preprocess(img)  # mode/size problems surface here, per row
+        except (OSError, ValueError, PIL.UnidentifiedImageError) as exc:
+            skipped.write(json.dumps({"index": i, "reason": f"{type(exc).__name__}: {exc}"}) + "\n")
+            skipped.flush()
+            continue
+        extra = {k: v for k, v in row.items() if k != config.image_column and k not in figures}
+        batch.append((i, img, extra))
+        if len(batch) == config.batch_size:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+    bar.close()
+    part.close()
+    skipped.close()
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    if rank == 0:
+        _merge(out, part_dir)
+    return out
+
+
+def _merge(out: Path, part_dir: Path) -> None:
+    records: dict[int, dict] = {}
+    for part in sorted(part_dir.glob("worker-*.jsonl")):
+        for line in part.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if (out / rec["file_name"]).exists():
+                records[int(rec["index"])] = rec
+    lines = [json.dumps(records[i]) for i in sorted(records)]
+    _atomic_write_bytes(out / "metadata.jsonl", ("\n".join(lines) + "\n").encode() if lines else b"")
+    skipped = {}
+    for part in sorted(part_dir.glob("skipped-*.jsonl")):
+        for line in part.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                skipped[int(rec["index"])] = rec
+            except (json.JSONDecodeError, KeyError, ValueError):
+                continue
+    _atomic_write_bytes(out / "skipped.jsonl", "".join(json.dumps(skipped[i]) + "\n" for i in sorted(skipped)).encode())

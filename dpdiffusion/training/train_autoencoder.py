@@ -1,0 +1,242 @@
+"""Train the diffusion autoencoder (semantic encoder + conditional UNet) and fit the attribute directions.
+
+Runs with Accelerate: on the CPU here, unchanged under ``accelerate launch`` on several GPUs (data-parallel; the
+loader is sharded by ``accelerator.prepare``). Checkpoints are written atomically every ``checkpoint_every`` steps
+(and when ``max_minutes`` runs out); a rerun with the same ``output_dir`` resumes from the newest one.
+
+Objective: the DDPM epsilon loss with the UNet conditioned on ``z = Enc(x_0)`` (DiffAE), plus a small auxiliary
+logistic loss of linear attribute heads on ``z`` (``attribute_loss_weight``) so that the labelled attributes are
+linearly readable from ``z`` -- the premise of ``AttributeDirections``. The heads are training-only.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from ..models.attribute_directions import AttributeDirections
+from ..models.diffae import build_scheduler, build_unet
+from ..models.semantic_encoder import SemanticEncoder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AutoencoderTrainingConfig:
+    """Options of ``train_autoencoder`` (also the ``dpdiffusion train`` CLI)."""
+
+    output_dir: str = field(metadata={"help": "Where checkpoints and the final pipeline (output_dir/model) go."})
+    dataset: str = field(default="synthfaces", metadata={"help": "'synthfaces', a Hub dataset name, an image folder with metadata, or a save_to_disk folder."})
+    image_column: str = field(default="image", metadata={"help": "Image column of a real dataset."})
+    attribute_columns: list[str] | None = field(default=None, metadata={"help": "Attribute columns (protected ones first); SynthFaces' five by default."})
+    num_images: int = field(default=10000, metadata={"help": "SynthFaces images to generate (ignored for real datasets)."})
+    image_size: int = field(default=32, metadata={"help": "Training resolution in pixels."})
+    latent_dim: int = field(default=64, metadata={"help": "Dimension d of the semantic latent."})
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 64], metadata={"help": "UNet block widths."})
+    encoder_channels: list[int] = field(default_factory=lambda: [32, 64, 128], metadata={"help": "Encoder block widths."})
+    batch_size: int = field(default=64, metadata={"help": "Per-process batch size."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate."})
+    max_steps: int = field(default=6000, metadata={"help": "Optimisation steps."})
+    max_minutes: float | None = field(default=None, metadata={"help": "Stop (and checkpoint) after this many minutes."})
+    warmup_steps: int = field(default=200, metadata={"help": "Linear warm-up steps."})
+    ema_decay: float = field(default=0.999, metadata={"help": "EMA decay of the weights that are saved."})
+    attribute_loss_weight: float = field(default=0.1, metadata={"help": "Weight of the auxiliary attribute loss on z."})
+    checkpoint_every: int = field(default=500, metadata={"help": "Steps between checkpoints."})
+    clip_quantile: float = field(default=0.95, metadata={"help": "Quantile of |a_i| used as the public clip bound."})
+    seed: int = field(default=0, metadata={"help": "Seed of data, initialisation and noise."})
+    mixed_precision: str = field(default="no", metadata={"help": "'no', 'fp16' or 'bf16' (Accelerate)."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+
+def load_training_tensors(config: AutoencoderTrainingConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Images ``(N, 3, H, W)`` uint8 and labels ``(N, K)`` float for the configured dataset."""
+    from ..data.synthfaces import SYNTHFACES_ATTRIBUTES, make_synthfaces_arrays
+
+    if config.dataset == "synthfaces":
+        names = list(config.attribute_columns or SYNTHFACES_ATTRIBUTES)
+        images, params = make_synthfaces_arrays(config.num_images, image_size=config.image_size, seed=config.seed)
+        unknown = [n for n in names if n not in SYNTHFACES_ATTRIBUTES]
+        if unknown:
+            raise ValueError(f"attribute_columns {unknown} are not SynthFaces attributes {list(SYNTHFACES_ATTRIBUTES)}")
+        labels = torch.stack([torch.as_tensor(params[n], dtype=torch.float32) for n in names], 1)
+        return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, names
+    from ..data.attributes import dataset_to_tensors, load_attribute_dataset
+
+    if not config.attribute_columns:
+        raise ValueError("attribute_columns must be given for a dataset other than 'synthfaces'")
+    ds = load_attribute_dataset(config.dataset, image_column=config.image_column, attribute_columns=config.attribute_columns)
+    images, labels = dataset_to_tensors(ds, image_size=config.image_size, image_column=config.image_column,
+                                        attribute_columns=config.attribute_columns)
+    images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return images, labels.float(), list(config.attribute_columns)
+
+
+def _to_model_range(batch_uint8: torch.Tensor) -> torch.Tensor:
+    return batch_uint8.float() / 127.5 - 1.0  # (B, 3, H, W) in [-1, 1]
+
+
+class _Trainable(torch.nn.Module):
+    """Encoder, UNet and the training-only attribute heads as one module (one optimiser, one DDP wrapper)."""
+
+    def __init__(self, encoder: SemanticEncoder, unet, num_attributes: int):
+        super().__init__()
+        self.encoder = encoder
+        self.unet = unet
+        self.heads = torch.nn.Linear(encoder.config.latent_dim, num_attributes)
+
+    def forward(self, x0, noise, timesteps, alphas_cumprod):
+        z = self.encoder(x0)
+        abar = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+        eps = self.unet(x_t, timesteps, class_labels=self.encoder.condition(z)).sample
+        return eps, self.heads(z)
+
+
+def _latest_checkpoint(ckpt_root: Path) -> Path | None:
+    done = sorted((p for p in ckpt_root.glob("step-*") if (p / "trainer_state.json").exists()),
+                  key=lambda p: int(p.name.split("-")[1]))
+    return done[-1] if done else None
+
+
+def train_autoencoder(config: AutoencoderTrainingConfig):
+    """Train, checkpoint, resume; at the end fit ``AttributeDirections`` and save a ``DPDiffusionPipeline``.
+
+    Returns:
+        `pathlib.Path`: the folder of the saved pipeline (``output_dir/model``).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if config.batch_size < 1 or config.max_steps < 1:
+        raise ValueError(f"batch_size and max_steps must be >= 1, got {config.batch_size} and {config.max_steps}")
+    out = Path(config.output_dir)
+    ckpt_root = out / "checkpoints"
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    set_seed(config.seed)
+    images, labels, names = load_training_tensors(config)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "training_config.json").write_text(json.dumps(asdict(config), indent=2, default=list))
+
+    encoder = SemanticEncoder(sample_size=config.image_size, latent_dim=config.latent_dim,
+                              block_out_channels=tuple(config.encoder_channels),
+                              condition_dim=4 * config.unet_channels[0])
+    unet = build_unet(sample_size=config.image_size, block_out_channels=tuple(config.unet_channels))
+    scheduler = build_scheduler()
+    model = _Trainable(encoder, unet, len(names))
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+
+    def lr_lambda(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=config.batch_size, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(config.seed))
+    model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
+    accelerator.register_for_checkpointing(ema)
+
+    step = 0
+    latest = _latest_checkpoint(ckpt_root)
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        step = json.loads((latest / "trainer_state.json").read_text())["step"]
+        logger.info("resumed from %s at step %d", latest, step)
+
+    alphas_cumprod = scheduler.alphas_cumprod.to(accelerator.device)
+    num_t = scheduler.config.num_train_timesteps
+    started = time.monotonic()
+    bar = tqdm(total=config.max_steps, initial=step, desc="train autoencoder",
+               disable=not (config.progress and accelerator.is_local_main_process))
+    noise_gen = torch.Generator(device="cpu").manual_seed(config.seed + 1000 * (step + 1) + accelerator.process_index)
+
+    def save_checkpoint():
+        accelerator.wait_for_everyone()
+        final = ckpt_root / f"step-{step}"
+        tmp = ckpt_root / f".tmp-step-{step}"
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)  # atomic: a checkpoint exists whole or not at all
+            for old in sorted(ckpt_root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    stop = False
+    while step < config.max_steps and not stop:
+        for x_u8, y in loader:
+            x0 = _to_model_range(x_u8)
+            noise = torch.randn(x0.shape, generator=noise_gen).to(x0.device)
+            t = torch.randint(0, num_t, (x0.shape[0],), generator=noise_gen).to(x0.device)
+            with accelerator.autocast():
+                eps, logits = model(x0, noise, t, alphas_cumprod)
+                loss_eps = F.mse_loss(eps.float(), noise)
+                loss_attr = F.binary_cross_entropy_with_logits(logits.float(), y)
+                loss = loss_eps + config.attribute_loss_weight * loss_attr
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            decay = min(config.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                src = list(accelerator.unwrap_model(model).parameters())
+                torch._foreach_lerp_(list(ema.parameters()), src, 1 - decay)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_eps.item():.4f}", attr=f"{loss_attr.item():.3f}")
+            out_of_time = config.max_minutes is not None and (time.monotonic() - started) > 60 * config.max_minutes
+            if step % config.checkpoint_every == 0 or step >= config.max_steps or out_of_time:
+                save_checkpoint()
+            if step >= config.max_steps or out_of_time:
+                stop = True
+                break
+    bar.close()
+
+    model_dir = out / "model"
+    if accelerator.is_main_process:
+        from ..pipeline_dp_diffusion import DPDiffusionPipeline
+
+        directions = fit_directions(ema.encoder, images, labels, names, clip_quantile=config.clip_quantile)
+        pipe = DPDiffusionPipeline(unet=ema.unet, encoder=ema.encoder, scheduler=scheduler,
+                                   attribute_directions=directions)
+        tmp = out / ".tmp-model"
+        shutil.rmtree(tmp, ignore_errors=True)
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "training_state.json").write_text(json.dumps({"step": step, "attribute_names": names}))
+        shutil.rmtree(model_dir, ignore_errors=True)
+        os.replace(tmp, model_dir)
+    accelerator.wait_for_everyone()
+    return model_dir
+
+
+@torch.no_grad()
+def encode_all(encoder: SemanticEncoder, images_uint8: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Latents ``(N, d)`` of uint8 images ``(N, 3, H, W)``."""
+    encoder.eval()
+    return torch.cat([encoder(_to_model_range(images_uint8[i:i + batch_size]))
+                      for i in range(0, len(images_uint8), batch_size)])
+
+
+def fit_directions(encoder, images_uint8, labels, names, *, clip_quantile: float = 0.95) -> AttributeDirections:
+    """Fit ``AttributeDirections`` (mean-difference probes + QR) on the latents of the training images."""
+    return AttributeDirections.fit(encode_all(encoder, images_uint8), labels, names, clip_quantile=clip_quantile)

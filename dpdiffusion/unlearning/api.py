@@ -1,0 +1,217 @@
+"""`unlearn`: make a trained classifier behave as if it had been trained on revised data, without retraining."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from typing import Any, Callable
+
+import torch
+
+from ..training.classifier import make_accelerator
+from .baselines import finetune, retrain
+from .core import (
+    METHODS,
+    FlatParameters,
+    Objective,
+    UnlearningResult,
+    as_image_label_pair,
+    changed_gradient_sum,
+    check_aligned,
+    hessian_subsample,
+    select_parameters,
+)
+from .first_order import first_order_step, line_search_tau
+from .second_order import second_order_step
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["unlearn"]
+
+
+def unlearn(
+    model: torch.nn.Module,
+    original: Any,
+    revised: Any,
+    *,
+    method: str = "first_order",
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    tau: float | None = None,
+    batch_size: int = 64,
+    damping: float | None = None,
+    damping_ratio: float = 0.01,
+    cg_iters: int = 20,
+    power_iters: int = 10,
+    hessian_samples: int = 512,
+    last_k_blocks: int | None = None,
+    train_set: Any = None,
+    n_train: int | None = None,
+    retrain_fn: Callable | None = None,
+    epochs: int | None = None,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    accelerator: Any = None,
+    mixed_precision: str = "no",
+    progress: bool = True,
+    inplace: bool = False,
+) -> UnlearningResult:
+    """Unlearn the features changed by a revision of some training examples (Warnecke et al., NDSS 2023).
+
+    A model was trained on a set containing the examples `original[i] = (x_i, y_i)`; these have since been
+    replaced by `revised[i] = (x~_i, y_i)` (e.g. a protected image in which the skin tone was resampled). The
+    returned model approximates the one retraining on the revised set would give:
+
+    - `"first_order"`: theta~ = theta - tau * delta, delta = sum_i grad l(z~_i) - sum_i grad l(z_i); `tau=None`
+      picks the exact line-search step of the local quadratic model (see `dpdiffusion.unlearning.first_order`).
+    - `"second_order"`: theta~ = theta - (H + lambda I)^-1 delta / n_train, H the Hessian of the mean training
+      loss on a subsample of `train_set`, solved by conjugate gradients on Hessian-vector products; lambda =
+      `damping_ratio` * lambda_max (power iteration) unless `damping` is given.
+    - `"finetune"`: `epochs` (default 1) of AdamW on `train_set`, starting from the model.
+    - `"retrain"`: a fresh model trained on `train_set` (`retrain_fn(images, labels)`, or `type(model)(config)`
+      trained for `epochs`, default 10, with `lr`, `batch_size`, `seed`).
+
+    Gradients and Hessian-vector products are taken with the model in eval mode (batch norm uses its running
+    statistics, which the approximate methods leave unchanged). Under Accelerate, example sums are sharded
+    across processes and all-reduced, so the result is the same on 1 or N processes.
+
+    Args:
+        model (`torch.nn.Module`): a trained `transformers` image classifier (not modified unless `inplace`).
+        original, revised: the changed examples before and after revision, aligned row by row: `(images, labels)`
+            tensors/arrays, a dict, a `torch.utils.data.Dataset` or a `datasets.Dataset`.
+        method (`str`): one of `"first_order"`, `"second_order"`, `"finetune"`, `"retrain"`.
+        loss_fn (`Callable`, *optional*): `loss_fn(logits, labels) -> (B,)` per-example losses; defaults to the
+            training loss for `model.config.problem_type`.
+        tau (`float`, *optional*): first-order step on the raw gradient-difference sum, > 0.
+        batch_size (`int`): batch size of gradient sums, HVPs and the training baselines.
+        damping (`float`, *optional*): lambda >= 0 added to the Hessian.
+        damping_ratio (`float`): lambda / lambda_max when `damping` is None (second order).
+        cg_iters (`int`), power_iters (`int`): iteration caps of conjugate gradients and power iteration.
+        hessian_samples (`int`): rows of `train_set` on which the Hessian is estimated.
+        last_k_blocks (`int`, *optional*): update only the last k blocks and the head (0: the head only).
+        train_set: the full training set after revision; required by `"finetune"` and `"retrain"`, and by the
+            Hessian of `"second_order"` and of the default `tau` (unless `n_train` is given, in which case the
+            Hessian is estimated on `revised`).
+        n_train (`int`, *optional*): training-set size; defaults to `len(train_set)`.
+        retrain_fn (`Callable`, *optional*): `retrain_fn(images, labels) -> model` for `"retrain"`.
+        epochs (`int`, *optional*), lr (`float`), weight_decay (`float`): recipe of the training baselines.
+        seed (`int`): seeds the Hessian subsample, power iteration and the baselines' training.
+        accelerator (`accelerate.Accelerator`, *optional*): created with `mixed_precision` when omitted.
+        progress (`bool`): tqdm bars on the main process.
+        inplace (`bool`): update `model` itself instead of a deep copy.
+
+    Returns:
+        `UnlearningResult` with the model, wall-clock seconds and the hyperparameters used.
+
+    Raises:
+        ValueError: for an unknown `method`, misaligned `original`/`revised` (lengths, shapes, labels), a missing
+            `train_set`, or out-of-range `tau`, `damping`, `batch_size`, `cg_iters`, `hessian_samples`,
+            `last_k_blocks`, `n_train`, `epochs`.
+    """
+    start = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got method={method!r}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got batch_size={batch_size}")
+    if tau is not None and not (math.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau must be a finite number > 0, got tau={tau}")
+    if damping is not None and not (math.isfinite(damping) and damping >= 0):
+        raise ValueError(f"damping must be a finite number >= 0, got damping={damping}")
+    if not damping_ratio > 0:
+        raise ValueError(f"damping_ratio must be > 0, got damping_ratio={damping_ratio}")
+    if int(cg_iters) < 1:
+        raise ValueError(f"cg_iters must be >= 1, got cg_iters={cg_iters}")
+    if int(power_iters) < 1:
+        raise ValueError(f"power_iters must be >= 1, got power_iters={power_iters}")
+    if int(hessian_samples) < 1:
+        raise ValueError(f"hessian_samples must be >= 1, got hessian_samples={hessian_samples}")
+    if epochs is not None and int(epochs) < 1:
+        raise ValueError(f"epochs must be >= 1, got epochs={epochs}")
+
+    orig, rev = check_aligned(original, revised)
+    n_changed = len(orig[0])
+    train = as_image_label_pair(train_set, "train_set") if train_set is not None else None
+    if train is not None and tuple(train[0].shape[1:]) != tuple(orig[0].shape[1:]):
+        raise ValueError(
+            f"train_set images must have the shape of the changed images {tuple(orig[0].shape[1:])}, "
+            f"got {tuple(train[0].shape[1:])}"
+        )
+    if n_train is None and train is not None:
+        n_train = len(train[0])
+    if n_train is not None and int(n_train) < n_changed:
+        raise ValueError(f"n_train must be >= the number of changed examples {n_changed}, got n_train={n_train}")
+    needs_train = method in ("finetune", "retrain")
+    needs_hessian = method == "second_order" or (method == "first_order" and tau is None)
+    if needs_train and train is None:
+        raise ValueError(f"method={method!r} needs train_set= (the full training set after revision)")
+    if needs_hessian and n_train is None:
+        raise ValueError(
+            f"method={method!r}{' with tau=None' if method == 'first_order' else ''} needs train_set= "
+            "(the revised training set, for the Hessian and n_train) or n_train="
+        )
+    if needs_hessian and train is None:
+        logger.warning("no train_set given: the Hessian is estimated on the revised examples only")
+
+    accelerator = make_accelerator(accelerator, mixed_precision)
+    src_device = next(model.parameters()).device
+    work = model if inplace else copy.deepcopy(model)
+    work.to(accelerator.device)
+    trainable = select_parameters(work, last_k_blocks)
+    flat = FlatParameters(work, trainable)
+    result = UnlearningResult(
+        model=work, method=method, seconds=0.0, n_changed=n_changed, n_train=n_train, updated_parameters=flat.numel
+    )
+
+    if method in ("finetune", "retrain"):
+        kwargs = dict(batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, accelerator=accelerator,
+                      progress=progress)
+        if method == "finetune":
+            result.model = finetune(work, train, trainable=None if last_k_blocks is None else trainable,
+                                    epochs=epochs or 1, **kwargs)
+        else:
+            result.model = retrain(work, train, retrain_fn=retrain_fn, epochs=epochs or 10, **kwargs)
+            result.updated_parameters = sum(p.numel() for p in result.model.parameters())
+        result.extra.update(epochs=epochs or (1 if method == "finetune" else 10), lr=lr)
+    else:
+        requires = {n: p.requires_grad for n, p in work.named_parameters()}
+        was_training = work.training
+        work.eval()
+        for p in work.parameters():
+            p.requires_grad_(False)
+        try:
+            objective = Objective(work, flat, loss_fn, accelerator)
+            theta = flat.flatten(work).to(accelerator.device)
+            delta, info = changed_gradient_sum(objective, theta, orig, rev, batch_size=batch_size, progress=progress)
+            result.extra.update(info, gradient_difference_norm=float(delta.norm()))
+            hess_data = train if train is not None else rev
+            rows = hessian_subsample(len(hess_data[0]), int(hessian_samples), seed) if needs_hessian else None
+            if method == "first_order":
+                if tau is None:
+                    tau, ls_info = line_search_tau(
+                        objective, theta, delta, hess_data, rows, n_train=int(n_train), damping=damping or 0.0,
+                        batch_size=batch_size, seed=seed,
+                    )
+                    result.extra.update(ls_info)
+                    result.damping = damping or 0.0
+                step = first_order_step(delta, tau)
+                result.tau = float(tau)
+            else:
+                step, used_damping, so_info = second_order_step(
+                    objective, theta, delta, hess_data, rows, n_train=int(n_train), damping=damping,
+                    damping_ratio=damping_ratio, cg_iters=int(cg_iters), power_iters=int(power_iters),
+                    batch_size=batch_size, seed=seed, progress=progress,
+                )
+                result.damping = used_damping
+                result.extra.update(so_info)
+            flat.add_(work, -step)
+            result.extra["update_norm"] = float(step.norm())
+        finally:
+            for n, p in work.named_parameters():
+                p.requires_grad_(requires[n])
+            work.train(was_training)
+    result.model.eval().to(src_device)
+    result.seconds = time.perf_counter() - start
+    logger.info("unlearning (%s) of %d examples took %.2f s", method, n_changed, result.seconds)
+    return result

@@ -1,0 +1,70 @@
+"""First-order feature unlearning (Warnecke et al., NDSS 2023, Sec. 4.1).
+
+    theta~ = theta* - tau * delta,     delta = sum_i grad l(z~_i; theta*) - sum_i grad l(z_i; theta*)
+
+Replacing the n_changed examples z_i by z~_i changes the training objective
+L(theta) = (1/n_train) sum_j l(z_j; theta) into L~ = L + (1/n_train) sum_i [l(z~_i) - l(z_i)], whose gradient at
+theta* (a stationary point of L) is g = delta / n_train. The update is one gradient step on L~ from theta*.
+
+Choice of tau (`tau=None`): the exact line search along -g of the local quadratic model of L~,
+
+    L~(theta* - t g) ~ L~(theta*) - t g^T g + t^2/2 g^T (H + lambda I) g
+    =>  t* = g^T g / g^T (H + lambda I) g,      tau = t* / n_train,
+
+i.e. the inverse of the curvature of the training loss along the update direction (a Rayleigh quotient of the
+Hessian H of L, estimated on a random subsample of the revised training set with one Hessian-vector product).
+It costs one HVP on `hessian_samples` rows and no hyperparameter. If the curvature along g is not positive
+(non-convex direction), tau falls back to 1 / (n_train * |lambda_max|), the largest stable gradient-descent step,
+with lambda_max from a few power iterations. A `tau` given by the caller is used as is (the paper's units).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .core import Objective
+from .second_order import HessianOperator, power_iteration
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["first_order_step", "line_search_tau"]
+
+
+def line_search_tau(
+    objective: Objective,
+    theta: torch.Tensor,
+    delta: torch.Tensor,
+    hessian_data: tuple[torch.Tensor, torch.Tensor],
+    rows: torch.Tensor,
+    *,
+    n_train: int,
+    damping: float,
+    batch_size: int,
+    seed: int,
+) -> tuple[float, dict]:
+    """tau = g^T g / (n_train g^T (H + damping I) g) with g = delta / n_train (see the module docstring)."""
+    op = HessianOperator(objective, theta, *hessian_data, rows, batch_size=batch_size, damping=damping)
+    g = delta / n_train
+    gg = float(torch.dot(g, g))
+    if gg == 0.0:
+        return 0.0, {"curvature_along_update": 0.0, "hessian_vector_products": 0}
+    curvature = float(torch.dot(g, op(g))) / gg
+    info = {"curvature_along_update": curvature, "hessian_samples": int(len(rows))}
+    if curvature <= 0.0:
+        op.damping = 0.0
+        lam_max, _ = power_iteration(op, theta.numel(), iters=10, seed=seed, device=theta.device)
+        logger.warning(
+            "non-positive curvature %.3g along the first-order update; tau falls back to 1/(n_train*|lambda_max|)",
+            curvature,
+        )
+        curvature = abs(lam_max) if lam_max != 0 else 1.0
+        info["lambda_max"] = lam_max
+    info["hessian_vector_products"] = op.calls
+    return 1.0 / (n_train * curvature), info
+
+
+def first_order_step(delta: torch.Tensor, tau: float) -> torch.Tensor:
+    """The step s with theta~ = theta - s: s = tau * delta."""
+    return tau * delta

@@ -1,0 +1,12 @@
+"""diffusers custom-pipeline entry point for ``DPDiffusionPipeline``.
+
+    from diffusers import DiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained(MODEL, custom_pipeline="path/to/pipelines/dp_diffusion")
+
+The implementation lives in the ``dpdiffusion`` package (one source of truth for the privacy math); this file only
+re-exports it, so ``pip install dpdiffusion`` is required.
+"""
+
+from dpdiffusion.pipeline_dp_diffusion import DPDiffusionPipeline, DPDiffusionPipelineOutput  # noqa: F401
+
+__all__ = ["DPDiffusionPipeline", "DPDiffusionPipelineOutput"]

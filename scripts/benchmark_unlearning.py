@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+"""Benchmark feature unlearning on SynthFaces: first/second-order updates vs fine-tuning vs retraining.
+
+Setup (what makes the comparison meaningful):
+
+1. Original training data: `--num-train` SynthFaces images labelled with the utility attributes
+   smiling / eyeglasses / wearing_hat (multi-label). The protected attribute `dark_skin` is never a label, but
+   the original data carry a dataset bias: `dark_skin` agrees with `--correlated-label` (smiling) on a
+   `--correlation` fraction of the images, so the original model has a reason to encode skin tone (it is a
+   shortcut for that label), as real face datasets correlate sensitive and utility attributes.
+2. Revision: a random `--frac-changed` of the training images are replaced by protected versions in which
+   `dark_skin` is resampled at random (`render_counterfactual(params, "dark_skin", value=random bools)`): the
+   revised images carry no information about the original skin tone, and the bias is weaker in the revised set.
+3. Models: the original classifier; `retrain` = the same recipe (same initial weights, same data order, same
+   epochs) on the revised set, the gold standard; `finetune` = `--finetune-epochs` on the revised set from the
+   original; `first_order` and `second_order` = the closed-form updates on the changed pairs
+   (`dpdiffusion.unlearning.unlearn`), restricted to the last `--last-k-blocks` blocks + head.
+4. Metrics (`dpdiffusion.evaluation.unlearning_metrics.compare_unlearning`) on an unbiased test set
+   (attributes independent): test accuracy, agreement with and L2 distance to the retrained model, loss-based
+   membership-inference AUC of the changed *original* images against held-out images, and the accuracy of a
+   linear probe for `dark_skin` on penultimate features.
+
+Prints one JSON document and a Markdown table; `--out DIR` also writes `results.json` and `table.md`.
+
+    python scripts/benchmark_unlearning.py --num-train 5000 --frac-changed 0.3 --epochs 20 --out bench-out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dpdiffusion.data.synthfaces import SYNTHFACES_ATTRIBUTES, counterfactual_params, render_faces, sample_face_params
+from dpdiffusion.evaluation.unlearning_metrics import compare_unlearning, format_table
+from dpdiffusion.training.classifier import build_classifier, make_accelerator, train_classifier
+from dpdiffusion.unlearning import unlearn
+
+LABELS = ("smiling", "eyeglasses", "wearing_hat")
+PROTECTED = "dark_skin"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--num-train", type=int, default=5000, help="number of training images (>= 100)")
+    p.add_argument("--num-test", type=int, default=2000, help="held-out images: test set, MIA non-members and probe")
+    p.add_argument("--frac-changed", type=float, default=0.3, help="fraction of training images revised, in (0, 1]")
+    p.add_argument("--epochs", type=int, default=20, help="epochs of the original training and of retraining")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size")
+    p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (cosine decay)")
+    p.add_argument("--finetune-epochs", type=int, default=2, help="epochs of the fine-tuning baseline")
+    p.add_argument("--finetune-lr", type=float, default=1e-3, help="learning rate of the fine-tuning baseline")
+    p.add_argument("--last-k-blocks", type=int, default=1,
+                   help="first/second order update only the last k ResNet stages + head (-1: all parameters)")
+    p.add_argument("--hessian-samples", type=int, default=256, help="training rows for Hessian-vector products")
+    p.add_argument("--cg-iters", type=int, default=10, help="conjugate-gradient iterations (second order)")
+    p.add_argument("--power-iters", type=int, default=5, help="power iterations for lambda_max (second order)")
+    p.add_argument("--damping-ratio", type=float, default=0.01, help="second-order damping lambda / lambda_max")
+    p.add_argument("--grad-batch-size", type=int, default=256, help="batch size of gradient sums and HVPs")
+    p.add_argument("--correlated-label", choices=LABELS, default="smiling",
+                   help="utility label that dark_skin agrees with in the original training data")
+    p.add_argument("--correlation", type=float, default=0.9,
+                   help="fraction of original training images whose dark_skin equals the correlated label")
+    p.add_argument("--image-size", type=int, default=32, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation, data order and unlearning")
+    p.add_argument("--out", type=Path, default=None, help="directory for results.json and table.md")
+    p.add_argument("--progress", action="store_true", help="show progress bars")
+    args = p.parse_args(argv)
+    if args.num_train < 100:
+        p.error(f"--num-train must be >= 100, got {args.num_train}")
+    if not 0 < args.frac_changed <= 1:
+        p.error(f"--frac-changed must be in (0, 1], got {args.frac_changed}")
+    if not 0 <= args.correlation <= 1:
+        p.error(f"--correlation must be in [0, 1], got {args.correlation}")
+    return args
+
+
+def make_data(args) -> dict:
+    """Original/revised training sets, the changed rows, and an unbiased test set."""
+    rng = np.random.default_rng(args.seed)
+    n, n_test = args.num_train, args.num_test
+    params = sample_face_params(n + n_test, seed=args.seed)
+    train_p = {k: v[:n] for k, v in params.items()}
+    test_p = {k: v[n:] for k, v in params.items()}
+    # dataset bias in the original training data: dark_skin agrees with the correlated label on `correlation`
+    agree = rng.random(n) < args.correlation
+    label = train_p[args.correlated_label]
+    train_p = counterfactual_params(train_p, PROTECTED, value=np.where(agree, label, ~label))
+    train_images = render_faces(train_p, image_size=args.image_size)
+    test_images = render_faces(test_p, image_size=args.image_size)
+    # revision: resample dark_skin at random on a random subset
+    n_changed = max(1, int(round(args.frac_changed * n)))
+    changed = np.sort(rng.permutation(n)[:n_changed])
+    sub = {k: v[changed] for k, v in train_p.items()}
+    revised_changed = render_faces(counterfactual_params(sub, PROTECTED, value=rng.random(n_changed) < 0.5),
+                                   image_size=args.image_size)
+    revised_images = train_images.copy()
+    revised_images[changed] = revised_changed
+    labels = lambda p: np.stack([p[a] for a in LABELS], axis=1).astype(np.float32)  # noqa: E731
+    return {
+        "train_images": train_images, "revised_images": revised_images, "train_labels": labels(train_p),
+        "changed": changed, "test_images": test_images, "test_labels": labels(test_p),
+        "test_protected": test_p[PROTECTED].astype(np.int64),
+    }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.manual_seed(args.seed)
+    accelerator = make_accelerator()
+    t0 = time.perf_counter()
+    data = make_data(args)
+    data_seconds = time.perf_counter() - t0
+    y = torch.from_numpy(data["train_labels"])
+    changed = data["changed"]
+    recipe = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, accelerator=accelerator,
+                  progress=args.progress)
+
+    def fresh_model():
+        return build_classifier(len(LABELS), image_size=args.image_size, seed=args.seed, label_names=list(LABELS))
+
+    t0 = time.perf_counter()
+    original = train_classifier(fresh_model(), torch.from_numpy(data["train_images"]), y, **recipe)
+    original_seconds = time.perf_counter() - t0
+
+    orig_pairs = (torch.from_numpy(data["train_images"][changed]), y[changed])
+    rev_pairs = (torch.from_numpy(data["revised_images"][changed]), y[changed])
+    train_set = (torch.from_numpy(data["revised_images"]), y)
+    k = None if args.last_k_blocks < 0 else args.last_k_blocks
+    common = dict(train_set=train_set, seed=args.seed, accelerator=accelerator, progress=args.progress)
+
+    results = {}
+    results["retrain"] = unlearn(
+        original, orig_pairs, rev_pairs, method="retrain",
+        retrain_fn=lambda images, labels: train_classifier(fresh_model(), images, labels, **recipe), **common,
+    )
+    results["finetune"] = unlearn(original, orig_pairs, rev_pairs, method="finetune", epochs=args.finetune_epochs,
+                                  lr=args.finetune_lr, batch_size=args.batch_size, **common)
+    so = dict(last_k_blocks=k, hessian_samples=args.hessian_samples, batch_size=args.grad_batch_size)
+    results["first_order"] = unlearn(original, orig_pairs, rev_pairs, method="first_order", **so, **common)
+    results["second_order"] = unlearn(original, orig_pairs, rev_pairs, method="second_order", cg_iters=args.cg_iters,
+                                      power_iters=args.power_iters, damping_ratio=args.damping_ratio, **so, **common)
+
+    retrained = results.pop("retrain")
+    test = (data["test_images"], data["test_labels"])
+    table = compare_unlearning(
+        results, retrained, original=original, test=test,
+        members=(data["train_images"][changed], data["train_labels"][changed]),
+        non_members=test, probe=(data["test_images"], data["test_protected"]), seed=args.seed,
+    )
+    rows = table["rows"]
+    ref = rows["retrain"]
+    checks = {}
+    for m in ("first_order", "second_order"):
+        r = rows[m]
+        checks[m] = {
+            "speedup_target": 50 if m == "first_order" else 10,
+            "speedup_ok": (r["speedup_vs_retrain"] or 0) >= (50 if m == "first_order" else 10),
+            "test_accuracy_within_1pt": abs(r["test_accuracy"] - ref["test_accuracy"]) <= 0.01,
+            "mia_auc_within_0.03": abs(r["mia_auc"] - ref["mia_auc"]) <= 0.03,
+            "closer_than_original_l2": r["l2_to_retrained"] < rows["original"]["l2_to_retrained"],
+            "agreement_up": r["agreement_with_retrained"] >= rows["original"]["agreement_with_retrained"],
+        }
+    report = {
+        "args": {k_: (str(v) if isinstance(v, Path) else v) for k_, v in vars(args).items()},
+        "n_changed": int(len(changed)),
+        "seconds": {"data": data_seconds, "original_training": original_seconds, "retrain": retrained.seconds},
+        "table": table,
+        "unlearning": {name: r.summary() for name, r in results.items()} | {"retrain": retrained.summary()},
+        "checks": checks,
+    }
+    print(json.dumps(report, indent=1, default=float))
+    print(format_table(table))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(report, indent=1, default=float))
+        (args.out / "table.md").write_text(format_table(table) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

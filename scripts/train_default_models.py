@@ -1,0 +1,42 @@
+#!/usr/bin/env python
+"""Train the embedded default diffusion autoencoder on SynthFaces and install it into the package.
+
+    python scripts/train_default_models.py --output_dir runs/default --max_steps 3000 --install
+
+Every option of ``AutoencoderTrainingConfig`` is a flag (``--help`` lists them). Rerunning with the same
+``--output_dir`` resumes from the newest checkpoint. ``--install`` copies ``output_dir/model`` to
+``dpdiffusion/default_model`` (the ``DEFAULT_MODEL``) and writes its model card with this exact command.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser
+
+from dpdiffusion.training.train_autoencoder import AutoencoderTrainingConfig, train_autoencoder
+
+
+@dataclass
+class InstallArguments:
+    install: bool = field(default=False, metadata={"help": "Install the result as dpdiffusion's DEFAULT_MODEL."})
+
+
+def main(argv=None) -> int:
+    parser = HfArgumentParser((AutoencoderTrainingConfig, InstallArguments))
+    config, install = parser.parse_args_into_dataclasses(args=argv)
+    model_dir = train_autoencoder(config)
+    print(f"pipeline saved to {model_dir}")
+    if install.install:
+        from dpdiffusion.models.default import install_default_model
+
+        command = "python scripts/train_default_models.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        target = install_default_model(model_dir, command=command)
+        print(f"installed as DEFAULT_MODEL at {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""Fixtures for the privacy tests."""
+
+import pytest
+
+from dpdiffusion.privacy import mechanism
+
+
+@pytest.fixture(autouse=True)
+def _silence_insecure_prng_warning(monkeypatch):
+    """The one-time 'torch PRNG is not a CSPRNG' warning is tested explicitly; silence it elsewhere."""
+    monkeypatch.setattr(mechanism, "_INSECURE_PRNG_WARNED", True)
