@@ -102,13 +102,16 @@ def _jsonable(value: Any):
     return str(value)
 
 
-def _read_done(part_dir: Path) -> set[int]:
+def _read_done(out: Path, part_dir: Path) -> set[int]:
+    """Rows with a complete record whose image file exists (anything else is redone)."""
     done = set()
     for part in part_dir.glob("worker-*.jsonl"):
         for line in part.read_text().splitlines():
             try:
-                done.add(int(json.loads(line)["index"]))
-            except (ValueError, KeyError, json.JSONDecodeError):
+                rec = json.loads(line)
+                if (out / rec["file_name"]).is_file():
+                    done.add(int(rec["index"]))
+            except (ValueError, KeyError, TypeError, json.JSONDecodeError):
                 continue  # a line cut by a crash: that row is redone
     return done
 
@@ -151,7 +154,7 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
             raise ValueError(f"{out} was written with other settings {old}; use another output_dir or the same settings")
     elif rank == 0:
         _atomic_write_bytes(cfg_path, json.dumps(_jsonable(settings), indent=2).encode())
-    done = _read_done(part_dir)
+    done = _read_done(out, part_dir)
     report = pipe.report_for(spec)
     figures = report.to_dict()
     part = open(part_dir / f"worker-{rank}.jsonl", "a")

@@ -388,7 +388,7 @@ def compose_noise_multipliers(multipliers: Iterable[float]) -> float:
 def gaussian_rdp(*, orders, noise_multiplier: float):
     r"""Renyi-DP curve of the Gaussian mechanism: eps(alpha) = alpha / (2 m^2).
 
-    Mironov 2017 ("Renyi differential privacy", CSF), Proposition 7 / Table II.
+    Mironov 2017 ("Renyi differential privacy", CSF), Table II.
 
     Args:
         orders (`float` or array-like of `float`):

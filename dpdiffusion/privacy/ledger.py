@@ -392,43 +392,84 @@ class PrivacyLedger:
             ValueError: on bad arguments, or if the release does not protect the subject's neighbouring relation
                 (see the module docstring).
         """
-        subject_id = _check_subject(subject_id)
+        return self.charge_many([subject_id], noise_multiplier=noise_multiplier, attributes=attributes, scope=scope,
+                                note=note)[0]
+
+    def charge_many(
+        self,
+        subject_ids: Sequence[str],
+        *,
+        noise_multiplier: float,
+        attributes: Sequence[str],
+        scope: str = "attributes",
+        note: Optional[str] = None,
+    ) -> List[float]:
+        """Record one release for each entry of `subject_ids` (e.g. a batch of images), all or nothing.
+
+        One `BEGIN IMMEDIATE` transaction: if any subject cannot afford its release (or its neighbouring relation
+        is not protected) nothing at all is recorded. A subject listed twice is charged twice.
+
+        Args:
+            subject_ids (`Sequence[str]`): one subject per released image.
+            noise_multiplier, attributes, scope, note: as in `charge`, shared by all releases.
+
+        Returns:
+            `list[float]`: remaining epsilon of each listed subject after the whole batch, in order.
+
+        Raises:
+            BudgetExceededError, ValueError: as `charge`; nothing is written.
+        """
+        if isinstance(subject_ids, str):
+            raise ValueError(f"subject_ids must be a sequence of str, not one string; use [{subject_ids!r}]")
+        subject_ids = [_check_subject(s) for s in subject_ids]
+        if not subject_ids:
+            raise ValueError("subject_ids must be non-empty")
         m = _check_multiplier(noise_multiplier)
         attributes = _check_attributes(attributes)
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got scope={scope!r}")
         if note is not None and not isinstance(note, str):
             raise ValueError(f"note must be None or a str, got note={note!r}")
+        release_epsilon = self._epsilon_of([m])
 
         with self._connect() as conn, self._transaction(conn):
-            row = conn.execute("SELECT scope, attributes FROM subjects WHERE subject_id = ?", (subject_id,)).fetchone()
-            if row is not None:
-                self._check_relation(subject_id, row[0], tuple(json.loads(row[1])), scope, attributes)
-            multipliers = self._multipliers(conn, subject_id)
-            spent = self._epsilon_of(multipliers)
-            after = self._epsilon_of(multipliers + [m])
-            if not after <= self._budget_epsilon:
-                raise BudgetExceededError(
-                    subject_id=subject_id,
-                    budget_epsilon=self._budget_epsilon,
-                    delta=self._delta,
-                    spent_epsilon=spent,
-                    release_epsilon=self._epsilon_of([m]),
-                    epsilon_after=after,
-                    noise_multiplier=m,
-                )
+            pending = {}  # subject -> multipliers including this batch's releases so far
+            rows = []
+            for subject_id in subject_ids:
+                if subject_id not in pending:
+                    row = conn.execute(
+                        "SELECT scope, attributes FROM subjects WHERE subject_id = ?", (subject_id,)
+                    ).fetchone()
+                    if row is not None:
+                        self._check_relation(subject_id, row[0], tuple(json.loads(row[1])), scope, attributes)
+                    pending[subject_id] = (row is None, self._multipliers(conn, subject_id))
+                is_new, multipliers = pending[subject_id]
+                spent = self._epsilon_of(multipliers)
+                after = self._epsilon_of(multipliers + [m])
+                if not after <= self._budget_epsilon:
+                    raise BudgetExceededError(
+                        subject_id=subject_id,
+                        budget_epsilon=self._budget_epsilon,
+                        delta=self._delta,
+                        spent_epsilon=spent,
+                        release_epsilon=release_epsilon,
+                        epsilon_after=after,
+                        noise_multiplier=m,
+                    )
+                multipliers.append(m)
+                rows.append((subject_id, after))
             now = datetime.now(timezone.utc).isoformat()
-            if row is None:
-                conn.execute(
-                    "INSERT INTO subjects (subject_id, scope, attributes, created_at) VALUES (?, ?, ?, ?)",
-                    (subject_id, scope, json.dumps(list(attributes)), now),
-                )
-            conn.execute(
+            conn.executemany(
+                "INSERT INTO subjects (subject_id, scope, attributes, created_at) VALUES (?, ?, ?, ?)",
+                [(s, scope, json.dumps(list(attributes)), now) for s, (is_new, _) in pending.items() if is_new],
+            )
+            conn.executemany(
                 "INSERT INTO releases (subject_id, noise_multiplier, epsilon, spent_after, attributes, scope, note, "
                 "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (subject_id, m, self._epsilon_of([m]), after, json.dumps(list(attributes)), scope, note, now),
+                [(s, m, release_epsilon, after, json.dumps(list(attributes)), scope, note, now) for s, after in rows],
             )
-        return max(0.0, self._budget_epsilon - after)
+        final = {s: self._epsilon_of(multipliers) for s, (_, multipliers) in pending.items()}
+        return [max(0.0, self._budget_epsilon - final[s]) for s in subject_ids]
 
     def charge_spec(self, subject_id: str, spec: PrivacySpec, *, note: Optional[str] = None) -> float:
         """`charge` a release made with `spec` (multiplier `gaussian_sigma(spec.epsilon, spec.delta)`).

@@ -26,7 +26,7 @@ m = `gaussian_sigma(epsilon, delta)` (unit sensitivity, Balle & Wang 2018 Theore
 Then sum_i (Delta_i / sigma_i)^2 (+ (Delta_r / sigma_r)^2) = sum_i w_i / (W m^2) = 1 / m^2: after whitening, the
 release is *one* Gaussian mechanism with L2 sensitivity 1 and noise multiplier m, hence (epsilon, delta)-DP for the
 relation above (Balle & Wang 2018 Theorem 8; equivalently (1/m)-GDP, Dong, Roth & Su 2019, and rho-zCDP, Bun &
-Steinke 2016 Proposition 1.6 with Lemma 2.3 for the split). Sigmas are rounded up (relative 1e-14, and again to the
+Steinke 2016 Proposition 1.6 with Lemma 1.7 for the split). Sigmas are rounded up (relative 1e-14, and again to the
 next representable value when cast to the tensor dtype) so that rounding never weakens the guarantee.
 
 **What is protected.** Inference about the clipped protected coordinates of one input (e.g. "does this face have
@@ -415,7 +415,12 @@ def _bounds_tensor(bounds, like: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"clip_bounds must have one entry per coordinate (last dimension {like.shape[-1]}), got {len(bounds)}"
         )
-    return torch.tensor(bounds, dtype=like.dtype, device=like.device)
+    bounds64 = torch.tensor(bounds, dtype=torch.float64)
+    cast = bounds64.to(like.dtype)
+    high = cast.to(torch.float64) > bounds64
+    if high.any():  # round down when casting: clipping is never looser than the public bound
+        cast = torch.where(high, torch.nextafter(cast, torch.zeros_like(cast)), cast)
+    return cast.to(like.device)
 
 
 def _check_float_tensor(name: str, x) -> None:
@@ -430,8 +435,8 @@ def _check_float_tensor(name: str, x) -> None:
 def clip_coordinates(a: torch.Tensor, clip_bounds) -> torch.Tensor:
     r"""Clamp each coordinate a[..., i] to [-C_i, C_i].
 
-    The bounds are cast to `a`'s dtype (a bound that is not representable rounds to nearest, and the bound used
-    is the one returned in the tensor's precision).
+    The bounds are cast to `a`'s dtype rounding down (towards privacy): a bound that is not representable in that
+    dtype is replaced by the largest representable value below it.
 
     Args:
         a (`torch.Tensor`): (..., k) coordinates.

@@ -24,7 +24,7 @@ from .core import (
     select_parameters,
 )
 from .first_order import first_order_step, line_search_tau
-from .second_order import second_order_step
+from .second_order import CURVATURES, second_order_step
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ def unlearn(
     batch_size: int = 64,
     damping: float | None = None,
     damping_ratio: float = 0.01,
+    curvature: str = "gauss_newton",
     cg_iters: int = 20,
     power_iters: int = 10,
     hessian_samples: int = 512,
@@ -121,6 +122,8 @@ def unlearn(
         raise ValueError(f"damping must be a finite number >= 0, got damping={damping}")
     if not damping_ratio > 0:
         raise ValueError(f"damping_ratio must be > 0, got damping_ratio={damping_ratio}")
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {CURVATURES}, got curvature={curvature!r}")
     if int(cg_iters) < 1:
         raise ValueError(f"cg_iters must be >= 1, got cg_iters={cg_iters}")
     if int(power_iters) < 1:
@@ -190,7 +193,8 @@ def unlearn(
             if method == "first_order":
                 if tau is None:
                     tau, ls_info = line_search_tau(
-                        objective, theta, delta, hess_data, rows, n_train=int(n_train), damping=damping or 0.0,
+                        objective, theta, delta, hess_data, rows, n_train=int(n_train), curvature=curvature,
+                        damping=damping or 0.0,
                         batch_size=batch_size, seed=seed,
                     )
                     result.extra.update(ls_info)
@@ -199,7 +203,7 @@ def unlearn(
                 result.tau = float(tau)
             else:
                 step, used_damping, so_info = second_order_step(
-                    objective, theta, delta, hess_data, rows, n_train=int(n_train), damping=damping,
+                    objective, theta, delta, hess_data, rows, n_train=int(n_train), curvature=curvature, damping=damping,
                     damping_ratio=damping_ratio, cg_iters=int(cg_iters), power_iters=int(power_iters),
                     batch_size=batch_size, seed=seed, progress=progress,
                 )

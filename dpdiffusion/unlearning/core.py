@@ -117,8 +117,11 @@ def as_image_label_pair(data: Any, name: str) -> tuple[torch.Tensor, torch.Tenso
             f"{name} must be an (images, labels) pair, a dict, a torch Dataset or a datasets.Dataset, "
             f"got {type(data).__name__}"
         )
-    images = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
-    labels = as_label_tensor(labels)
+    try:
+        images = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
+        labels = as_label_tensor(labels)
+    except (TypeError, RuntimeError, ValueError) as err:
+        raise ValueError(f"{name} must hold numeric images and labels: {err}") from err
     if images.ndim != 4:
         raise ValueError(f"{name} images must be 4-dimensional (N, H, W, 3) or (N, 3, H, W), got {tuple(images.shape)}")
     if len(images) != len(labels):
@@ -234,9 +237,14 @@ class Objective:
         self.device = accelerator.device
         self.problem_type: str | None = None
 
-    def _losses(self, theta: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _logits(self, theta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         out = functional_call(self.model, self.flat.unflatten(theta), (), {"pixel_values": images})
-        logits = out.logits if hasattr(out, "logits") else out[0]
+        return out.logits if hasattr(out, "logits") else out[0]
+
+    def _losses(self, theta: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self._loss_of_logits(self._logits(theta, images), labels)
+
+    def _loss_of_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.loss_fn is not None:
             losses = self.loss_fn(logits.float(), labels)
             if losses.ndim != 1 or losses.shape[0] != logits.shape[0]:

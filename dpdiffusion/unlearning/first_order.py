@@ -40,12 +40,15 @@ def line_search_tau(
     rows: torch.Tensor,
     *,
     n_train: int,
+    curvature: str,
     damping: float,
     batch_size: int,
     seed: int,
 ) -> tuple[float, dict]:
     """tau = g^T g / (n_train g^T (H + damping I) g) with g = delta / n_train (see the module docstring)."""
-    op = HessianOperator(objective, theta, *hessian_data, rows, batch_size=batch_size, damping=damping)
+    op = HessianOperator(
+        objective, theta, *hessian_data, rows, batch_size=batch_size, damping=damping, curvature=curvature
+    )
     g = delta / n_train
     gg = float(torch.dot(g, g))
     if gg == 0.0:

@@ -30,11 +30,19 @@ from .core import Objective
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HessianOperator", "conjugate_gradient", "power_iteration", "second_order_step"]
+CURVATURES = ("hessian", "gauss_newton")
+
+__all__ = ["CURVATURES", "HessianOperator", "conjugate_gradient", "power_iteration", "second_order_step"]
 
 
 class HessianOperator:
-    """v -> (H + damping I) v for the mean loss over `rows` of `(images, labels)` at `theta`.
+    """v -> (C + damping I) v, C the curvature of the mean loss over `rows` of `(images, labels)` at `theta`.
+
+    `curvature="hessian"`: C = H, the exact Hessian (forward-over-reverse `jvp(grad)`).
+    `curvature="gauss_newton"`: C = G = sum_j J_j^T H_f,j J_j / m, the generalised Gauss-Newton matrix (J the
+    Jacobian of the logits, H_f the Hessian of the loss w.r.t. the logits). G is positive semi-definite for
+    convex losses (cross-entropy, BCE, squared error) and equals H minus the terms weighted by the residuals,
+    which vanish at an interpolating minimum; it keeps conjugate gradients well posed on non-convex networks.
 
     Batches are converted once and cached on the device; each process handles its shard of `rows`, and the
     partial products are summed across processes before dividing by `len(rows)`.
@@ -50,6 +58,7 @@ class HessianOperator:
         *,
         batch_size: int = 64,
         damping: float = 0.0,
+        curvature: str = "hessian",
     ):
         self.objective, self.theta, self.damping = objective, theta, float(damping)
         self.count = len(rows)
@@ -57,6 +66,9 @@ class HessianOperator:
         self.batches = [
             objective.batch(images, labels, local[s : s + batch_size]) for s in range(0, len(local), batch_size)
         ]
+        if curvature not in CURVATURES:
+            raise ValueError(f"curvature must be one of {CURVATURES}, got curvature={curvature!r}")
+        self.curvature = curvature
         self.calls = 0
 
         def loss_sum(th, x, y):
@@ -64,12 +76,31 @@ class HessianOperator:
 
         self._grad = torch.func.grad(loss_sum)
 
+    def _hvp_batch(self, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # exact Hessian: forward-over-reverse, d/dt grad L(theta + t v) at t = 0
+        return torch.func.jvp(lambda th: self._grad(th, x, y), (self.theta,), (v,))[1]
+
+    def _ggn_batch(self, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # Gauss-Newton: J^T H_f J v with f the logits and H_f the Hessian of the loss w.r.t. the logits
+        objective = self.objective
+
+        def logits_fn(th):
+            return objective._logits(th, x)
+
+        logits, jv = torch.func.jvp(logits_fn, (self.theta,), (v,))  # (B, L), (B, L)
+        loss_of_logits = torch.func.grad(lambda z: objective._loss_of_logits(z, y).sum())
+        h_jv = torch.func.jvp(loss_of_logits, (logits.detach(),), (jv.detach(),))[1]
+        _, vjp_fn = torch.func.vjp(logits_fn, self.theta)
+        return vjp_fn(h_jv)[0]
+
     def hvp_undamped(self, v: torch.Tensor) -> torch.Tensor:
+        """(1/m) sum_j C_j v over the rows, C = Hessian or Gauss-Newton matrix of l(z_j), all-reduced."""
         self.calls += 1
+        batch_fn = self._hvp_batch if self.curvature == "hessian" else self._ggn_batch
+        v = v.to(self.theta.dtype)
         out = torch.zeros_like(self.theta)
         for x, y in self.batches:
-            _, hv = torch.func.jvp(lambda th: self._grad(th, x, y), (self.theta,), (v.to(self.theta.dtype),))
-            out += hv
+            out += batch_fn(v, x, y)
         return self.objective.reduce_sum(out) / self.count
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
@@ -167,6 +198,7 @@ def second_order_step(
     rows: torch.Tensor,
     *,
     n_train: int,
+    curvature: str,
     damping: float | None,
     damping_ratio: float,
     cg_iters: int,
@@ -181,7 +213,7 @@ def second_order_step(
         `(step, damping_used, info)`.
     """
     show = progress and objective.accelerator.is_main_process
-    op = HessianOperator(objective, theta, *hessian_data, rows, batch_size=batch_size)
+    op = HessianOperator(objective, theta, *hessian_data, rows, batch_size=batch_size, curvature=curvature)
     lam_max, _ = power_iteration(op, theta.numel(), iters=power_iters, seed=seed, device=theta.device)
     if damping is None:
         damping = damping_ratio * abs(lam_max)

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 
 import dp_accounting
 import pytest
@@ -64,7 +65,7 @@ def test_history_records_releases(ledger):
 
 
 def test_overspend_refused_and_nothing_written(ledger):
-    m = gaussian_sigma(epsilon=2.0, delta=DELTA)
+    m = gaussian_sigma(epsilon=2.5, delta=DELTA)
     ledger.charge("alice", noise_multiplier=m, attributes=["a"])
     before = (ledger.spent("alice"), ledger.history("alice"))
     with pytest.raises(BudgetExceededError) as info:
@@ -72,8 +73,8 @@ def test_overspend_refused_and_nothing_written(ledger):
     err = info.value
     assert isinstance(err, ValueError)
     message = str(err)
-    assert "budget epsilon=3" in message and "already spent 2" in message
-    assert "epsilon=2 on its own" in message and "Nothing was recorded" in message
+    assert "budget epsilon=3" in message and "already spent 2.5" in message
+    assert "epsilon=2.5 on its own" in message and "Nothing was recorded" in message
     assert f"only {3.0 - before[0]:.6g} is left" in message
     assert err.epsilon_after > 3.0 and err.spent_epsilon == before[0]
     assert (ledger.spent("alice"), ledger.history("alice")) == before
@@ -95,7 +96,7 @@ def test_zero_multiplier_is_never_charged(ledger):
 
 
 def test_preview_and_would_exceed_do_not_write(ledger):
-    m = gaussian_sigma(epsilon=2.0, delta=DELTA)
+    m = gaussian_sigma(epsilon=2.5, delta=DELTA)
     assert ledger.preview("alice", noise_multiplier=m) == gaussian_epsilon(sigma=m, delta=DELTA)
     assert not ledger.would_exceed("alice", noise_multiplier=m)
     ledger.charge("alice", noise_multiplier=m, attributes=["a"])
@@ -109,11 +110,30 @@ def test_preview_and_would_exceed_do_not_write(ledger):
 def test_min_noise_multiplier_spends_the_rest(ledger):
     ledger.charge("alice", noise_multiplier=3.0, attributes=["a"])
     m = ledger.min_noise_multiplier("alice")
+    assert not ledger.would_exceed("alice", noise_multiplier=m)
+    assert ledger.would_exceed("alice", noise_multiplier=m * (1 - 1e-6))  # and it is the smallest
     assert ledger.charge("alice", noise_multiplier=m, attributes=["a"]) == pytest.approx(0.0, abs=1e-9)
-    assert ledger.min_noise_multiplier("alice") == math.inf or ledger.would_exceed(
-        "alice", noise_multiplier=ledger.min_noise_multiplier("alice") * 0.999
-    )
+    assert ledger.min_noise_multiplier("alice") > 1e4  # essentially nothing left
     assert ledger.min_noise_multiplier("bob") == pytest.approx(gaussian_sigma(epsilon=3.0, delta=DELTA), rel=1e-12)
+
+
+def test_charge_many_is_all_or_nothing(ledger):
+    m = gaussian_sigma(epsilon=2.5, delta=DELTA)
+    remaining = ledger.charge_many(["alice", "bob"], noise_multiplier=m, attributes=["a"])
+    assert remaining == pytest.approx([0.5, 0.5], rel=1e-9)
+    with pytest.raises(BudgetExceededError, match="'alice'"):
+        ledger.charge_many(["carol", "alice"], noise_multiplier=m, attributes=["a"])  # alice cannot afford it
+    assert ledger.history("carol") == [] and len(ledger.history("alice")) == 1  # carol was not charged either
+    # a subject listed twice is charged twice
+    m_small = gaussian_sigma(epsilon=1.0, delta=DELTA)
+    remaining = ledger.charge_many(["dave", "dave", "erin"], noise_multiplier=m_small, attributes=["a"])
+    two = gaussian_epsilon(sigma=compose_noise_multipliers([m_small, m_small]), delta=DELTA)
+    assert remaining == pytest.approx([3.0 - two, 3.0 - two, 2.0], rel=1e-9)
+    assert len(ledger.history("dave")) == 2
+    with pytest.raises(ValueError, match="not one string"):
+        ledger.charge_many("dave", noise_multiplier=m, attributes=["a"])
+    with pytest.raises(ValueError, match="non-empty"):
+        ledger.charge_many([], noise_multiplier=m, attributes=["a"])
 
 
 def test_charge_spec_uses_the_spec(ledger):
@@ -192,10 +212,14 @@ def test_constructor_rejects(tmp_path):
 
 _WORKER = textwrap.dedent(
     """
-    import sys
+    import os, sys, time
     from dpdiffusion.privacy.ledger import BudgetExceededError, PrivacyLedger
-    path, m, attempts = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    path, m, attempts, go = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     ledger = PrivacyLedger(path)
+    open(go + "." + str(os.getpid()), "w").close()  # ready
+    deadline = time.time() + 60
+    while not os.path.exists(go) and time.time() < deadline:  # start together
+        time.sleep(0.001)
     ok = 0
     for _ in range(attempts):
         try:
@@ -209,20 +233,24 @@ _WORKER = textwrap.dedent(
 
 
 def test_concurrent_processes_cannot_overspend(tmp_path):
-    path = str(tmp_path / "shared.sqlite")
-    m, fits = 6.0, 7
-    budget = gaussian_epsilon(sigma=compose_noise_multipliers([m] * fits), delta=DELTA)  # exactly 7 releases fit
+    path, go = str(tmp_path / "shared.sqlite"), str(tmp_path / "go")
+    m, fits, attempts = 20.0, 25, 15
+    budget = gaussian_epsilon(sigma=compose_noise_multipliers([m] * fits), delta=DELTA)  # exactly 25 releases fit
     PrivacyLedger(path, budget_epsilon=budget, delta=DELTA)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     workers = [
-        subprocess.Popen([sys.executable, "-c", _WORKER, path, str(m), "5"], stdout=subprocess.PIPE,
+        subprocess.Popen([sys.executable, "-c", _WORKER, path, str(m), str(attempts), go], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env)
         for _ in range(3)
     ]
+    deadline = time.time() + 60
+    while len(list(tmp_path.glob("go.*"))) < len(workers) and time.time() < deadline:  # all workers ready
+        time.sleep(0.01)
+    open(go, "w").close()
     results = [w.communicate(timeout=120) for w in workers]
     assert all(w.returncode == 0 for w in workers), [err for _, err in results]
     successes = [int(out.strip()) for out, _ in results]
-    assert sum(successes) == fits  # 15 attempts, exactly 7 recorded, whoever won them
+    assert sum(successes) == fits  # 45 attempts, exactly 25 recorded, whoever won them
     ledger = PrivacyLedger(path)
     assert len(ledger.history("alice")) == fits
     assert ledger.spent("alice") <= budget

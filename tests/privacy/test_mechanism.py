@@ -208,10 +208,16 @@ floats32 = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width=32)
 def test_clip_coordinates_never_exceeds_bounds(values, bounds):
     a = torch.tensor(values, dtype=torch.float32)
     out = clip_coordinates(a, bounds)
-    b = torch.tensor(bounds, dtype=torch.float32)
-    assert torch.all(out.abs() <= b)
-    inside = a.abs() <= b
+    b = torch.tensor(bounds, dtype=torch.float64)
+    assert torch.all(out.double().abs() <= b)  # against the exact (float64) public bounds
+    inside = a.double().abs() <= b
     assert torch.equal(out[inside], a[inside])
+
+
+def test_clip_bounds_round_down_to_the_dtype():
+    out = clip_coordinates(torch.tensor([[5.0, -5.0]], dtype=torch.bfloat16), [0.1, 0.1])  # 0.1 not representable
+    assert torch.all(out.double().abs() <= 0.1)
+    assert torch.all(out.double().abs() > 0.099)
 
 
 @settings(max_examples=50, deadline=None)

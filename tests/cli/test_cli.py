@@ -1,0 +1,72 @@
+"""The console script end to end, as a subprocess, on a tiny saved pipeline."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from conftest import get_dummy_components
+
+
+def _run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "dpdiffusion.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from dpdiffusion import DPDiffusionPipeline
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    DPDiffusionPipeline(**get_dummy_components()).save_pretrained(path)
+    return path
+
+
+def test_help_lists_subcommands():
+    res = _run("--help")
+    assert res.returncode == 0
+    for cmd in ("demo", "protect", "unlearn", "evaluate", "train", "space"):
+        assert cmd in res.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--epsilon", "0"], "epsilon"), (["--epsilon", "nan"], "NaN"), (["--delta", "2"], "delta"),
+    (["--attributes", "nope"], "unknown attribute"),
+])
+def test_protect_bad_arguments_are_one_clear_line(tiny_model, tmp_path, args, needle):
+    res = _run("protect", "--model", str(tiny_model), "--source", str(tmp_path), "--output-dir",
+               str(tmp_path / "out"), *args)
+    assert res.returncode == 2
+    assert needle in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_protect_subprocess_writes_outputs(tiny_model, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        PIL.Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(src / f"{i}.png")
+    out = tmp_path / "out"
+    res = _run("protect", "--model", str(tiny_model), "--source", str(src), "--output-dir", str(out),
+               "--epsilon", "2", "--num-inference-steps", "2", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    recs = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert len(recs) == 3 and all(r["epsilon"] <= 2.0 for r in recs)
+
+
+def test_train_subprocess_tiny_then_resume(tmp_path):
+    args = ["train", "--output-dir", str(tmp_path / "run"), "--num-images", "64", "--image-size", "16",
+            "--latent-dim", "8", "--unet-channels", "8", "16", "--encoder-channels", "8", "16",
+            "--batch-size", "16", "--checkpoint-every", "2", "--progress", "false"]
+    res = _run(*args, "--max-steps", "2")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "run" / "model" / "model_index.json").exists()
+    res = _run(*args, "--max-steps", "3")
+    assert res.returncode == 0, res.stderr
+    state = json.loads((tmp_path / "run" / "model" / "training_state.json").read_text())
+    assert state["step"] == 3
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-2", "step-3"]

@@ -1,0 +1,377 @@
+"""Feature unlearning: exact curvature products, solvers, a known-answer unlearning problem, and the API."""
+
+from __future__ import annotations
+
+import contextlib
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from dpdiffusion.evaluation.unlearning_metrics import parameter_distance, prediction_agreement
+from dpdiffusion.training.classifier import build_classifier, per_example_loss
+from dpdiffusion.unlearning import (
+    HessianOperator,
+    UnlearningResult,
+    conjugate_gradient,
+    find_blocks,
+    power_iteration,
+    select_parameters,
+    unlearn,
+)
+from dpdiffusion.unlearning.core import FlatParameters, Objective, changed_gradient_sum
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tiny models and a data set with a known answer
+# ----------------------------------------------------------------------------------------------------------------
+class TinyNet(nn.Module):
+    """A transformers-like classifier on (B, 3, 4, 4) float images: `config`, `pixel_values=`, `.logits`."""
+
+    def __init__(self, num_labels=2, hidden=None, problem_type="multi_label_classification", seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.config = SimpleNamespace(problem_type=problem_type, num_labels=num_labels)
+        d = 48
+        self.layers = nn.ModuleList([nn.Linear(d, hidden), nn.Linear(hidden, hidden)] if hidden else [])
+        self.classifier = nn.Linear(hidden or d, num_labels)
+
+    def forward(self, pixel_values, output_hidden_states=False):
+        h = pixel_values.flatten(1)
+        for layer in self.layers:
+            h = torch.tanh(layer(h))
+        return SimpleNamespace(logits=self.classifier(h), hidden_states=(h[:, :, None, None],))
+
+
+class FakeAccelerator:
+    """One process of a simulated multi-process run: shards rows, `reduce` is left to the test."""
+
+    def __init__(self, process_index=0, num_processes=1):
+        self.device = torch.device("cpu")
+        self.process_index, self.num_processes = process_index, num_processes
+        self.is_main_process = process_index == 0
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def reduce(self, tensor, reduction="sum"):
+        return tensor
+
+
+def known_answer_data(n=240, n_changed=60, seed=0):
+    """Labels depend on channel 0 (the utility feature) and, in the original data only, on channel 1 (a
+    'sensitive' feature that duplicates the label); the revision replaces channel 1 of the changed rows by noise.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 4, 4, generator=g)
+    y = torch.stack([(x[:, 0].mean((1, 2)) > 0), (x[:, 2, 0, 0] > 0)], dim=1).float()
+    x[:, 1] += 2.0 * (2 * y[:, :1, None] - 1)  # sensitive feature carries label 0
+    revised = x.clone()
+    revised[:n_changed, 1] = torch.randn(n_changed, 4, 4, generator=g)
+    return x, revised, y, n_changed
+
+
+def train_to_optimum(model, x, y, weight_decay, steps=60):
+    """Minimise mean BCE + weight_decay/2 ||theta||^2 to high precision (L-BFGS, full batch)."""
+    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=steps, tolerance_grad=1e-10, tolerance_change=1e-12,
+                            history_size=50, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = per_example_loss(model(pixel_values=x).logits, y, "multi_label_classification").mean()
+        loss = loss + 0.5 * weight_decay * sum((p**2).sum() for p in model.parameters())
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def convex_problem():
+    x, revised, y, k = known_answer_data()
+    wd = 1e-2
+    original = train_to_optimum(TinyNet(seed=0), x, y, wd)
+    retrained = train_to_optimum(TinyNet(seed=0), revised, y, wd)
+    return SimpleNamespace(x=x, revised=revised, y=y, k=k, wd=wd, original=original, retrained=retrained)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Curvature products and solvers
+# ----------------------------------------------------------------------------------------------------------------
+def _objective(model, accelerator=None):
+    names = [n for n, _ in model.named_parameters()]
+    flat = FlatParameters(model, names)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return Objective(model.eval(), flat, None, accelerator or FakeAccelerator()), flat
+
+
+def _full_loss_fn(model, flat, x, y):
+    def f(theta):
+        out = torch.func.functional_call(model, flat.unflatten(theta), (), {"pixel_values": x})
+        return per_example_loss(out.logits, y, "multi_label_classification").mean()
+
+    return f
+
+
+def test_hvp_matches_full_hessian_on_tiny_mlp():
+    torch.manual_seed(0)
+    model = TinyNet(hidden=5)
+    x, y = torch.randn(16, 3, 4, 4), (torch.rand(16, 2) > 0.5).float()
+    obj, flat = _objective(model)
+    theta = flat.flatten(model)
+    full_h = torch.autograd.functional.hessian(_full_loss_fn(model, flat, x, y), theta)  # (P, P)
+    op = HessianOperator(obj, theta, x, y, torch.arange(16), batch_size=5, curvature="hessian")
+    v = torch.randn(theta.numel(), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(op(v), full_h @ v, rtol=1e-4, atol=1e-6)
+    op.damping = 0.3
+    torch.testing.assert_close(op(v), full_h @ v + 0.3 * v, rtol=1e-4, atol=1e-6)
+
+
+def test_gauss_newton_product_matches_explicit_jacobian_form():
+    torch.manual_seed(0)
+    model = TinyNet(hidden=4)
+    x, y = torch.randn(6, 3, 4, 4), (torch.rand(6, 2) > 0.5).float()
+    obj, flat = _objective(model)
+    theta = flat.flatten(model)
+
+    def logits(th):
+        return torch.func.functional_call(model, flat.unflatten(th), (), {"pixel_values": x}).logits
+
+    jac = torch.autograd.functional.jacobian(logits, theta).reshape(12, -1)  # (B*L, P)
+    p = torch.sigmoid(logits(theta)).reshape(-1)
+    h_f = torch.diag(p * (1 - p) / 2)  # BCE averaged over L=2 labels
+    ggn = jac.T @ h_f @ jac / 6
+    op = HessianOperator(obj, theta, x, y, torch.arange(6), batch_size=4, curvature="gauss_newton")
+    v = torch.randn(theta.numel(), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(op(v), ggn @ v, rtol=1e-4, atol=1e-6)
+
+
+def test_gauss_newton_equals_hessian_for_a_linear_model():
+    torch.manual_seed(0)
+    model = TinyNet()
+    x, y = torch.randn(10, 3, 4, 4), (torch.rand(10, 2) > 0.5).float()
+    obj, flat = _objective(model)
+    theta = flat.flatten(model)
+    v = torch.randn(theta.numel())
+    h = HessianOperator(obj, theta, x, y, torch.arange(10), curvature="hessian")(v)
+    g = HessianOperator(obj, theta, x, y, torch.arange(10), curvature="gauss_newton")(v)
+    torch.testing.assert_close(h, g, rtol=1e-4, atol=1e-7)
+
+
+def test_conjugate_gradient_solves_spd_system():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(12, 12, generator=g, dtype=torch.float64)
+    a = m @ m.T + 0.5 * torch.eye(12, dtype=torch.float64)
+    b = torch.randn(12, generator=g, dtype=torch.float64)
+    x, info = conjugate_gradient(lambda v: a @ v, b, max_iters=100, tol=1e-12)
+    torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-8, atol=1e-8)
+    assert info["relative_residual"] <= 1e-10 and not info["negative_curvature"]
+    assert info["iterations"] <= 12 + 2  # exact in n steps up to rounding
+
+
+def test_conjugate_gradient_stops_on_negative_curvature():
+    a = torch.diag(torch.tensor([2.0, -1.0]))
+    x, info = conjugate_gradient(lambda v: a @ v, torch.tensor([0.0, 1.0]), max_iters=10)
+    assert info["negative_curvature"] and torch.isfinite(x).all()
+
+
+def test_power_iteration_finds_top_eigenvalue():
+    a = torch.diag(torch.tensor([5.0, 2.0, 1.0, 0.5]))
+    eig, vec = power_iteration(lambda v: a @ v, 4, iters=200, tol=1e-9, seed=0)
+    assert eig == pytest.approx(5.0, rel=1e-4)
+    assert abs(float(vec[0])) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_gradient_sums_are_sharded_and_add_up():
+    torch.manual_seed(0)
+    model = TinyNet(hidden=3)
+    x, revised, y, k = known_answer_data(n=20, n_changed=7)
+    orig, rev = (x[:k], y[:k]), (revised[:k], y[:k])
+    obj, flat = _objective(model)
+    theta = flat.flatten(model)
+    full, _ = changed_gradient_sum(obj, theta, orig, rev, batch_size=3, progress=False)
+    parts = []
+    for rank in range(2):
+        o = Objective(model, flat, None, FakeAccelerator(rank, 2))
+        parts.append(changed_gradient_sum(o, theta, orig, rev, batch_size=2, progress=False)[0])
+    torch.testing.assert_close(parts[0] + parts[1], full, rtol=1e-5, atol=1e-6)
+    # and the sum is sum grad l(z~) - sum grad l(z)
+    f_rev, f_orig = _full_loss_fn(model, flat, *rev), _full_loss_fn(model, flat, *orig)
+    expected = k * (torch.func.grad(f_rev)(theta) - torch.func.grad(f_orig)(theta))
+    torch.testing.assert_close(full, expected, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Known answer: unlearning moves towards retraining
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["first_order", "second_order"])
+def test_unlearning_moves_towards_retrained_model(convex_problem, method):
+    p = convex_problem
+    kwargs = dict(train_set=(p.revised, p.y), progress=False, damping=p.wd, hessian_samples=10_000, cg_iters=50)
+    result = unlearn(p.original, (p.x[: p.k], p.y[: p.k]), (p.revised[: p.k], p.y[: p.k]), method=method, **kwargs)
+    before = parameter_distance(p.original, p.retrained)
+    after = parameter_distance(result.model, p.retrained)
+    assert after < (0.2 if method == "second_order" else 0.95) * before
+    probe = torch.randn(400, 3, 4, 4, generator=torch.Generator().manual_seed(5))
+    probe[:, 1] *= 3
+    assert prediction_agreement(result.model, p.retrained, probe) >= prediction_agreement(p.original, p.retrained, probe)
+    # the revised examples' sensitive channel loses weight for label 0, as it does in the retrained model
+    w = lambda m: m.classifier.weight[0].reshape(3, 4, 4)[1].sum().item()  # noqa: E731
+    assert w(p.retrained) < w(p.original) and w(result.model) < w(p.original)
+    assert result.n_changed == p.k and result.n_train == len(p.x) and result.seconds > 0
+    assert result.method == method and isinstance(result, UnlearningResult)
+
+
+def test_second_order_default_damping_from_spectrum(convex_problem):
+    p = convex_problem
+    r = unlearn(p.original, (p.x[: p.k], p.y[: p.k]), (p.revised[: p.k], p.y[: p.k]), method="second_order",
+                train_set=(p.revised, p.y), progress=False, damping_ratio=0.05)
+    assert r.damping == pytest.approx(0.05 * r.extra["lambda_max"], rel=1e-6)
+    assert r.extra["lambda_max"] > 0 and r.extra["cg_iterations"] >= 1
+
+
+def test_original_model_is_not_modified(convex_problem):
+    p = convex_problem
+    before = {n: t.clone() for n, t in p.original.state_dict().items()}
+    unlearn(p.original, (p.x[: p.k], p.y[: p.k]), (p.revised[: p.k], p.y[: p.k]), tau=1e-3, progress=False)
+    assert all(torch.equal(before[n], t) for n, t in p.original.state_dict().items())
+
+
+def test_explicit_tau_is_the_paper_update(convex_problem):
+    p = convex_problem
+    orig, rev = (p.x[: p.k], p.y[: p.k]), (p.revised[: p.k], p.y[: p.k])
+    r = unlearn(p.original, orig, rev, tau=0.01, progress=False)
+    model = TinyNet(seed=0)
+    model.load_state_dict(p.original.state_dict())
+    obj, flat = _objective(model)
+    theta = flat.flatten(model)
+    delta = p.k * (torch.func.grad(_full_loss_fn(model, flat, *rev))(theta)
+                   - torch.func.grad(_full_loss_fn(model, flat, *orig))(theta))
+    torch.testing.assert_close(FlatParameters(r.model, flat.names).flatten(r.model), theta - 0.01 * delta,
+                               rtol=1e-5, atol=1e-6)
+    assert r.tau == 0.01
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ResNet: last_k_blocks, determinism, baselines
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_resnet_setup():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (48, 16, 16, 3), dtype=torch.uint8, generator=g)
+    labels = (torch.rand(48, 2, generator=g) > 0.5).float()
+    revised = images.clone()
+    revised[:12, ..., 0] = 255 - revised[:12, ..., 0]
+    model = build_classifier(2, image_size=16, hidden_sizes=(4, 8), embedding_size=4, seed=0)
+    return SimpleNamespace(model=model, images=images, revised=revised, labels=labels)
+
+
+def test_find_blocks_and_select_parameters_on_resnet(tiny_resnet_setup):
+    model = tiny_resnet_setup.model
+    assert find_blocks(model) == ["resnet.encoder.stages.0", "resnet.encoder.stages.1"]
+    assert select_parameters(model, 0) == ["classifier.1.weight", "classifier.1.bias"]
+    last1 = select_parameters(model, 1)
+    assert all(n.startswith(("resnet.encoder.stages.1.", "classifier.")) for n in last1)
+    assert len(select_parameters(model, None)) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="last_k_blocks"):
+        select_parameters(model, 3)
+
+
+@pytest.mark.parametrize("method", ["first_order", "second_order"])
+def test_resnet_last_k_blocks_deterministic(tiny_resnet_setup, method):
+    s = tiny_resnet_setup
+    orig, rev = (s.images[:12], s.labels[:12]), (s.revised[:12], s.labels[:12])
+    train = (torch.cat([s.revised[:12], s.images[12:]]), s.labels)
+    kw = dict(method=method, train_set=train, last_k_blocks=1, hessian_samples=16, cg_iters=3, power_iters=3,
+              batch_size=8, progress=False, seed=0)
+    a = unlearn(s.model, orig, rev, **kw)
+    b = unlearn(s.model, orig, rev, **kw)
+    updated = set(select_parameters(s.model, 1))
+    pa, pb, p0 = dict(a.model.named_parameters()), dict(b.model.named_parameters()), dict(s.model.named_parameters())
+    for name in p0:
+        assert torch.equal(pa[name], pb[name]), name  # same seed -> identical
+        if name not in updated:
+            assert torch.equal(pa[name], p0[name]), name  # frozen outside the last block + head
+    assert any(not torch.equal(pa[n], p0[n]) for n in updated)
+    assert a.updated_parameters == sum(p0[n].numel() for n in updated)
+
+
+def test_finetune_and_retrain_baselines(tiny_resnet_setup):
+    s = tiny_resnet_setup
+    orig, rev = (s.images[:12], s.labels[:12]), (s.revised[:12], s.labels[:12])
+    train = (torch.cat([s.revised[:12], s.images[12:]]), s.labels)
+    ft = unlearn(s.model, orig, rev, method="finetune", train_set=train, epochs=1, batch_size=16, progress=False)
+    assert parameter_distance(ft.model, s.model) > 0
+    calls = []
+
+    def retrain_fn(images, labels):
+        calls.append(len(images))
+        return build_classifier(2, image_size=16, hidden_sizes=(4, 8), embedding_size=4, seed=1)
+
+    rt = unlearn(s.model, orig, rev, method="retrain", train_set=train, retrain_fn=retrain_fn, progress=False)
+    assert calls == [48] and rt.method == "retrain"
+    rt2 = unlearn(s.model, orig, rev, method="retrain", train_set=train, epochs=1, batch_size=16, progress=False)
+    assert type(rt2.model) is type(s.model)
+
+
+def test_accepts_torch_datasets(convex_problem):
+    p = convex_problem
+    ds_o = torch.utils.data.TensorDataset(p.x[: p.k], p.y[: p.k])
+    ds_r = [{"pixel_values": p.revised[i], "labels": p.y[i]} for i in range(p.k)]
+    a = unlearn(p.original, ds_o, ds_r, tau=1e-3, progress=False)
+    b = unlearn(p.original, (p.x[: p.k], p.y[: p.k]), (p.revised[: p.k], p.y[: p.k]), tau=1e-3, progress=False)
+    assert parameter_distance(a.model, b.model) == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bad inputs
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda o, r, t: (o, (r[0][:-1], r[1][:-1]), t), "same length"),
+        (lambda o, r, t: (o, (r[0][:, :, :2], r[1]), t), "same shape"),
+        (lambda o, r, t: (o, (r[0], 1 - r[1]), t), "labels"),
+        (lambda o, r, t: (o, ("nonsense", r[1]), t), "revised"),
+    ],
+)
+def test_misaligned_inputs_raise(convex_problem, change, match):
+    p = convex_problem
+    o, r, t = change((p.x[:5], p.y[:5]), (p.revised[:5], p.y[:5]), (p.revised, p.y))
+    with pytest.raises(ValueError, match=match):
+        unlearn(p.original, o, r, train_set=t, progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(method="newton"), "method"),
+        (dict(tau=-1.0), "tau"),
+        (dict(tau=float("nan")), "tau"),
+        (dict(damping=-0.1), "damping"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(cg_iters=0), "cg_iters"),
+        (dict(hessian_samples=0), "hessian_samples"),
+        (dict(curvature="fisher"), "curvature"),
+        (dict(method="finetune", train_set=None), "train_set"),
+        (dict(method="retrain", train_set=None), "train_set"),
+        (dict(method="second_order", train_set=None), "train_set"),
+        (dict(method="second_order", n_train=2), "n_train"),
+    ],
+)
+def test_bad_arguments_raise(convex_problem, kwargs, match):
+    p = convex_problem
+    kwargs = {"train_set": (p.revised, p.y), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        unlearn(p.original, (p.x[:5], p.y[:5]), (p.revised[:5], p.y[:5]), progress=False, **kwargs)
+
+
+def test_bad_loss_fn_shape_raises(convex_problem):
+    p = convex_problem
+    with pytest.raises(ValueError, match="loss_fn"):
+        unlearn(p.original, (p.x[:5], p.y[:5]), (p.revised[:5], p.y[:5]), tau=0.1, progress=False,
+                loss_fn=lambda logits, labels: (logits - labels).pow(2).mean())
