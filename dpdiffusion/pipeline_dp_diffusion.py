@@ -207,9 +207,9 @@ class DPDiffusionPipeline(DiffusionPipeline):
         names = list(spec.attributes)
         dirs = self.attribute_directions
         a, r = dirs.project(z, attributes=names)  # (B, k), (B, d)
-        bounds = dirs.clip_bound_tensor(names).to(device=z.device, dtype=z.dtype)
-        sigmas = torch.tensor(cal.sigmas, device=z.device, dtype=z.dtype)
-        a_noisy = mechanism.apply_weighted_gaussian_mechanism(a, clip_bounds=bounds, sigmas=sigmas,
+        # python floats: the mechanism rounds sigma up and bounds down for the tensor's dtype (towards privacy)
+        bounds = dirs.clip_bound_tensor(names).tolist()
+        a_noisy = mechanism.apply_weighted_gaussian_mechanism(a, clip_bounds=bounds, sigmas=list(cal.sigmas),
                                                               generator=generator, secure_mode=secure_mode)
         if spec.scope == "latent":
             basis = dirs.basis(names).to(device=z.device, dtype=z.dtype)

@@ -19,10 +19,41 @@ def default_model_available() -> bool:
     return (Path(DEFAULT_MODEL) / "model_index.json").is_file()
 
 
+def render_pipeline_card(model_dir: str | Path, *, command: str, training_state: dict | None = None,
+                         repo_or_path: str = "DEFAULT_MODEL", evaluation: dict | None = None,
+                         evaluation_command: str | None = None) -> str:
+    """The model card (README.md text) of a saved ``DPDiffusionPipeline`` folder, from
+    ``model_cards/dp_diffusion_pipeline.md``; every figure is read from the saved model itself."""
+    from huggingface_hub import ModelCardData
+
+    from ..hub import render_model_card
+    from .attribute_directions import AttributeDirections
+
+    model_dir = Path(model_dir)
+    dirs = AttributeDirections.from_pretrained(model_dir / "attribute_directions")
+    unet_cfg = json.loads((model_dir / "unet" / "config.json").read_text())
+    enc_cfg = json.loads((model_dir / "encoder" / "config.json").read_text())
+    state = training_state or {}
+    data = ModelCardData(library_name="diffusers", license="apache-2.0",
+                         tags=["differential-privacy", "diffusion-autoencoder", "dpdiffusion", "synthetic-data"],
+                         pipeline_tag="image-to-image")
+    data.training_command = command
+    data.attribute_names = list(dirs.names)
+    data.clip_bounds = dirs.clip_bounds
+    card = render_model_card(
+        "dp_diffusion_pipeline", card_data=data, title="dpdiffusion default diffusion autoencoder (SynthFaces)",
+        latent_dim=enc_cfg["latent_dim"], attribute_names=list(dirs.names), image_size=unet_cfg["sample_size"],
+        steps=state.get("step", "unknown"), dataset=state.get("dataset", "SynthFaces"), command=command,
+        repo_or_path=repo_or_path,
+        bounds=[{"name": n, "bound": b, "accuracy": a} for n, b, a in
+                zip(dirs.names, dirs.clip_bound_values.tolist(), dirs.probe_accuracy.tolist())],
+        residual_bound=dirs.residual_clip_bound,
+        evaluation=json.dumps(evaluation, indent=2) if evaluation else None, evaluation_command=evaluation_command)
+    return str(card)
+
+
 def install_default_model(model_dir: str | Path, *, command: str) -> Path:
     """Copy a trained pipeline folder to ``DEFAULT_MODEL`` (weights as safetensors only) with its model card."""
-    from ..hub import render_pipeline_card
-
     src, dst = Path(model_dir), Path(DEFAULT_MODEL)
     tmp = dst.with_name(".tmp-default_model")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 from scipy.special import erfcx, ndtr

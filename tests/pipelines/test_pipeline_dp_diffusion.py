@@ -154,7 +154,7 @@ def test_ledger_charges_and_refuses(dummy_pipe, dummy_images, tmp_path):
     assert all(0 < r < 2.0 for r in out.remaining_budget)
     before = ledger.spent("a")
     with pytest.raises(BudgetExceededError):
-        _call(dummy_pipe, dummy_images, epsilon=1.5, ledger=ledger, subject_ids=["a", "b"])
+        _call(dummy_pipe, dummy_images, epsilon=2.0, ledger=ledger, subject_ids=["a", "b"])  # 1 (+) 2 > 2
     assert ledger.spent("a") == before
     with pytest.raises(ValueError, match="subject_ids"):
         _call(dummy_pipe, dummy_images, epsilon=1.0, ledger=ledger, subject_ids=["a"])
