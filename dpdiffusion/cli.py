@@ -76,8 +76,7 @@ def _load_pipeline(model: str | None):
             raise ValueError("the embedded default model is not installed; train it with "
                              "scripts/train_default_models.py --install or pass --model PATH_OR_REPO")
         model = DEFAULT_MODEL
-    pipe = DPDiffusionPipeline.from_pretrained(model)
-    return pipe
+    return DPDiffusionPipeline.from_pretrained(model, use_safetensors=True)  # never unpickle weights
 
 
 def cmd_train(ns) -> int:

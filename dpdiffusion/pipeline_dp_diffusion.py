@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import PIL.Image
@@ -32,6 +32,7 @@ from .models.attribute_directions import AttributeDirections
 from .models.diffae import ddim_decode, ddim_invert
 from .models.semantic_encoder import SemanticEncoder
 from .privacy import mechanism
+from .privacy.accounting import gaussian_epsilon
 from .privacy.spec import PrivacySpec
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,20 @@ class DPDiffusionPipeline(DiffusionPipeline):
 
     def privacy_spec(self, *, attributes=None, weights=None, epsilon=None, strength=None, delta=1e-5,
                      scope="attributes", stochastic_code="random") -> PrivacySpec:
-        """Validate the privacy arguments and resolve ``strength`` to epsilon; returns the ``PrivacySpec``."""
+        """Validate the privacy arguments and resolve ``strength`` to epsilon; returns the ``PrivacySpec``.
+
+        Raises:
+            ValueError: naming the argument and its allowed range; in particular an epsilon so small that its noise
+            lies beyond the model's noise schedule (no diffusion strength to report) is refused with the smallest
+            epsilon this model accepts at that delta.
+        """
+        if attributes is not None:
+            if isinstance(attributes, str):
+                raise ValueError(f"attributes must be a sequence of names, not one string; use attributes=[{attributes!r}]")
+            if not isinstance(attributes, Iterable):
+                raise ValueError(f"attributes must be a non-empty sequence of str, got attributes={attributes!r}")
+        if weights is not None and (isinstance(weights, (str, bytes)) or not isinstance(weights, Iterable)):
+            raise ValueError(f"weights must be None or a sequence of positive floats, got weights={weights!r}")
         attributes = list(attributes) if attributes is not None else self._default_attributes()
         self.attribute_directions.indices(attributes)  # unknown names -> ValueError
         if epsilon is not None and strength is not None:
@@ -150,9 +164,21 @@ class DPDiffusionPipeline(DiffusionPipeline):
             epsilon = self._calibration_from_strength(float(strength), attributes, weights, delta, scope).epsilon
         if epsilon is None:
             epsilon = 1.0
-        return PrivacySpec(epsilon=epsilon, delta=delta, attributes=tuple(attributes),
+        spec = PrivacySpec(epsilon=epsilon, delta=delta, attributes=tuple(attributes),
                            weights=None if weights is None else tuple(weights), scope=scope,
                            stochastic_code=stochastic_code)
+        # the report states the noise as a diffusion strength too: noise beyond the schedule's end has none
+        noise_multiplier = spec.noise_multiplier  # raises, naming epsilon, beyond double precision
+        try:
+            mechanism.noise_multiplier_to_strength(noise_multiplier, self.scheduler.alphas_cumprod)
+        except ValueError:
+            largest = mechanism.strength_to_noise_multiplier(1.0, self.scheduler.alphas_cumprod)
+            smallest = gaussian_epsilon(sigma=largest * (1.0 - 1e-4), delta=spec.delta)  # printed bound works
+            raise ValueError(
+                f"epsilon must be >= {smallest:.6g} at delta={spec.delta:g} for this model (its noise schedule "
+                f"reaches at most noise multiplier {largest:.6g}), or inf; got epsilon={spec.epsilon}"
+            ) from None
+        return spec
 
     def _bounds(self, attributes, scope):
         bounds = self.attribute_directions.clip_bound_tensor(attributes).tolist()
@@ -191,13 +217,19 @@ class DPDiffusionPipeline(DiffusionPipeline):
     @torch.no_grad()
     def apply_privacy_noise(self, z: torch.Tensor, *, attributes=None, weights=None, epsilon=None, strength=None,
                             delta: float = 1e-5, scope: str = "attributes", generator=None, secure_mode: bool = False,
-                            spec: PrivacySpec | None = None):
+                            post_processing: str = "clip", spec: PrivacySpec | None = None):
         """Apply the weighted Gaussian mechanism to latents ``z`` (B, d).
 
         Returns:
             `tuple[torch.Tensor, PrivacyReport]`: the noisy latents ``z~`` (B, d) and the report. With
             ``epsilon=inf`` the latents are returned unchanged (the same tensor values, bit for bit).
+
+        ``post_processing="clip"`` (default) clamps the released coordinates back to ``[-C_i, C_i]`` (and the noisy
+        residual back to its norm bound with ``scope="latent"``): post-processing of the release, so the guarantee is
+        unchanged, and the decoder sees in-distribution latents. ``"none"`` returns the raw mechanism output.
         """
+        if post_processing not in ("clip", "none"):
+            raise ValueError(f"post_processing must be 'clip' or 'none', got post_processing={post_processing!r}")
         spec = spec or self.privacy_spec(attributes=attributes, weights=weights, epsilon=epsilon, strength=strength,
                                          delta=delta, scope=scope)
         cal = self.calibrate(spec)
@@ -211,6 +243,8 @@ class DPDiffusionPipeline(DiffusionPipeline):
         bounds = dirs.clip_bound_tensor(names).tolist()
         a_noisy = mechanism.apply_weighted_gaussian_mechanism(a, clip_bounds=bounds, sigmas=list(cal.sigmas),
                                                               generator=generator, secure_mode=secure_mode)
+        if post_processing == "clip":
+            a_noisy = mechanism.postprocess_to_bounds(a_noisy, bounds)
         if spec.scope == "latent":
             basis = dirs.basis(names).to(device=z.device, dtype=z.dtype)
             center = dirs.center.to(device=z.device, dtype=z.dtype)
@@ -218,6 +252,8 @@ class DPDiffusionPipeline(DiffusionPipeline):
             r = offset + mechanism.apply_residual_mechanism(
                 r - offset, clip_bound=dirs.residual_clip_bound, sigma=float(cal.residual_sigma), protected_basis=basis,
                 generator=generator, secure_mode=secure_mode)
+            if post_processing == "clip":
+                r = offset + mechanism.clip_l2(r - offset, dirs.residual_clip_bound)
         return dirs.compose(a_noisy, r, attributes=names), report
 
     @torch.no_grad()
@@ -256,7 +292,16 @@ class DPDiffusionPipeline(DiffusionPipeline):
         return tensor_to_output(x0, output_type)
 
     # ------------------------------------------------------------------ the whole release
-    def check_inputs(self, num_inference_steps, output_type, ledger, subject_ids, batch_size):
+    def check_inputs(self, num_inference_steps, output_type, ledger, subject_ids, batch_size, generator=None,
+                     secure_mode=False):
+        if not isinstance(secure_mode, (bool, np.bool_)):
+            raise ValueError(f"secure_mode must be True or False, got secure_mode={secure_mode!r}")
+        if isinstance(generator, list):
+            if len(generator) not in (1, batch_size) or not all(isinstance(g, torch.Generator) for g in generator):
+                raise ValueError(f"generator must be a torch.Generator or a list of {batch_size} of them (one per "
+                                 f"image), got a list of {len(generator)}: {[type(g).__name__ for g in generator]}")
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be None, a torch.Generator or a list of them, got generator={generator!r}")
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be an integer >= 1, got num_inference_steps={num_inference_steps!r}")
         if output_type not in ("pil", "np", "pt"):
@@ -315,7 +360,7 @@ class DPDiffusionPipeline(DiffusionPipeline):
         spec = self.privacy_spec(attributes=attributes, weights=weights, epsilon=epsilon, strength=strength,
                                  delta=delta, scope=scope, stochastic_code=stochastic_code)
         x0 = self.preprocess(images)  # (B, 3, H, W)
-        self.check_inputs(num_inference_steps, output_type, ledger, subject_ids, x0.shape[0])
+        self.check_inputs(num_inference_steps, output_type, ledger, subject_ids, x0.shape[0], generator, secure_mode)
         cal = self.calibrate(spec)
         # 2. charge the ledger: every subject must afford the release, else nothing is charged
         remaining = None

@@ -11,8 +11,12 @@ Output layout (an ``imagefolder`` that ``datasets.load_dataset("imagefolder", da
 Streaming: rows are read one batch at a time, so memory stays flat in the dataset size. Crash safety: each image is
 written to a temporary file and renamed (atomic), and only then is its record appended (flushed and fsync'ed) to the
 worker's part file; a rerun skips every row that has a record and redoes the rest. The noise of row ``i`` comes from
-a generator seeded by ``(seed, i)``, so an interrupted and resumed run writes the same images as an uninterrupted
-one. Under ``accelerate launch`` process ``R`` of ``W`` takes the rows ``i`` with ``i % W == R`` (data-parallel).
+a generator seeded by ``(seed, i)``, and batches are fixed blocks of ``batch_size`` consecutive rows (of the worker's
+share), a partly done block being recomputed whole, so that every image is computed in the same batch as in an
+uninterrupted run: a run killed at any point (even SIGKILL) and resumed with the same ``batch_size`` writes the same
+files, byte for byte, as an uninterrupted one (a different ``batch_size`` may change pixel values by float rounding).
+Stale temporary files of killed runs are removed at the end. Under ``accelerate launch`` process ``R`` of ``W`` takes
+the rows ``i`` with ``i % W == R`` (data-parallel).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from typing import Any, Iterator
 import PIL.Image
 import torch
 from tqdm.auto import tqdm
+
+from .data.images import MAX_IMAGE_PIXELS
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +93,45 @@ def _decode(value: Any) -> PIL.Image.Image:
         return value
     data = value.get("bytes") if isinstance(value, dict) else None
     path = value.get("path") if isinstance(value, dict) else None
+    if not data and not path:
+        raise ValueError("the row has no image (no bytes and no path)")
     img = PIL.Image.open(io.BytesIO(data)) if data else PIL.Image.open(path)
+    w, h = img.size  # from the header: refuse a huge image before decoding its pixels
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ValueError(f"the image is {w}x{h} px; at most {MAX_IMAGE_PIXELS} pixels are accepted")
     img.load()  # raises on truncated files
     return img
+
+
+def _check_config(config: ProtectConfig) -> None:
+    """Validate the non-privacy settings (the privacy ones go through ``pipe.privacy_spec``)."""
+    for name in ("source", "output_dir", "split", "image_column"):
+        value = getattr(config, name)
+        if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+            raise ValueError(f"{name} must be a non-empty str, got {name}={value!r}")
+    for name, low in (("num_inference_steps", 1), ("batch_size", 1)):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {name}={value!r}")
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int):
+        raise ValueError(f"seed must be an integer, got seed={config.seed!r}")
+    if config.limit is not None and (isinstance(config.limit, bool) or not isinstance(config.limit, int)
+                                     or config.limit < 0):
+        raise ValueError(f"limit must be None or an integer >= 0, got limit={config.limit!r}")
+    if not isinstance(config.secure_mode, bool):
+        raise ValueError(f"secure_mode must be True or False, got secure_mode={config.secure_mode!r}")
+
+
+def _open_append(path: Path):
+    """Open a part file for appending, first ending a line cut short by a crash (else the next record would be
+    glued to it and lost)."""
+    f = open(path, "a+b")
+    f.seek(0, os.SEEK_END)
+    if f.tell() > 0:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b"\n":
+            f.write(b"\n")
+    return f
 
 
 def _jsonable(value: Any):
@@ -116,6 +158,18 @@ def _read_done(out: Path, part_dir: Path) -> set[int]:
     return done
 
 
+def _read_listed(part_dir: Path) -> set[int]:
+    """Rows already listed as unreadable (decoding is deterministic, so they stay unreadable)."""
+    listed = set()
+    for part in part_dir.glob("skipped-*.jsonl"):
+        for line in part.read_text().splitlines():
+            try:
+                listed.add(int(json.loads(line)["index"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return listed
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -137,11 +191,10 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
     """
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
-    # validate all privacy arguments before touching the disk
+    # validate all arguments before touching the disk
+    _check_config(config)
     spec = pipe.privacy_spec(attributes=config.attributes, weights=config.weights, epsilon=config.epsilon,
                              delta=config.delta, scope=config.scope, stochastic_code=config.stochastic_code)
-    if config.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got batch_size={config.batch_size}")
     out = Path(config.output_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     part_dir = out / ".parts"
@@ -155,55 +208,77 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
     elif rank == 0:
         _atomic_write_bytes(cfg_path, json.dumps(_jsonable(settings), indent=2).encode())
     done = _read_done(out, part_dir)
+    listed = _read_listed(part_dir)
     report = pipe.report_for(spec)
     figures = report.to_dict()
-    part = open(part_dir / f"worker-{rank}.jsonl", "a")
-    skipped = open(part_dir / f"skipped-{rank}.jsonl", "a")
+    part = _open_append(part_dir / f"worker-{rank}.jsonl")
+    skipped = _open_append(part_dir / f"skipped-{rank}.jsonl")
     bar = tqdm(desc=f"protect (worker {rank})", unit="img", disable=not progress, position=rank)
+    n_skipped = 0
 
-    def flush(batch):
-        idx = [i for i, _, _ in batch]
-        gens = [_row_generator(config.seed, i) for i in idx]
+    def run_block(block):
+        """Protect one block of rows; rows already done are recomputed (same batch, same bits) but not rewritten."""
+        nonlocal n_skipped
+        if all(i in done or i in listed for i, _ in block):
+            return
+        batch = []
+        for i, row in block:
+            try:
+                img = _decode(row[config.image_column])
+                pipe.preprocess(img)  # mode/size problems surface here, per row
+            except Exception as exc:  # noqa: BLE001 - any unreadable row is skipped and listed, never a crash
+                n_skipped += 1
+                skipped.write((json.dumps({"index": i, "reason": f"{type(exc).__name__}: {exc}"}) + "\n").encode())
+                skipped.flush()
+                continue
+            extra = {k: v for k, v in row.items() if k != config.image_column and k not in figures}
+            batch.append((i, img, extra))
+        if not batch:
+            return
+        gens = [_row_generator(config.seed, i) for i, _, _ in batch]
         result = pipe([img for _, img, _ in batch], attributes=list(spec.attributes), weights=spec.weights,
                       epsilon=spec.epsilon, delta=spec.delta, scope=spec.scope, stochastic_code=spec.stochastic_code,
                       num_inference_steps=config.num_inference_steps, generator=gens, output_type="pil",
                       secure_mode=config.secure_mode)
+        lines = []
         for (i, _, extra), image in zip(batch, result.images):
+            if i in done:
+                continue
             name = f"images/{i:08d}.png"
             buf = io.BytesIO()
             image.save(buf, format="PNG")
             _atomic_write_bytes(out / name, buf.getvalue())
             record = {"index": i, "file_name": name, **figures, **extra}
-            part.write(json.dumps(_jsonable(record)) + "\n")
+            lines.append(json.dumps(_jsonable(record)) + "\n")
+        part.write("".join(lines).encode())  # records only after their images are in place
         part.flush()
         os.fsync(part.fileno())
-        bar.update(len(batch))
+        bar.update(len(lines))
 
-    batch: list = []
+    # Fixed blocks: row i is the (i // world)-th row of its worker and belongs to block (i // world) // batch_size,
+    # whatever was done before, so a resumed run batches every row exactly as an uninterrupted run does.
+    block: list = []
+    block_id = None
     for i, row in _iter_rows(config):
-        if i % world != rank or i in done:
+        if i % world != rank:
             continue
-        try:
-            img = _decode(row[config.image_column])
-            pipe.preprocess(img)  # mode/size problems surface here, per row
-        except (OSError, ValueError, PIL.UnidentifiedImageError) as exc:
-            skipped.write(json.dumps({"index": i, "reason": f"{type(exc).__name__}: {exc}"}) + "\n")
-            skipped.flush()
-            continue
-        extra = {k: v for k, v in row.items() if k != config.image_column and k not in figures}
-        batch.append((i, img, extra))
-        if len(batch) == config.batch_size:
-            flush(batch)
-            batch = []
-    if batch:
-        flush(batch)
+        bid = (i // world) // config.batch_size
+        if bid != block_id:
+            run_block(block)
+            block, block_id = [], bid
+        block.append((i, row))
+    run_block(block)
     bar.close()
     part.close()
     skipped.close()
+    if n_skipped:
+        logger.warning("worker %d skipped %d unreadable row(s); see %s", rank, n_skipped, out / "skipped.jsonl")
     if accelerator is not None:
         accelerator.wait_for_everyone()
     if rank == 0:
         _merge(out, part_dir)
+        for stale in [*out.glob(".*.tmp-*"), *(out / "images").glob(".*.tmp-*")]:  # left by killed runs
+            stale.unlink(missing_ok=True)
     return out
 
 

@@ -21,7 +21,7 @@ Run locally with ``dpdiffusion space`` (or ``python spaces/app.py --port 7860``)
 ``DPDIFFUSION_SPACE_MODEL`` (pipeline folder or Hub repo id; default: the embedded ``DEFAULT_MODEL``),
 ``DPDIFFUSION_SPACE_DIR`` (where the ledger and the feedback live), ``DPDIFFUSION_FEEDBACK_REPO`` (a Hub dataset
 repo for the feedback; needs ``HF_TOKEN`` or a saved token), ``DPDIFFUSION_SPACE_BUDGET_EPSILON``,
-``DPDIFFUSION_SPACE_START_EPSILON``, ``DPDIFFUSION_SPACE_STEPS``.
+``DPDIFFUSION_SPACE_START_EPSILON``, ``DPDIFFUSION_SPACE_STEPS``, ``DPDIFFUSION_SPACE_TORCH_THREADS``.
 
 This file is plumbing: every privacy number comes from `dpdiffusion` (the pipeline's calibration and report, the
 ledger's composition); nothing here derives one.
@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -67,6 +67,7 @@ ENV_FEEDBACK_REPO = "DPDIFFUSION_FEEDBACK_REPO"
 ENV_BUDGET = "DPDIFFUSION_SPACE_BUDGET_EPSILON"
 ENV_START = "DPDIFFUSION_SPACE_START_EPSILON"
 ENV_STEPS = "DPDIFFUSION_SPACE_STEPS"
+ENV_THREADS = "DPDIFFUSION_SPACE_TORCH_THREADS"
 
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # a file larger than this is refused (in the browser, and again on the server)
 MAX_UPLOAD_PIXELS = 4096 * 4096  # ... and so is an image with more pixels than this
@@ -141,7 +142,7 @@ def load_pipeline(model: Optional[str] = None):
             raise ValueError(f"the embedded default model is not installed at {DEFAULT_MODEL}; train it with "
                              f"scripts/train_default_models.py --install or set {ENV_MODEL} to a pipeline")
         model = DEFAULT_MODEL
-    pipe = DPDiffusionPipeline.from_pretrained(model)
+    pipe = DPDiffusionPipeline.from_pretrained(model, use_safetensors=True)  # never unpickle weights
     return pipe, model
 
 
@@ -202,11 +203,19 @@ def decode_original(value: Any) -> np.ndarray:
     if min(width, height) < MIN_UPLOAD_SIDE:
         raise ValueError(f"the image is {width}x{height} px; each side must be at least {MIN_UPLOAD_SIDE} px")
     try:
+        image.load()  # decode now (after the size checks), so that a truncated file fails here
         image = to_rgb(image)
-    except OSError:
+    except (OSError, ValueError, PIL.Image.DecompressionBombError):
         raise ValueError("the image file is truncated or corrupt") from None
     image = resize_square(image, min(BROWSER_SIDE, width, height))
     return np.asarray(image, dtype=np.uint8).copy()
+
+
+def upscale_for_display(image: np.ndarray, side: int = BROWSER_SIDE) -> np.ndarray:
+    """Nearest-neighbour upscaling by an integer factor (a 32 px release shown at about ``side`` px, pixels
+    visible as pixels); the stored feedback image keeps the model's resolution."""
+    factor = max(1, side // max(image.shape[:2]))
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
 def _digest(original: np.ndarray) -> str:
@@ -308,6 +317,7 @@ class SubjectSession:
     releases: int = 0
     finished: bool = False
     epsilons: tuple = ()
+    spent_epsilon: float = 0.0
 
 
 @dataclass
@@ -351,7 +361,7 @@ class DPSpace:
         self.feedback_log = feedback
         self.config = config
         self.model_name = model_name
-        if not math.isclose(ledger.delta, config.delta, rel_tol=0.0, abs_tol=0.0):
+        if ledger.delta != config.delta:
             raise ValueError(f"the ledger's delta ({ledger.delta}) must equal the app's delta ({config.delta})")
 
     # -- helpers ----------------------------------------------------------------------------------------------
@@ -396,23 +406,16 @@ class DPSpace:
         ``ValueError``. Returns ``(image uint8 (H, W, 3), report dict, seconds)``."""
         import torch
 
-        spec = self.pipe.privacy_spec(attributes=list(session.attributes), weights=list(session.weights),
-                                      epsilon=float(epsilon), delta=self.config.delta)
-        kwargs = dict(attributes=list(spec.attributes), weights=list(spec.weights), epsilon=spec.epsilon,
-                      delta=spec.delta, num_inference_steps=self.config.num_inference_steps,
+        kwargs = dict(attributes=list(session.attributes), weights=list(session.weights), epsilon=float(epsilon),
+                      delta=self.config.delta, num_inference_steps=self.config.num_inference_steps,
                       generator=torch.Generator().manual_seed(secrets.randbits(63)), output_type="np",
                       secure_mode=self.config.secure_mode)
         if progress is not None:
             progress(0.0, desc="charging the privacy ledger")
         start = time.perf_counter()
-        if hasattr(self.ledger, "charge_many"):
-            # the pipeline charges atomically before generating, and refuses (charging nothing) when over budget
-            out = self.pipe(session.original, ledger=self.ledger, subject_ids=[session.subject_id], **kwargs)
-        else:  # ledgers without charge_many: charge first, then release without a ledger
-            calibration = self.pipe.calibrate(spec)
-            self.ledger.charge(session.subject_id, noise_multiplier=calibration.noise_multiplier,
-                               attributes=list(spec.attributes), scope=spec.scope)
-            out = self.pipe(session.original, **kwargs)
+        # the pipeline charges the ledger atomically before it generates anything, and refuses (charging
+        # nothing) when the release would exceed the subject's budget
+        out = self.pipe(session.original, ledger=self.ledger, subject_ids=[session.subject_id], **kwargs)
         seconds = time.perf_counter() - start
         image = (np.clip(out.images[0], 0.0, 1.0) * 255.0).round().astype(np.uint8)  # (H, W, 3)
         return image, out.report.to_dict(), seconds
@@ -434,7 +437,8 @@ class DPSpace:
             f"| noise multiplier | {_fmt(r['noise_multiplier'])} (diffusion strength {_fmt(r['strength'], 3)}) |",
             f"| noise std per attribute | {sigmas} |",
             f"| budget shares | {weights} |",
-            f"| releases of this face | {session.releases} (ε so far: {', '.join(_fmt(e) for e in session.epsilons)}) |",
+            f"| releases of this face | {session.releases} (ε so far: "
+            f"{', '.join(_fmt(e) for e in session.epsilons)}) |",
             f"| ε spent (all releases composed) | {_fmt(spent)} at δ={self.ledger.delta:.0e} |",
             f"| **budget left** | **{_fmt(left)}** of {_fmt(self.ledger.budget_epsilon)} |",
         ]
@@ -457,8 +461,9 @@ class DPSpace:
         return "\n".join(lines)
 
     def _shown(self, session: SubjectSession, status: str, latency_s: Optional[float]) -> View:
-        return View(session=session, status=status, protected=session.protected,
-                    epsilon=float(session.report["epsilon"]), budget_left=self.ledger.remaining(session.subject_id),
+        return View(session=session, status=status, protected=upscale_for_display(session.protected),
+                    epsilon=float(session.report["epsilon"]),
+                    budget_left=float(f"{self.ledger.remaining(session.subject_id):.4g}"),
                     figures=self._figures(session, latency_s), latency_s=latency_s)
 
     def _record(self, session: SubjectSession, verdict: str) -> dict:
@@ -477,7 +482,7 @@ class DPSpace:
             "strength": r["strength"],
             "guarantee": r["guarantee"],
             "scope": r["scope"],
-            "spent_epsilon": self.ledger.spent(session.subject_id),
+            "spent_epsilon": session.spent_epsilon,  # composed over the releases up to this image
             "budget_epsilon": self.ledger.budget_epsilon,
             "model": self.model_name,
             "num_inference_steps": self.config.num_inference_steps,
@@ -541,7 +546,7 @@ class DPSpace:
         if verdict is not None:  # the judgement of the previous image is recorded once the next release exists
             self._record(old, verdict)
         new = replace(new, protected=image, report=report, releases=new.releases + 1,
-                      epsilons=new.epsilons + (report["epsilon"],))
+                      epsilons=new.epsilons + (report["epsilon"],), spent_epsilon=self.ledger.spent(new.subject_id))
         logger.info("release %d of subject %s at epsilon=%.4g in %.2f s", new.releases, new.subject_id[:8],
                     report["epsilon"], seconds)
         return self._shown(new, f"{what} at ε={_fmt(report['epsilon'])}. Judge it: more privacy, more detail "
@@ -637,7 +642,9 @@ element.addEventListener('change', (ev) => {
   img.onload = () => {
     URL.revokeObjectURL(url);
     const w = img.naturalWidth, h = img.naturalHeight;
-    if (w * h > props.max_pixels) { say(`Refused: ${w}x${h} px is over the ${(props.max_pixels / 1e6).toFixed(1)} MP limit.`); return; }
+    if (w * h > props.max_pixels) {
+      say(`Refused: ${w}x${h} px is over the ${(props.max_pixels / 1e6).toFixed(1)} MP limit.`); return;
+    }
     if (Math.min(w, h) < props.min_side) { say(`Refused: each side must be at least ${props.min_side} px.`); return; }
     const side = Math.min(w, h), out = Math.min(props.side, side);
     const canvas = document.createElement('canvas'); canvas.width = out; canvas.height = out;
@@ -726,8 +733,8 @@ def build_demo(pipe=None, *, ledger_dir=None, feedback_dir=None, budget_epsilon:
 
     if pipe is None:
         pipe, loaded = load_pipeline()
+        pipe.set_progress_bar_config(leave=False)  # our own pipeline; an injected one keeps its settings
         model_name = model_name or loaded
-    pipe.set_progress_bar_config(leave=False)
     config = SpaceConfig(
         budget_epsilon=budget_epsilon if budget_epsilon is not None else _env_float(ENV_BUDGET, 5.0),
         delta=delta,
@@ -763,7 +770,8 @@ def build_demo(pipe=None, *, ledger_dir=None, feedback_dir=None, budget_epsilon:
         )
 
     def on_protect(image, attributes, start_eps, session, *weights, progress=gr.Progress(track_tqdm=True)):
-        return outputs_of(space.protect(image, attributes, dict(zip(names, weights)), start_eps, session, progress=progress))
+        view = space.protect(image, attributes, dict(zip(names, weights)), start_eps, session, progress=progress)
+        return outputs_of(view)
 
     def on_more_privacy(session, progress=gr.Progress(track_tqdm=True)):
         return outputs_of(space.feedback("more_privacy", session, progress=progress))
@@ -829,7 +837,7 @@ def build_demo(pipe=None, *, ledger_dir=None, feedback_dir=None, budget_epsilon:
 
         outs = [protected, epsilon_box, budget_box, figures, status, report, session_state]
         release = dict(concurrency_limit=config.max_concurrent_releases, concurrency_id="release",
-                       show_progress="full")
+                       show_progress="full", show_progress_on=[protected])
         protect_btn.click(on_protect, [original, attributes, start_eps, session_state, *weight_sliders], outs,
                           api_name="protect", **release)
         more_privacy_btn.click(on_more_privacy, [session_state], outs, api_name="more_privacy", **release)
@@ -849,6 +857,10 @@ def main(argv=None) -> None:
                                                       "or the embedded default).")
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if os.environ.get(ENV_THREADS):  # e.g. 1 where other work shares the cores (OpenMP spinning is costly)
+        import torch
+
+        torch.set_num_threads(int(os.environ[ENV_THREADS]))
     pipe, model_name = load_pipeline(ns.model)
     build_demo(pipe, model_name=model_name).launch(server_port=ns.port, server_name=ns.host)
 

@@ -78,7 +78,8 @@ class EpsilonController:
             raise ValueError(f"step_factor must be > 1 and finite, got step_factor={self.step_factor}")
         if isinstance(self.significant_digits, bool) or not isinstance(self.significant_digits, int) \
                 or self.significant_digits < 1:
-            raise ValueError(f"significant_digits must be an int >= 1, got significant_digits={self.significant_digits!r}")
+            raise ValueError(
+                f"significant_digits must be an int >= 1, got significant_digits={self.significant_digits!r}")
         if self.lower is not None and self.upper is not None and not self.lower < self.upper:
             raise ValueError(f"need lower < upper, got lower={self.lower}, upper={self.upper}")
 

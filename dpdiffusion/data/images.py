@@ -18,9 +18,13 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ValueError(f"a mode {image.mode} image holds NaN or infinite pixel values")
         hi = 65535.0 if image.mode.startswith("I;16") else max(float(arr.max()), 1.0)
         arr = np.clip(arr / hi * 255.0, 0, 255).round().astype(np.uint8)
         return PIL.Image.fromarray(arr, mode="L").convert("RGB")
+    if image.mode in ("La", "RGBa"):  # premultiplied alpha: Pillow converts these only to their plain forms
+        image = image.convert(image.mode[:-1] + "A")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -51,6 +55,8 @@ def _array_to_pil(arr: np.ndarray, name: str) -> PIL.Image.Image:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
         raise ValueError(f"{name} must be an (H, W), (H, W, 3|4) or (3, H, W) array, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is an empty array (shape {arr.shape}); each side must be >= {MIN_IMAGE_SIDE} px")
     if not np.isfinite(arr).all() if arr.dtype.kind == "f" else False:
         raise ValueError(f"{name} contains NaN or infinite values")
     if arr.dtype == np.uint8:
@@ -104,8 +110,12 @@ def images_to_tensor(images: Any, size: int) -> torch.Tensor:
             img = _array_to_pil(img, name)
         if not isinstance(img, PIL.Image.Image):
             raise ValueError(f"{name} has unsupported type {type(img).__name__}; use PIL images, arrays or tensors")
-        _check_size(*img.size, name)
-        img = resize_square(to_rgb(img), size)
+        _check_size(*img.size, name)  # before decoding any pixel data: a huge image is refused cheaply
+        try:
+            img = resize_square(to_rgb(img), size)
+        except (OSError, ValueError, SyntaxError, EOFError) as err:  # truncated/corrupt data, unsupported mode
+            raise ValueError(f"{name} (mode {img.mode}, {img.size[0]}x{img.size[1]} px) cannot be read as an RGB "
+                             f"image: {type(err).__name__}: {err}") from err
         out.append(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
     return torch.stack(out).float() / 127.5 - 1.0
 

@@ -208,12 +208,12 @@ def _eps_from_upper_rates(fpr_u: np.ndarray, fnr_u: np.ndarray, delta: float) ->
 
 
 def threshold_audit(scores_0: Any, scores_1: Any, *, delta: float = 0.0, alpha: float = 0.05,
-                    selection_fraction: float = 0.5, max_thresholds: int = 512, seed: int = 0,
+                    selection_fraction: float = 0.5, max_thresholds: int = 2048, seed: int = 0,
                     claimed_epsilon: float | None = None) -> AuditResult:
     """Audit from attack scores on outputs of x_0 (``scores_0``) and x_1 (``scores_1``).
 
     The trials of each world are shuffled (``seed``) and split: on the first ``selection_fraction`` the threshold
-    (among up to ``max_thresholds`` quantiles of the pooled scores) and the direction that maximise the
+    (among up to ``max_thresholds`` midpoints between consecutive pooled scores, evenly spaced in rank) and the direction that maximise the
     Clopper-Pearson bound are chosen; on the rest the bound is computed once for that single test.
 
     Returns:
@@ -239,8 +239,10 @@ def threshold_audit(scores_0: Any, scores_1: Any, *, delta: float = 0.0, alpha: 
     best = (-1.0, 0.0, 1)
     for direction in (1, -1):
         a0, a1 = direction * sel0, direction * sel1
-        pooled = np.concatenate([a0, a1])
-        qs = np.unique(np.quantile(pooled, np.linspace(0.0, 1.0, max_thresholds)))
+        pooled = np.sort(np.concatenate([a0, a1]))
+        mids = (pooled[:-1] + pooled[1:]) / 2  # a threshold between every two consecutive scores
+        pick = np.unique(np.linspace(0, len(mids) - 1, min(len(mids), max_thresholds)).round().astype(np.int64))
+        qs = np.unique(np.concatenate([mids[pick], mids[[int(np.argmin(np.abs(mids - np.median(pooled))))]]]))
         fp, fn = _error_counts(a0, a1, qs)
         eps = _eps_from_upper_rates(_cp_upper(fp, len(a0), alpha), _cp_upper(fn, len(a1), alpha), delta)
         i = int(np.argmax(eps))
@@ -329,6 +331,17 @@ def _noise_precision(pipe, report, attributes) -> Callable[[torch.Tensor], torch
     return apply
 
 
+def _precision_for(statistic: str, pipe, report, attributes) -> Callable | None:
+    if statistic == "likelihood_ratio":
+        return _noise_precision(pipe, report, attributes)
+    if statistic == "residual":
+        basis = pipe.attribute_directions.basis(list(attributes)).double()  # (d, k)
+        return lambda v: v.double().reshape(-1) - basis @ (basis.T @ v.double().reshape(-1))
+    if statistic == "projection":
+        return None
+    raise ValueError(f"statistic must be 'likelihood_ratio', 'residual' or 'projection', got statistic={statistic!r}")
+
+
 def linear_statistic(mean_0: torch.Tensor, mean_1: torch.Tensor, *, precision: Callable | None = None
                      ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The linear test statistic ``s(y) = (y - (m0 + m1) / 2) . W (m1 - m0)``.
@@ -369,18 +382,17 @@ def audit_latent_release(pipe, z_0: torch.Tensor, z_1: torch.Tensor, *, attribut
 
     Args:
         statistic (`str`): ``"likelihood_ratio"`` (whitened by the release's public noise covariance: the optimal
-            test when the pair differs only where noise is added) or ``"projection"`` (the raw mean difference:
-            also sees a deterministic shift of the residual, which the guarantee does not cover for image pairs).
+            test when the pair differs only where noise is added), ``"residual"`` (projection of the output on the
+            part of the mean difference outside the protected span: a deterministic shift of the residual, which
+            ``scope="attributes"`` does not noise and the guarantee does not cover for image pairs) or
+            ``"projection"`` (on the raw mean difference).
     """
-    if statistic not in ("likelihood_ratio", "projection"):
-        raise ValueError(f"statistic must be 'likelihood_ratio' or 'projection', got statistic={statistic!r}")
     g = torch.Generator().manual_seed(seed)
     kw = dict(attributes=attributes, epsilon=epsilon, delta=delta, scope=scope, generator=g)
     fit = max(64, num_trials // 4)
     y0, report = _release_latents(pipe, z_0, fit, **kw)
     y1, _ = _release_latents(pipe, z_1, fit, **kw)
-    precision = _noise_precision(pipe, report, attributes) if statistic == "likelihood_ratio" else None
-    stat = linear_statistic(y0.mean(0), y1.mean(0), precision=precision)
+    stat = linear_statistic(y0.mean(0), y1.mean(0), precision=_precision_for(statistic, pipe, report, attributes))
     s0 = stat(_release_latents(pipe, z_0, num_trials, **kw)[0])
     s1 = stat(_release_latents(pipe, z_1, num_trials, **kw)[0])
     return threshold_audit(s0.numpy(), s1.numpy(), delta=delta, alpha=alpha, seed=seed,
@@ -405,8 +417,7 @@ def audit_decoded_release(pipe, z_0: torch.Tensor, z_1: torch.Tensor, *, attribu
     fit = 4096
     y0, report = _release_latents(pipe, z_0, fit, **kw)
     y1, _ = _release_latents(pipe, z_1, fit, **kw)
-    precision = _noise_precision(pipe, report, attributes) if statistic == "likelihood_ratio" else None
-    stat = linear_statistic(y0.mean(0), y1.mean(0), precision=precision)
+    stat = linear_statistic(y0.mean(0), y1.mean(0), precision=_precision_for(statistic, pipe, report, attributes))
     scores = []
     bar = tqdm(total=2 * num_trials, desc=f"audit (decoded) eps={epsilon:g}", disable=not progress, leave=False)
     for z in (z_0, z_1):

@@ -218,9 +218,9 @@ def gaussian_sigma(*, epsilon: float, delta: float, sensitivity: float = 1.0) ->
     while not feasible(hi):
         hi *= 2.0
         if hi == math.inf:
-            raise ValueError(
-                f"cannot calibrate epsilon={epsilon}, delta={delta} in double precision; use a larger epsilon or delta"
-            )
+            advice = ("epsilon must be at most about 5e14 (or inf: no noise)" if epsilon > 1.0 else
+                      "use a larger epsilon or delta")
+            raise ValueError(f"cannot calibrate epsilon={epsilon}, delta={delta} in double precision; {advice}")
     lo = hi
     while feasible(lo):
         hi, lo = lo, lo / 2.0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import sqlite3
 from contextlib import contextmanager
@@ -130,10 +131,14 @@ def _check_attributes(attributes) -> tuple:
     return attributes
 
 
+def _real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {name}={value!r}")
+    return float(value)
+
+
 def _check_multiplier(noise_multiplier) -> float:
-    if isinstance(noise_multiplier, bool):
-        raise ValueError(f"noise_multiplier must be a float, got noise_multiplier={noise_multiplier!r}")
-    m = float(noise_multiplier)
+    m = _real("noise_multiplier", noise_multiplier)
     if math.isnan(m) or not 0.0 <= m < math.inf:
         raise ValueError(f"noise_multiplier must be finite and >= 0, got noise_multiplier={noise_multiplier}")
     return m
@@ -177,15 +182,17 @@ class PrivacyLedger:
     """
 
     def __init__(self, path, budget_epsilon: Optional[float] = None, delta: Optional[float] = None):
-        self._path = os.fspath(path)
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise ValueError(f"path must be a file path, got path={path!r}")
+        self._path = os.fsdecode(path)
         if self._path == ":memory:" or not self._path:
-            raise ValueError("path must be a file path (the ledger is shared between processes), got ':memory:'")
+            raise ValueError(f"path must be a file path (the ledger is shared between processes), got {self._path!r}")
         if budget_epsilon is not None:
-            budget_epsilon = float(budget_epsilon)
+            budget_epsilon = _real("budget_epsilon", budget_epsilon)
             if not 0.0 < budget_epsilon < math.inf:
                 raise ValueError(f"budget_epsilon must be finite and > 0, got budget_epsilon={budget_epsilon}")
         if delta is not None:
-            delta = float(delta)
+            delta = _real("delta", delta)
             if not 0.0 < delta < 1.0:
                 raise ValueError(f"delta must be in (0, 1), got delta={delta}")
         if not os.path.exists(self._path) and (budget_epsilon is None or delta is None):

@@ -50,6 +50,7 @@ only the equivalent diffusion time, reported next to epsilon.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 from dataclasses import dataclass
@@ -132,10 +133,12 @@ def _positive_floats(name: str, values) -> tuple:
         values = values.detach().cpu().reshape(-1).tolist()
     elif isinstance(values, np.ndarray):
         values = values.reshape(-1).tolist()
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"{name} must be a sequence of floats, not a string, got {name}={values!r}")
     try:
-        out = tuple(float(v) for v in values)
+        out = tuple(_real_float(name, v) for v in values)
     except TypeError:
-        raise ValueError(f"{name} must be a sequence of floats, got {name}={values!r}")
+        raise ValueError(f"{name} must be a sequence of floats, got {name}={values!r}") from None
     if not out:
         raise ValueError(f"{name} must be non-empty, got {name}={values!r}")
     if not all(0.0 < v < math.inf for v in out):
@@ -143,8 +146,14 @@ def _positive_floats(name: str, values) -> tuple:
     return out
 
 
+def _real_float(name: str, value) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must hold real numbers, got {value!r} in {name}")
+    return float(value)
+
+
 def _positive_float(name: str, value) -> float:
-    value = float(value)
+    value = _real_float(name, value)
     if not 0.0 < value < math.inf:
         raise ValueError(f"{name} must be finite and > 0, got {name}={value}")
     return value
@@ -178,6 +187,12 @@ def _calibration(epsilon, delta, noise_multiplier, clip_bounds, weights, residua
         residual_sigma = None
         if residual_clip_bound is not None:
             residual_sigma = _ROUND_UP * 2.0 * residual_clip_bound * m * math.sqrt(total / residual_weight)
+        if not all(math.isfinite(s) for s in sigmas + (residual_sigma or 0.0,)):
+            raise ValueError(
+                f"weights are too unequal (or epsilon too small) for a finite noise std: weights={weights}, "
+                f"residual_weight={residual_weight}, noise_multiplier={m}; keep each share w_i / sum(w) above "
+                "about 1e-300"
+            )
     return NoiseCalibration(
         epsilon=epsilon,
         delta=delta,
@@ -718,3 +733,32 @@ def apply_residual_mechanism(
     if basis is not None:
         noise = noise - (noise @ basis) @ basis.T
     return clipped + noise
+
+
+def postprocess_to_bounds(a_noisy: torch.Tensor, clip_bounds) -> torch.Tensor:
+    r"""Clamp released coordinates back into the public range [-C_i, C_i] (post-processing, no privacy cost).
+
+    The noise needed at small epsilon is many times the clip bound, so a~ alone would lie far outside the latent
+    distribution the decoder was trained on. Mapping a~ to clip(a~, -C, C) uses only the released value and public
+    bounds, so by the post-processing property of differential privacy (Dwork & Roth 2014, Proposition 2.1) the
+    (epsilon, delta) guarantee of the release is unchanged. Large noise then yields a confidently drawn but random
+    attribute instead of an off-distribution latent.
+
+    Args:
+        a_noisy (`torch.Tensor`): (..., k) released coordinates.
+        clip_bounds (`Sequence[float]`): the k public bounds C_i.
+
+    Returns:
+        `torch.Tensor`: (..., k), same dtype and device.
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from dpdiffusion.privacy.mechanism import postprocess_to_bounds
+    >>> postprocess_to_bounds(torch.tensor([[12.0, -0.5]]), [1.0, 2.0])
+    tensor([[ 1.0000, -0.5000]])
+
+    ```
+    """
+    return clip_coordinates(a_noisy, clip_bounds)

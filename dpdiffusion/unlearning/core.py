@@ -281,6 +281,9 @@ def changed_gradient_sum(
 ) -> tuple[torch.Tensor, dict]:
     """delta = sum_i grad l(z~_i) - sum_i grad l(z_i), one backward pass per batch of pairs.
 
+    Pairs whose two images are identical (a revision that left the image unchanged) are skipped: their terms
+    cancel exactly.
+
     Returns:
         `(delta, info)` with `delta` flat `(P,)` (all-reduced across processes) and the summed losses of the
         original and revised examples at `theta` in `info`.
@@ -288,7 +291,10 @@ def changed_gradient_sum(
     from tqdm.auto import tqdm
 
     (xo, yo), (xr, yr) = original, revised
-    rows_all = objective.shard(len(xo))
+    # a pair whose revised image equals the original contributes exactly zero: skip it
+    differs = (xo != xr).reshape(len(xo), -1).any(dim=1)
+    rows_all = torch.nonzero(differs).flatten()
+    rows_all = rows_all[objective.accelerator.process_index :: objective.accelerator.num_processes]
     total = torch.zeros_like(theta)
     loss_sums = torch.zeros(2, device=theta.device)
 
@@ -308,7 +314,9 @@ def changed_gradient_sum(
         loss_sums += torch.stack([losses[: len(rows)].sum(), losses[len(rows) :].sum()]).float()
     total = objective.reduce_sum(total)
     loss_sums = objective.reduce_sum(loss_sums)
-    return total, {"loss_sum_revised": float(loss_sums[0]), "loss_sum_original": float(loss_sums[1])}
+    info = {"loss_sum_revised": float(loss_sums[0]), "loss_sum_original": float(loss_sums[1]),
+            "identical_pairs_skipped": int(len(xo) - int(differs.sum()))}
+    return total, info
 
 
 def hessian_subsample(n: int, size: int, seed: int) -> torch.Tensor:

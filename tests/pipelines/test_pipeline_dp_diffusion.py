@@ -158,3 +158,19 @@ def test_ledger_charges_and_refuses(dummy_pipe, dummy_images, tmp_path):
     assert ledger.spent("a") == before
     with pytest.raises(ValueError, match="subject_ids"):
         _call(dummy_pipe, dummy_images, epsilon=1.0, ledger=ledger, subject_ids=["a"])
+
+
+def test_post_processing_keeps_released_coordinates_in_public_bounds(dummy_pipe, dummy_images):
+    dirs = dummy_pipe.attribute_directions
+    z = dummy_pipe.encode(dummy_images)
+    names = ["dark_skin", "long_hair"]
+    bounds = dirs.clip_bound_tensor(names)
+    z_clip, _ = dummy_pipe.apply_privacy_noise(z, attributes=names, epsilon=0.5, generator=_g())
+    z_raw, _ = dummy_pipe.apply_privacy_noise(z, attributes=names, epsilon=0.5, generator=_g(), post_processing="none")
+    a_clip, _ = dirs.project(z_clip, attributes=names)
+    a_raw, _ = dirs.project(z_raw, attributes=names)
+    assert torch.all(a_clip.abs() <= bounds * (1 + 1e-5))
+    assert torch.any(a_raw.abs() > bounds)  # at epsilon 0.5 the raw noise is many times C
+    assert torch.allclose(a_clip, torch.maximum(torch.minimum(a_raw, bounds), -bounds), atol=1e-5)
+    with pytest.raises(ValueError, match="post_processing"):
+        dummy_pipe.apply_privacy_noise(z, epsilon=1.0, post_processing="round")

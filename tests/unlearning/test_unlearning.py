@@ -23,6 +23,15 @@ from dpdiffusion.unlearning import (
 from dpdiffusion.unlearning.core import FlatParameters, Objective, changed_gradient_sum
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run faster on one thread, and two threads stall badly on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Tiny models and a data set with a known answer
 # ----------------------------------------------------------------------------------------------------------------

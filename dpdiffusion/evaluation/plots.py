@@ -1,0 +1,160 @@
+"""PNG figures of the paper experiments (matplotlib, Agg backend): every figure is drawn from the results dict
+that ``run_paper_experiments`` also writes as JSON, so each plotted number can be looked up there."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["plot_privacy_utility", "plot_vs_epsilon", "plot_audit", "save_sample_grid", "epsilon_axis_value"]
+
+_STYLE = {"dpdiffusion": ("tab:blue", "o"), "latent": ("tab:purple", "s"), "dp_pix": ("tab:red", "^"),
+          "pixel_gaussian": ("tab:orange", "v"), "blur": ("tab:gray", "x"), "pixelate": ("tab:brown", "+")}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def epsilon_axis_value(epsilon: float | None, finite: Sequence[float]) -> float:
+    """x position of an epsilon on a log axis: ``inf`` is drawn one octave to the right of the largest finite one."""
+    top = max([e for e in finite if e is not None and not math.isinf(e)] or [1.0])
+    if epsilon is None or math.isinf(epsilon):
+        return top * 2.0
+    return float(epsilon)
+
+
+def _rows_by_method(rows):
+    out = {}
+    for r in rows:
+        out.setdefault(r["method"], []).append(r)
+    return out
+
+
+def _eps_of(r):
+    return r["epsilon"] if r.get("epsilon") is not None else r.get("matched_to_epsilon")
+
+
+def _finish(fig, ax, path, title):
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+    return Path(path)
+
+
+def plot_privacy_utility(rows: list[dict], path: str | Path, *, clean: dict | None = None) -> Path:
+    """Utility (mean accuracy on unprotected attributes, clean test) against leakage (best attack accuracy on the
+    protected attributes), one curve per method, points labelled by epsilon."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for method, rs in _rows_by_method(rows).items():
+        rs = sorted(rs, key=lambda r: epsilon_axis_value(_eps_of(r), [1.0e9]))
+        xs = [r["leakage_accuracy"] for r in rs]
+        ys = [r["utility"]["mean_accuracy"] for r in rs]
+        color, marker = _STYLE.get(method, ("black", "."))
+        ax.plot(xs, ys, marker=marker, color=color, label=method)
+        for r, x, y in zip(rs, xs, ys):
+            e = _eps_of(r)
+            ax.annotate("inf" if e is None or math.isinf(e) else f"{e:g}", (x, y), fontsize=6,
+                        textcoords="offset points", xytext=(3, 3))
+    if clean:
+        ax.scatter([clean["leakage_accuracy"]], [clean["utility_mean_accuracy"]], marker="*", s=120, color="green",
+                   label="clean images", zorder=5)
+    ax.set_xlabel("protected-attribute leakage (attack accuracy, lower is more private)")
+    ax.set_ylabel("utility (accuracy on unprotected attributes)")
+    return _finish(fig, ax, path, "Privacy-utility trade-off (labels: epsilon; obfuscations: matched PSNR)")
+
+
+def plot_vs_epsilon(rows: list[dict], path: str | Path, *, key: str, ylabel: str, title: str,
+                    bound: bool = False, reference: float | None = None, reference_label: str = "clean") -> Path:
+    """A metric (``key``: a function of a row or a top-level row key) against epsilon, one line per method."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    finite = [_eps_of(r) for r in rows]
+    getter = key if callable(key) else (lambda r: r[key])
+    for method, rs in _rows_by_method(rows).items():
+        pts = sorted((epsilon_axis_value(_eps_of(r), finite), getter(r)) for r in rs)
+        color, marker = _STYLE.get(method, ("black", "."))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color,
+                label=method + (" (matched PSNR)" if method in ("blur", "pixelate") else ""))
+    xs = sorted({epsilon_axis_value(e, finite) for e in finite})
+    if bound:
+        grid = np.geomspace(min(xs), max(e for e in finite if e is not None and not math.isinf(e)) if any(
+            e is not None and not math.isinf(e) for e in finite) else 1.0, 100)
+        ax.plot(grid, np.exp(grid) / (1 + np.exp(grid)), "k--", lw=1, label="DP bound e^eps/(1+e^eps)")
+    if reference is not None:
+        ax.axhline(reference, color="green", ls=":", lw=1, label=reference_label)
+    ax.set_xscale("log")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(["inf" if x == epsilon_axis_value(math.inf, finite) else f"{x:g}" for x in xs])
+    ax.set_xlabel("epsilon (claimed; blur/pixelate: epsilon of dpdiffusion they are matched to)")
+    ax.set_ylabel(ylabel)
+    return _finish(fig, ax, path, title)
+
+
+def plot_audit(audit: dict, path: str | Path) -> Path:
+    """Empirical epsilon lower bounds (95 % Clopper-Pearson) against the claimed epsilon, with the y = x line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    top = 1.0
+    for method, per_eps in audit.items():
+        for kind, color_shift in (("claim", 0),):
+            pts = []
+            for eps, entry in per_eps.items():
+                covered = [v for v in entry.values() if isinstance(v, dict) and v.get("covered_by_claim")]
+                if covered:
+                    pts.append((float(eps), max(v["epsilon_lower_bound"] for v in covered)))
+            if not pts:
+                continue
+            pts.sort()
+            top = max(top, max(p[0] for p in pts))
+            color, marker = _STYLE.get(method, ("black", "."))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color,
+                    label=f"{method} (best attack, own relation)")
+    ours = audit.get("dpdiffusion", {})
+    pts = []
+    for eps, entry in ours.items():
+        uncovered = [v for v in entry.values() if isinstance(v, dict) and v.get("covered_by_claim") is False]
+        if uncovered:
+            pts.append((float(eps), max(v["epsilon_lower_bound"] for v in uncovered)))
+    if pts:
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], ls=":", marker="o", color="tab:blue", alpha=0.6,
+                label="dpdiffusion, image pairs (not covered: residual differs)")
+    grid = np.linspace(0, top * 1.1, 10)
+    ax.plot(grid, grid, "k--", lw=1, label="claimed epsilon (y = x)")
+    ax.set_xlabel("claimed epsilon")
+    ax.set_ylabel("empirical epsilon lower bound (95 % CP)")
+    return _finish(fig, ax, path, "Empirical privacy audit")
+
+
+def save_sample_grid(rows: list[tuple[str, torch.Tensor]], path: str | Path, *, scale: int = 3) -> Path:
+    """A labelled grid: one row per ``(label, images (K, 3, H, W) in [0, 1])``."""
+    import PIL.Image
+    import PIL.ImageDraw
+
+    k = max(len(imgs) for _, imgs in rows)
+    h, w = rows[0][1].shape[-2:]
+    label_w = 190
+    grid = PIL.Image.new("RGB", (label_w + k * w * scale, len(rows) * h * scale), "white")
+    draw = PIL.ImageDraw.Draw(grid)
+    for i, (label, imgs) in enumerate(rows):
+        draw.text((4, i * h * scale + h * scale // 2 - 6), label, fill="black")
+        arr = (imgs.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        for j, a in enumerate(arr):
+            tile = PIL.Image.fromarray(a).resize((w * scale, h * scale), PIL.Image.NEAREST)
+            grid.paste(tile, (label_w + j * w * scale, i * h * scale))
+    grid.save(path)
+    return Path(path)

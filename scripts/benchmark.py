@@ -1,0 +1,198 @@
+#!/usr/bin/env python
+"""Benchmarks that print ratios measured in one run (one JSON, then a short table).
+
+    python scripts/benchmark.py                       # all sections on the embedded default
+    python scripts/benchmark.py --sections pipeline protect_memory data_parallel unlearning
+
+Sections:
+* ``pipeline``: wall time of ``pipe(...)`` over the floor of its network evaluations (the same encoder + UNet
+  forward passes timed alone, on the same batch), and images/s.
+* ``protect_memory``: peak resident memory of ``dpdiffusion protect`` (a subprocess each) on 1,000 and 10,000
+  SynthFaces images (``--memory-sizes``); streaming means the ratio stays near 1.
+* ``data_parallel``: ``protect`` throughput with 1 single-thread process, 2 single-thread processes
+  (``accelerate launch --num_processes 2``) and 1 process using 2 threads, on the same images.
+* ``unlearning``: ``scripts/benchmark_unlearning.py``'s speed-ups of first/second-order unlearning over retraining.
+
+Every figure is measured by this script in this run; nothing is copied from elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def bench_pipeline(pipe, *, batch_size: int, steps: int, repeats: int = 3) -> dict:
+    from dpdiffusion.data.synthfaces import make_synthfaces_arrays
+    from dpdiffusion.models.diffae import ddim_pairs
+
+    images, _ = make_synthfaces_arrays(batch_size, image_size=pipe.image_size, seed=31337)
+    pil = [__import__("PIL.Image").Image.fromarray(im) for im in images]
+    pipe.set_progress_bar_config(disable=True)
+    x = pipe.preprocess(pil)
+    pairs = ddim_pairs(pipe.scheduler, steps)
+
+    def floor():
+        with torch.no_grad():
+            z = pipe.encoder(x)
+            cond = pipe.encoder.condition(z)
+            xt = torch.randn_like(x)
+            for t, _, _ in pairs:
+                pipe.unet(xt, torch.full((x.shape[0],), t, dtype=torch.long), class_labels=cond)
+
+    def full():
+        pipe(pil, attributes=["dark_skin"], epsilon=1.0, num_inference_steps=steps,
+             generator=torch.Generator().manual_seed(0), output_type="pil")
+
+    floor()
+    full()  # warm-up
+    t_floor, t_full = [], []
+    for _ in range(repeats):  # interleaved, best of N
+        s = time.perf_counter(); floor(); t_floor.append(time.perf_counter() - s)
+        s = time.perf_counter(); full(); t_full.append(time.perf_counter() - s)
+    return {"batch_size": batch_size, "num_inference_steps": steps, "floor_s": min(t_floor),
+            "pipeline_s": min(t_full), "pipeline_over_floor": min(t_full) / min(t_floor),
+            "images_per_s": batch_size / min(t_full)}
+
+
+def _make_dataset(n: int, folder: Path) -> Path:
+    from dpdiffusion.data.synthfaces import make_synthfaces
+
+    path = folder / f"synthfaces-{n}"
+    if not path.exists():
+        make_synthfaces(n, seed=7).save_to_disk(str(path))
+    return path
+
+
+def _run_protect(source: Path, out: Path, *, steps: int, batch_size: int, threads: int, processes: int = 1,
+                 model: str | None = None, limit: int | None = None) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    args = ["protect", "--source", str(source), "--output-dir", str(out), "--num-inference-steps", str(steps),
+            "--batch-size", str(batch_size), "--no-progress"]
+    if model:
+        args += ["--model", model]
+    if limit:
+        args += ["--limit", str(limit)]
+    measure = [sys.executable, str(ROOT / "scripts" / "_maxrss.py")]
+    if processes == 1:
+        cmd = measure + [sys.executable, "-m", "dpdiffusion.cli", *args]
+    else:
+        cmd = measure + [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes",
+                         str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                         "-m", "dpdiffusion.cli", *args]
+    start = time.perf_counter()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if res.returncode != 0:
+        raise RuntimeError(f"protect failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    peak_kib = int(res.stdout.strip().splitlines()[-1].split()[-1])
+    done = len((out / "metadata.jsonl").read_text().splitlines())
+    return {"seconds": seconds, "images": done, "images_per_s": done / seconds, "peak_rss_mib": peak_kib / 1024}
+
+
+def bench_protect_memory(sizes, *, workdir: Path, model: str | None) -> dict:
+    out = {}
+    for n in sizes:
+        src = _make_dataset(n, workdir)
+        out[str(n)] = _run_protect(src, workdir / f"protect-mem-{n}", steps=1, batch_size=64, threads=2,
+                                   model=model)
+    first, last = out[str(sizes[0])], out[str(sizes[-1])]
+    out["peak_rss_ratio_largest_over_smallest"] = last["peak_rss_mib"] / first["peak_rss_mib"]
+    return out
+
+
+def bench_data_parallel(n: int, *, steps: int, workdir: Path, model: str | None) -> dict:
+    src = _make_dataset(n, workdir)
+    one = _run_protect(src, workdir / "dp-1x1", steps=steps, batch_size=16, threads=1, model=model)
+    two = _run_protect(src, workdir / "dp-2x1", steps=steps, batch_size=16, threads=1, processes=2, model=model)
+    both = _run_protect(src, workdir / "dp-1x2", steps=steps, batch_size=16, threads=2, model=model)
+    return {"images": n, "num_inference_steps": steps, "one_process_one_thread": one,
+            "two_processes_one_thread_each": two, "one_process_two_threads": both,
+            "speedup_2proc_over_1proc": two["images_per_s"] / one["images_per_s"],
+            "speedup_2proc_over_1proc_2threads": two["images_per_s"] / both["images_per_s"]}
+
+
+def bench_unlearning(extra_args: list[str]) -> dict:
+    script = ROOT / "scripts" / "benchmark_unlearning.py"
+    with tempfile.TemporaryDirectory() as tmp:
+        res = subprocess.run([sys.executable, str(script), "--out", tmp, *extra_args], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"benchmark_unlearning failed:\n{res.stderr[-3000:]}")
+        files = sorted(Path(tmp).glob("*.json"))
+        return json.loads(files[0].read_text()) if files else {"stdout": res.stdout[-3000:]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="Pipeline folder or Hub id (default: the embedded one).")
+    parser.add_argument("--sections", nargs="+", default=["pipeline", "protect_memory", "data_parallel", "unlearning"],
+                        help="Which sections to run.")
+    parser.add_argument("--batch-size", type=int, default=16, help="Batch of the pipeline section.")
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps of the pipeline and data-parallel sections.")
+    parser.add_argument("--memory-sizes", type=int, nargs="+", default=[1000, 10000], help="Dataset sizes.")
+    parser.add_argument("--parallel-images", type=int, default=128, help="Images of the data-parallel section.")
+    parser.add_argument("--unlearning-args", nargs=argparse.REMAINDER, default=[],
+                        help="Arguments passed to scripts/benchmark_unlearning.py.")
+    parser.add_argument("--out", default=None, help="Also write the JSON here.")
+    args = parser.parse_args(argv)
+
+    from dpdiffusion.cli import _load_pipeline
+
+    result = {"device": _device_name(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if "pipeline" in args.sections:
+            result["pipeline"] = bench_pipeline(_load_pipeline(args.model), batch_size=args.batch_size,
+                                                steps=args.steps)
+        if "protect_memory" in args.sections:
+            result["protect_memory"] = bench_protect_memory(args.memory_sizes, workdir=work, model=args.model)
+        if "data_parallel" in args.sections:
+            result["data_parallel"] = bench_data_parallel(args.parallel_images, steps=args.steps, workdir=work,
+                                                          model=args.model)
+        if "unlearning" in args.sections:
+            result["unlearning"] = bench_unlearning(args.unlearning_args)
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print("\n| figure | value | target |\n|---|---|---|")
+    if "pipeline" in result:
+        p = result["pipeline"]
+        print(f"| pipeline time / UNet+encoder floor | {p['pipeline_over_floor']:.3f} | <= 1.15 |")
+        print(f"| images/s ({p['num_inference_steps']} steps, batch {p['batch_size']}) | {p['images_per_s']:.2f} | |")
+    if "protect_memory" in result:
+        m = result["protect_memory"]
+        sizes = [k for k in m if k.isdigit()]
+        for k in sizes:
+            print(f"| protect peak RSS, {k} images | {m[k]['peak_rss_mib']:.0f} MiB | flat |")
+        print(f"| peak RSS ratio {sizes[-1]} / {sizes[0]} | {m['peak_rss_ratio_largest_over_smallest']:.3f} | ~1 |")
+    if "data_parallel" in result:
+        d = result["data_parallel"]
+        print(f"| 2 single-thread processes / 1 single-thread process | {d['speedup_2proc_over_1proc']:.2f}x | >= 1.6x |")
+        print(f"| 2 single-thread processes / 1 process with 2 threads | {d['speedup_2proc_over_1proc_2threads']:.2f}x | |")
+    if "unlearning" in result and isinstance(result["unlearning"], dict):
+        for name, row in result["unlearning"].get("methods", {}).items():
+            if isinstance(row, dict) and "speedup_vs_retrain" in row:
+                print(f"| {name}: speed-up vs retrain | {row['speedup_vs_retrain']:.1f}x | |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
