@@ -125,6 +125,14 @@ def cmd_evaluate(ns) -> int:
     return 0
 
 
+def cmd_unlearn(ns) -> int:
+    from .unlearning.job import UnlearnConfig, run_unlearn_job
+
+    out = run_unlearn_job(_dataclass_from(UnlearnConfig, ns), progress=not ns.no_progress)
+    print(f"unlearned model and model card written to {out}")
+    return 0
+
+
 def cmd_space(ns) -> int:
     import runpy
 
@@ -157,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id (default: the embedded one).")
     p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     p.set_defaults(func=cmd_protect)
+
+    from .unlearning.job import UnlearnConfig
+
+    p = sub.add_parser("unlearn", help="Unlearn a classifier against a protected dataset; write/push it with a model card.")
+    add_dataclass_arguments(p, UnlearnConfig)
+    p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    p.set_defaults(func=cmd_unlearn)
 
     p = sub.add_parser("evaluate", help="Evaluate a diffusion autoencoder: inversion PSNR, attribute keeping, probes.")
     p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id (default: the embedded one).")

@@ -145,8 +145,14 @@ def build_unlearned_model_card(
     privacy = _check_privacy(privacy)
     if "seconds" not in cost or "retrain_seconds" not in cost:
         raise ValueError(f"cost must have keys 'seconds' and 'retrain_seconds', got {sorted(cost)}")
-    seconds, retrain_seconds = float(cost["seconds"]), float(cost["retrain_seconds"])
-    speedup = retrain_seconds / seconds if seconds > 0 else float("inf")
+    seconds = float(cost["seconds"])
+    retrain_seconds = None if cost["retrain_seconds"] is None else float(cost["retrain_seconds"])
+    if retrain_seconds is None:  # the caller did not retrain: say so rather than invent a figure
+        cost_text = {"seconds": f"{seconds:.3g}", "retrain_seconds": "not measured", "speedup": "not measured"}
+    else:
+        speedup = retrain_seconds / seconds if seconds > 0 else float("inf")
+        cost_text = {"seconds": f"{seconds:.3g}", "retrain_seconds": f"{retrain_seconds:.3g}",
+                     "speedup": f"{speedup:.3g}x"}
     method = getattr(result, "method", None) or str(result.get("method"))
     summary = result.summary() if hasattr(result, "summary") else dict(result)
     n_changed = int(summary.get("n_changed", 0))
@@ -180,7 +186,7 @@ def build_unlearned_model_card(
         what_is_protected=privacy.get("what_is_protected") or _default_protected(privacy, n_changed, method),
         what_is_not_protected=privacy.get("what_is_not_protected") or _default_not_protected(privacy, method),
         metrics_table=_metrics_table(metrics),
-        cost={"seconds": f"{seconds:.3g}", "retrain_seconds": f"{retrain_seconds:.3g}", "speedup": f"{speedup:.3g}x"},
+        cost=cost_text,
         command=command or " ".join(shlex.quote(a) for a in sys.argv),
     )
 

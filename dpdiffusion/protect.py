@@ -5,7 +5,8 @@ Output layout (an ``imagefolder`` that ``datasets.load_dataset("imagefolder", da
     out/images/00000042.png      one protected image per input row (named by the row's position)
     out/metadata.jsonl           file_name + every privacy figure of the image + the row's other columns
     out/protect_config.json      the run's settings; a resumed run must use the same ones
-    out/skipped.jsonl            rows that could not be read (corrupt/truncated files), with the reason
+    out/skipped.jsonl            rows that could not be read (corrupt, truncated, not an image, too small or
+                                 too large), with the source path when known and the reason
     out/.parts/worker-R.jsonl    per-process records while running (merged into metadata.jsonl at the end)
 
 Streaming: rows are read one batch at a time, so memory stays flat in the dataset size. Crash safety: each image is
@@ -228,7 +229,10 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
                 pipe.preprocess(img)  # mode/size problems surface here, per row
             except Exception as exc:  # noqa: BLE001 - any unreadable row is skipped and listed, never a crash
                 n_skipped += 1
-                skipped.write((json.dumps({"index": i, "reason": f"{type(exc).__name__}: {exc}"}) + "\n").encode())
+                value = row.get(config.image_column)
+                where = value.get("path") if isinstance(value, dict) else None
+                entry = {"index": i, **({"path": str(where)} if where else {}), "reason": f"{type(exc).__name__}: {exc}"}
+                skipped.write((json.dumps(entry) + "\n").encode())
                 skipped.flush()
                 continue
             extra = {k: v for k, v in row.items() if k != config.image_column and k not in figures}

@@ -46,11 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identity-column", default=None, help="Person-id column of a real dataset (re-identification).")
     p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id (default: the embedded model).")
     p.add_argument("--epsilons", nargs="+", type=_epsilon, default=None,
-                   help="Epsilons of the sweep ('inf' allowed; default 0.5 1 2 4 8 inf, or 1 4 inf with --quick).")
+                   help="Epsilons of the sweep ('inf' allowed; default 0.5 1 2 4 8 inf, or 1 inf with --quick).")
     p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=list(ALL_METHODS),
                    help="Methods to compare.")
-    p.add_argument("--num-train", type=int, default=None, help="Training images per setting (default 1000; 300 quick).")
-    p.add_argument("--num-test", type=int, default=None, help="Test images per setting (default 400; 150 quick).")
+    p.add_argument("--num-train", type=int, default=None, help="Training images per setting (default 1000; 500 quick).")
+    p.add_argument("--num-test", type=int, default=None, help="Test images per setting (default 400; 200 quick).")
     p.add_argument("--num-inference-steps", type=int, default=None, help="DDIM steps (default 10; 5 quick).")
     p.add_argument("--delta", type=float, default=1e-5, help="delta of every (epsilon, delta) claim.")
     p.add_argument("--classifier-epochs", type=int, default=None, help="Epochs of every classifier.")
@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audit-decoded-trials", type=int, default=None,
                    help="Trials per world of the audits through the decoder (0 skips them).")
     p.add_argument("--pixel-l2-sensitivity", type=float, default=None,
-                   help="L2 sensitivity Delta of the pixel Gaussian (default: SynthFaces counterfactual 95%% quantile).")
+                   help="L2 sensitivity Delta of the pixel Gaussian (default: the 95%% quantile of SynthFaces "
+                        "counterfactual distances).")
     p.add_argument("--dp-pix-cell-size", type=int, default=4, help="DP-Pix cell size b in pixels.")
     p.add_argument("--dp-pix-m", type=int, default=1, help="DP-Pix neighbourhood m (pixels that may differ).")
     p.add_argument("--out", default="paper-results", help="Output folder.")

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -89,7 +89,8 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x.clamp(0, 1) * 255) / 255
 
 
-def laplace_noise(shape, scale: float, *, generator: torch.Generator | None = None, dtype=torch.float64) -> torch.Tensor:
+def laplace_noise(shape, scale: float, *, generator: torch.Generator | None = None,
+                  dtype=torch.float64) -> torch.Tensor:
     """Laplace(0, scale) noise by inverse CDF from ``torch.rand`` (reproducible from ``generator``)."""
     u = torch.rand(shape, generator=generator, dtype=dtype) - 0.5  # U(-1/2, 1/2)
     return -scale * torch.sign(u) * torch.log1p(-2.0 * u.abs())
@@ -107,6 +108,7 @@ def dp_pix_laplace_scale(*, epsilon: float, cell_size: int, m: int = 1, channels
     ```py
     >>> dp_pix_laplace_scale(epsilon=1.0, cell_size=4, m=16)  # 255 * 16 / (16 * 1)
     255.0
+
     ```
     """
     epsilon = _check_epsilon(epsilon)

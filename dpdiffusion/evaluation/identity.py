@@ -43,6 +43,7 @@ def reidentification_top1(probe_features: Any, probe_ids: Any, gallery_features:
     ```py
     >>> reidentification_top1([[1, 0], [0, 1]], [0, 1], [[0.9, 0.1], [0.2, 0.8]], [0, 1])
     1.0
+
     ```
     """
     p, g = _as2d(probe_features), _as2d(gallery_features)

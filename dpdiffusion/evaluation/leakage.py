@@ -39,6 +39,7 @@ def dp_accuracy_bound(epsilon: float, *, delta: float = 0.0, prior: float = 0.5)
     ```py
     >>> round(dp_accuracy_bound(1.0), 4)  # e / (1 + e)
     0.7311
+
     ```
     """
     if not 0.0 <= prior <= 1.0:

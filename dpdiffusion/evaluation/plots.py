@@ -110,23 +110,23 @@ def plot_audit(audit: dict, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     top = 1.0
     for method, per_eps in audit.items():
-        for kind, color_shift in (("claim", 0),):
-            pts = []
-            for eps, entry in per_eps.items():
-                covered = [v for v in entry.values() if isinstance(v, dict) and v.get("covered_by_claim")]
-                if covered:
-                    pts.append((float(eps), max(v["epsilon_lower_bound"] for v in covered)))
-            if not pts:
-                continue
-            pts.sort()
-            top = max(top, max(p[0] for p in pts))
-            color, marker = _STYLE.get(method, ("black", "."))
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color,
-                    label=f"{method} (best attack, own relation)")
+        pts = []
+        for eps, entry in per_eps.items():
+            covered = [v for v in entry.values() if isinstance(v, dict) and v.get("covered_by_claim")]
+            if covered:
+                pts.append((float(eps), max(v["epsilon_lower_bound"] for v in covered)))
+        if not pts:
+            continue
+        pts.sort()
+        top = max(top, max(p[0] for p in pts))
+        color, marker = _STYLE.get(method, ("black", "."))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color,
+                label=f"{method} (best attack, own relation)")
     ours = audit.get("dpdiffusion", {})
     pts = []
     for eps, entry in ours.items():
-        uncovered = [v for v in entry.values() if isinstance(v, dict) and v.get("covered_by_claim") is False]
+        uncovered = [v for k, v in entry.items() if isinstance(v, dict) and v.get("covered_by_claim") is False
+                     and k.startswith("image_pairs")]
         if uncovered:
             pts.append((float(eps), max(v["epsilon_lower_bound"] for v in uncovered)))
     if pts:

@@ -22,7 +22,8 @@ from scipy import linalg
 __all__ = ["psnr", "ssim", "frechet_distance", "gaussian_statistics", "feature_frechet_distance",
            "classifier_features", "image_quality", "FD_FEATURE_SPACE"]
 
-FD_FEATURE_SPACE = ("FD_SynthFacesResNet: pooled penultimate features of a small ResNet attribute classifier trained on "
+FD_FEATURE_SPACE = ("FD_SynthFacesResNet: pooled penultimate features of a small ResNet attribute classifier trained "
+                    "on "
                     "the run's clean training images (not Inception-v3; comparable only within a run)")
 
 
@@ -45,8 +46,9 @@ def psnr(a: Any, b: Any, *, data_range: float = 1.0) -> torch.Tensor:
     ```py
     >>> import torch
     >>> x = torch.zeros(1, 3, 4, 4)
-    >>> float(psnr(x, x + 0.1))  # 10 log10(1 / 0.01)
+    >>> round(float(psnr(x, x + 0.1)), 4)  # 10 log10(1 / 0.01)
     20.0
+
     ```
     """
     a, b = _pair(a, b)
@@ -74,6 +76,7 @@ def ssim(a: Any, b: Any, *, data_range: float = 1.0, window_size: int = 11, sigm
     >>> x = torch.rand(2, 3, 16, 16)
     >>> ssim(x, x).tolist()
     [1.0, 1.0]
+
     ```
     """
     a, b = _pair(a, b)
@@ -110,6 +113,7 @@ def frechet_distance(mu_1: Any, sigma_1: Any, mu_2: Any, sigma_2: Any) -> float:
     >>> import numpy as np
     >>> round(frechet_distance(np.zeros(2), np.eye(2), np.ones(2), 4 * np.eye(2)), 6)  # 2 + 2 * (1 + 4 - 2 * 2)
     4.0
+
     ```
     """
     mu_1, mu_2 = np.atleast_1d(np.asarray(mu_1, np.float64)), np.atleast_1d(np.asarray(mu_2, np.float64))

@@ -34,6 +34,7 @@ __all__ = [
     "predictions",
     "prediction_agreement",
     "parameter_distance",
+    "probability_distance",
     "per_example_losses",
     "membership_inference",
     "penultimate_features",
@@ -201,6 +202,21 @@ def prediction_agreement(model_a: Any, model_b: Any, images: Any, *, batch_size:
     return float((pa == pb).float().mean())
 
 
+def probability_distance(model_a: Any, model_b: Any, images: Any, *, batch_size: int = 256) -> float:
+    """Mean distance between the two models' predictive distributions on `images`, in [0, 1].
+
+    Multi-label: mean absolute difference of the per-label probabilities; single-label: mean total-variation
+    distance between the softmax distributions. A function-space companion of `parameter_distance`, which for
+    networks trained by SGD is dominated by training noise rather than by what the data changed.
+    """
+    ma, mb = _model(model_a), _model(model_b)
+    la = predict_logits(ma, images, batch_size=batch_size)
+    lb = predict_logits(mb, images, batch_size=batch_size)
+    if getattr(ma.config, "problem_type", None) == "multi_label_classification":
+        return float((torch.sigmoid(la) - torch.sigmoid(lb)).abs().mean())
+    return float(0.5 * (la.softmax(-1) - lb.softmax(-1)).abs().sum(-1).mean())
+
+
 def parameter_distance(model_a: Any, model_b: Any) -> float:
     """L2 distance between the parameters of two models of the same architecture (buffers excluded).
 
@@ -333,6 +349,7 @@ COLUMNS = (
     "speedup_vs_retrain",
     "test_accuracy",
     "agreement_with_retrained",
+    "prob_distance_to_retrained",
     "l2_to_retrained",
     "mia_auc",
     "probe_accuracy",
@@ -385,6 +402,7 @@ def compare_unlearning(
             "speedup_vs_retrain": (retrain_seconds / seconds) if seconds and retrain_seconds else None,
             "test_accuracy": accuracy(model, *test, batch_size=batch_size),
             "agreement_with_retrained": prediction_agreement(model, ref, test[0], batch_size=batch_size),
+            "prob_distance_to_retrained": probability_distance(model, ref, test[0], batch_size=batch_size),
             "l2_to_retrained": parameter_distance(model, ref),
             "mia_auc": membership_inference(model, members, non_members, batch_size=batch_size, seed=seed)["auc"],
             "probe_accuracy": (
@@ -395,14 +413,16 @@ def compare_unlearning(
     return {"columns": list(COLUMNS), "rows": rows, "reference": "retrain"}
 
 
-def format_table(table: Mapping[str, Any], *, digits: int = 4) -> str:
-    """A Markdown table of a `compare_unlearning` result."""
+def format_table(table: Mapping[str, Any], *, digits: int = 4, digits_by_column: Mapping[str, int] | None = None) -> str:
+    """A Markdown table of a `compare_unlearning` result (`digits` significant digits; L2 distances get 7 by
+    default, since a single unlearning step moves them by a small fraction)."""
     cols = list(table["columns"])
+    per_col = {"l2_to_retrained": 7, **(digits_by_column or {})}
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, row in table["rows"].items():
         cells = []
         for c in cols:
-            v = row.get(c)
-            cells.append("-" if v is None else (f"{v:.{digits}g}" if isinstance(v, float) else str(v)))
+            v, k = row.get(c), per_col.get(c, digits)
+            cells.append("-" if v is None else (f"{v:.{k}g}" if isinstance(v, float) else str(v)))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

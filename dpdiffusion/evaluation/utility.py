@@ -64,6 +64,7 @@ def utility_report(accuracy: dict, clean_accuracy: dict, attributes: Sequence[st
     >>> r = utility_report({"smiling": 0.9, "hat": 0.8}, {"smiling": 1.0, "hat": 1.0})
     >>> round(r["mean_accuracy"], 6), round(r["min_ratio"], 6)
     (0.85, 0.8)
+
     ```
     """
     attributes = list(attributes) if attributes is not None else list(accuracy)

@@ -187,6 +187,9 @@ class PrivacyLedger:
         self._path = os.fsdecode(path)
         if self._path == ":memory:" or not self._path:
             raise ValueError(f"path must be a file path (the ledger is shared between processes), got {self._path!r}")
+        folder = os.path.dirname(os.path.abspath(self._path))
+        if os.path.isdir(self._path) or not os.path.isdir(folder):
+            raise ValueError(f"path must name a file in an existing folder, got path={self._path!r}")
         if budget_epsilon is not None:
             budget_epsilon = _real("budget_epsilon", budget_epsilon)
             if not 0.0 < budget_epsilon < math.inf:

@@ -159,8 +159,10 @@ def unlearn(
 
     accelerator = make_accelerator(accelerator, mixed_precision)
     src_device = next(model.parameters()).device
-    work = model if inplace else copy.deepcopy(model)
-    work.to(accelerator.device)
+    # retraining starts from scratch: no copy of the trained model is needed
+    work = model if (inplace or method == "retrain") else copy.deepcopy(model)
+    if method != "retrain":
+        work.to(accelerator.device)
     trainable = select_parameters(work, last_k_blocks)
     flat = FlatParameters(work, trainable)
     result = UnlearningResult(
@@ -173,10 +175,11 @@ def unlearn(
         if method == "finetune":
             result.model = finetune(work, train, trainable=None if last_k_blocks is None else trainable,
                                     epochs=epochs or 1, **kwargs)
+            result.extra.update(epochs=epochs or 1, lr=lr)
         else:
             result.model = retrain(work, train, retrain_fn=retrain_fn, epochs=epochs or 10, **kwargs)
             result.updated_parameters = sum(p.numel() for p in result.model.parameters())
-        result.extra.update(epochs=epochs or (1 if method == "finetune" else 10), lr=lr)
+            result.extra.update({"recipe": "retrain_fn"} if retrain_fn is not None else {"epochs": epochs or 10, "lr": lr})
     else:
         requires = {n: p.requires_grad for n, p in work.named_parameters()}
         was_training = work.training
@@ -194,8 +197,7 @@ def unlearn(
                 if tau is None:
                     tau, ls_info = line_search_tau(
                         objective, theta, delta, hess_data, rows, n_train=int(n_train), curvature=curvature,
-                        damping=damping or 0.0,
-                        batch_size=batch_size, seed=seed,
+                        damping=damping or 0.0, batch_size=batch_size, seed=seed,
                     )
                     result.extra.update(ls_info)
                     result.damping = damping or 0.0
@@ -211,6 +213,8 @@ def unlearn(
                 result.extra.update(so_info)
             flat.add_(work, -step)
             result.extra["update_norm"] = float(step.norm())
+            if needs_hessian:
+                result.extra["curvature"] = curvature
         finally:
             for n, p in work.named_parameters():
                 p.requires_grad_(requires[n])

@@ -131,7 +131,10 @@ def as_image_label_pair(data: Any, name: str) -> tuple[torch.Tensor, torch.Tenso
     return images, labels
 
 
-def check_aligned(original: Any, revised: Any) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+def check_aligned(original: Any, revised: Any) -> tuple[Pair, Pair]:
     """Read `original` and `revised` and check that row i of each is the same example.
 
     Raises:
@@ -140,16 +143,22 @@ def check_aligned(original: Any, revised: Any) -> tuple[tuple[torch.Tensor, torc
     xo, yo = as_image_label_pair(original, "original")
     xr, yr = as_image_label_pair(revised, "revised")
     if len(xo) != len(xr):
-        raise ValueError(f"original and revised must have the same length, got len(original)={len(xo)}, len(revised)={len(xr)}")
+        raise ValueError(
+            f"original and revised must have the same length, got len(original)={len(xo)}, len(revised)={len(xr)}"
+        )
     if tuple(xo.shape) != tuple(xr.shape):
         raise ValueError(
             f"original and revised images must have the same shape, got {tuple(xo.shape)} and {tuple(xr.shape)}"
         )
     if tuple(yo.shape) != tuple(yr.shape) or not torch.equal(yo, yr):
         if tuple(yo.shape) != tuple(yr.shape):
-            raise ValueError(f"original and revised labels have different shapes {tuple(yo.shape)} and {tuple(yr.shape)}")
+            raise ValueError(
+                f"original and revised labels have different shapes {tuple(yo.shape)} and {tuple(yr.shape)}"
+            )
         bad = torch.nonzero((yo != yr).reshape(len(yo), -1).any(dim=1)).flatten()[:5].tolist()
-        raise ValueError(f"original and revised labels must be equal row by row (same examples), they differ at rows {bad}")
+        raise ValueError(
+            f"original and revised labels must be equal row by row (same examples), they differ at rows {bad}"
+        )
     return (xo, yo), (xr, yr)
 
 
@@ -188,7 +197,9 @@ def select_parameters(model: torch.nn.Module, last_k_blocks: int | None) -> list
         raise ValueError("last_k_blocks needs a model whose blocks sit in an nn.ModuleList; this model has none")
     k = int(last_k_blocks)
     if not 0 <= k <= len(blocks):
-        raise ValueError(f"last_k_blocks must be in [0, {len(blocks)}] for this model, got last_k_blocks={last_k_blocks}")
+        raise ValueError(
+            f"last_k_blocks must be in [0, {len(blocks)}] for this model, got last_k_blocks={last_k_blocks}"
+        )
     if k == 0:
         prefix = blocks[-1] + "."
         last = max(i for i, n in enumerate(names) if n.startswith(prefix))
@@ -304,7 +315,8 @@ def changed_gradient_sum(
 
     grad_fn = torch.func.grad(diff, has_aux=True)
     starts = range(0, len(rows_all), batch_size)
-    for start in tqdm(starts, desc="gradient sums", disable=not progress or not objective.accelerator.is_main_process, leave=False):
+    show = progress and objective.accelerator.is_main_process
+    for start in tqdm(starts, desc="gradient sums", disable=not show, leave=False):
         rows = rows_all[start : start + batch_size]
         xb_r, yb_r = objective.batch(xr, yr, rows)
         xb_o, yb_o = objective.batch(xo, yo, rows)

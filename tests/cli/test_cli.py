@@ -70,3 +70,38 @@ def test_train_subprocess_tiny_then_resume(tmp_path):
     state = json.loads((tmp_path / "run" / "model" / "training_state.json").read_text())
     assert state["step"] == 3
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-2", "step-3"]
+
+
+def test_unlearn_subprocess_on_protect_output(tiny_model, tmp_path):
+    """protect -> unlearn as the user would run them; the card's privacy figures equal protect's."""
+    import yaml
+
+    from dpdiffusion.training.classifier import build_classifier
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        PIL.Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(src / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "Smiling": int(rng.integers(0, 2)), "Eyeglasses": 1 - i % 2})
+    (src / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    clf = tmp_path / "clf"
+    build_classifier(2, image_size=16, label_names=["Smiling", "Eyeglasses"]).save_pretrained(clf)
+    prot = tmp_path / "protected"
+    res = _run("protect", "--model", str(tiny_model), "--source", str(src), "--output-dir", str(prot),
+               "--epsilon", "1.5", "--num-inference-steps", "2", "--limit", "3", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "unlearned"
+    res = _run("unlearn", "--classifier", str(clf), "--original", str(src), "--revised", str(prot),
+               "--label-columns", "Smiling", "Eyeglasses", "--output-dir", str(out), "--image-size", "16",
+               "--method", "first_order", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    rec = json.loads((prot / "metadata.jsonl").read_text().splitlines()[0])
+    assert front["privacy"]["epsilon"] == rec["epsilon"] and front["privacy"]["delta"] == rec["delta"]
+    assert (out / "model.safetensors").exists()
+    bad = _run("unlearn", "--classifier", str(clf), "--original", str(src), "--revised", str(src),
+               "--label-columns", "Smiling", "Eyeglasses", "--output-dir", str(tmp_path / "x"), "--image-size", "16")
+    assert bad.returncode == 2 and "protect" in bad.stderr

@@ -116,3 +116,33 @@ def test_script_runs_end_to_end(tmp_path, dummy_pipe):
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_paper_experiments.py"), "--methods", "jpeg"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_celeba_schema_dataset_from_disk(tmp_path, dummy_pipe):
+    """A `datasets` folder with CelebA-style -1/1 attribute columns and a person-id column."""
+    import datasets
+    import numpy as np
+
+    from dpdiffusion.data.synthfaces import make_synthfaces
+
+    ds = make_synthfaces(48, image_size=16, seed=5)
+    table = ds.with_format("numpy", columns=["dark_skin", "smiling", "wearing_hat", "identity"])[:]
+    celeba = datasets.Dataset.from_dict(
+        {"image": ds["image"], "person_id": table["identity"].astype(np.int64),
+         **{name: np.where(table[col], 1, -1).astype(np.int64)
+            for name, col in (("dark_skin", "dark_skin"), ("Smiling", "smiling"), ("Wearing_Hat", "wearing_hat"))}},
+        features=datasets.Features({"image": datasets.Image(), "person_id": datasets.Value("int64"),
+                                    "dark_skin": datasets.Value("int64"), "Smiling": datasets.Value("int64"),
+                                    "Wearing_Hat": datasets.Value("int64")}))
+    path = tmp_path / "celeba-like"
+    celeba.save_to_disk(str(path))
+    results = run_paper_experiments(
+        tmp_path / "out", pipe=dummy_pipe, dataset=str(path), attribute_columns=["dark_skin", "Smiling", "Wearing_Hat"],
+        protected_attributes=["dark_skin"], identity_column="person_id", epsilons=[1.0], methods=["dpdiffusion",
+        "dp_pix"], num_train=24, num_test=20, num_inference_steps=1, classifier_epochs=1, audit_epsilons=[1.0],
+        audit_trials=100, audit_decoded_trials=0, audit_pairs=1, progress=False, command="celeba-like")
+    assert results["config"]["unprotected"] == ["Smiling", "Wearing_Hat"]
+    row = results["rows"][0]
+    assert set(row["utility"]["per_attribute"]) == {"Smiling", "Wearing_Hat"}
+    assert row["identity"] is not None
+    assert set(results["audit"]) == {"dpdiffusion", "dp_pix"}

@@ -21,6 +21,7 @@ from dpdiffusion.evaluation.unlearning_metrics import (
     penultimate_features,
     predict_logistic_regression,
     prediction_agreement,
+    probability_distance,
     roc_auc,
 )
 from dpdiffusion.training.classifier import build_classifier
@@ -111,6 +112,13 @@ def test_parameter_distance_and_agreement(models):
     assert parameter_distance(models.a, shifted) == pytest.approx(5.0, rel=1e-6)
     assert prediction_agreement(models.a, models.a, models.images) == 1.0
     assert 0.0 <= prediction_agreement(models.a, models.b, models.images) <= 1.0
+    assert probability_distance(models.a, models.a, models.images) == 0.0
+    with torch.no_grad():
+        saturated = build_classifier(2, seed=0, **TINY)
+        saturated.classifier[1].weight.zero_()
+        saturated.classifier[1].bias.fill_(50.0)  # probability 1 for every label
+    probs = torch.sigmoid(models.a(pixel_values=models.images.permute(0, 3, 1, 2).float() / 127.5 - 1).logits)
+    assert probability_distance(models.a, saturated, models.images) == pytest.approx(float((1 - probs).mean()), abs=1e-5)
     other = build_classifier(3, seed=0, **TINY)
     with pytest.raises(ValueError, match="shapes"):
         parameter_distance(models.a, other)
@@ -168,6 +176,7 @@ def test_compare_unlearning_table(models):
     assert list(rows) == ["original", "first_order", "retrain"]
     assert rows["first_order"]["speedup_vs_retrain"] == 50.0
     assert rows["retrain"]["agreement_with_retrained"] == 1.0 and rows["retrain"]["l2_to_retrained"] == 0.0
+    assert rows["retrain"]["prob_distance_to_retrained"] == 0.0 and rows["original"]["prob_distance_to_retrained"] > 0
     assert rows["original"]["seconds"] is None
     assert set(table["columns"]) <= set(rows["first_order"])
     text = format_table(table)

@@ -8,7 +8,7 @@ process with its own pid, killed by a real SIGKILL, exactly like a killed ``dpdi
     {"run": {...}, "die": [WHERE, N]}       the same, but the child SIGKILLs itself at a chosen point (fault
                                             injection): WHERE is "before_rename" (a temporary image is written, not
                                             renamed), "after_rename" (an image is in place, its record not written)
-                                            or "mid_record" (half of a batch's records written); N counts the calls
+                                            or "mid_record" (a batch's records written but the last one cut short); N counts the calls
     {"wait": PID}                           reap it; answers {"pid", "exit", "signal", "wall_s"}
     {"quit": true}
 
@@ -62,7 +62,7 @@ def _inject_death(where: str, nth: int) -> None:
 
             def write(self, data):
                 if b'"file_name"' in data and due():
-                    self._f.write(data[: len(data) // 2])
+                    self._f.write(data[: len(data) - 5])  # cut inside the last record
                     self._f.flush()
                     die()
                 return self._f.write(data)

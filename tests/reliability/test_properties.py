@@ -71,6 +71,15 @@ def _report_counts(request):
             json.dump({"invalid": invalid, "valid": valid, "by_argument": dict(sorted(COUNTS.items()))}, f, indent=1)
 
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models gain nothing from threads; two OpenMP threads on a busy two-core machine spin against each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(autouse=True)
 def _quiet():
     with warnings.catch_warnings():
@@ -476,7 +485,8 @@ def test_ledger_constructor_rejects_invalid_arguments(tmp_path_factory, which, d
     kwargs[which] = data.draw({
         "budget_epsilon": bad_positive.filter(lambda v: v is not None),
         "delta": bad_delta.filter(lambda v: v is not None),
-        "path": st.one_of(st.just(":memory:"), st.just(""), st.integers(), st.none(), st.just(object())),
+        "path": st.one_of(st.just(":memory:"), st.just(""), st.integers(), st.none(), st.just(object()),
+                          st.sampled_from(["/", "/nonexistent-folder/l.sqlite"])),
     }[which])
     COUNTS[f"invalid:PrivacyLedger:{which}"] += 1
     _expect_value_error(lambda: PrivacyLedger(**kwargs), which)

@@ -386,3 +386,36 @@ def test_bad_loss_fn_shape_raises(convex_problem):
     with pytest.raises(ValueError, match="loss_fn"):
         unlearn(p.original, (p.x[:5], p.y[:5]), (p.revised[:5], p.y[:5]), tau=0.1, progress=False,
                 loss_fn=lambda logits, labels: (logits - labels).pow(2).mean())
+
+
+def test_identical_pairs_contribute_nothing(convex_problem):
+    p = convex_problem
+    same = (p.x[: p.k], p.y[: p.k])
+    r = unlearn(p.original, same, same, tau=0.5, progress=False)
+    assert r.extra["identical_pairs_skipped"] == p.k and r.extra["update_norm"] == 0.0
+    assert parameter_distance(r.model, p.original) == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The benchmark script, end to end on tiny data
+# ----------------------------------------------------------------------------------------------------------------
+def test_benchmark_script_writes_results(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "benchmark_unlearning.py"
+    spec = importlib.util.spec_from_file_location("benchmark_unlearning", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.main(["--num-train", "120", "--num-test", "60", "--epochs", "1", "--finetune-epochs", "1",
+                          "--image-size", "16", "--hessian-samples", "32", "--cg-iters", "2", "--power-iters", "2",
+                          "--num-threads", "0", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    rows = saved["table"]["rows"]
+    assert list(rows) == ["original", "finetune", "first_order", "second_order", "retrain"]
+    assert rows["retrain"]["agreement_with_retrained"] == 1.0 and saved["n_changed"] == 36
+    assert (tmp_path / "table.md").read_text().startswith("| method |")
+    assert report["checks"]["first_order"]["speedup_target"] == 50
+    with pytest.raises(SystemExit):
+        module.parse_args(["--frac-changed", "0"])

@@ -46,7 +46,8 @@ class DpAudit(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION, citation=_CITATION, inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("float64"), "references": datasets.Value("int32")}),
+            features=datasets.Features({"predictions": datasets.Value("float64"),
+                                        "references": datasets.Value("int32")}),
         )
 
     def _compute(self, predictions, references, delta=0.0, claimed_epsilon=None, alpha=0.05, seed=0):
