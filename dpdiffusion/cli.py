@@ -117,7 +117,7 @@ def cmd_evaluate(ns) -> int:
 
     pipe = _load_pipeline(ns.model)
     metrics = evaluate_autoencoder(pipe, num_images=ns.num_images, num_inference_steps=ns.num_inference_steps,
-                                   seed=ns.seed)
+                                   seed=ns.seed, guidance_scale=ns.guidance_scale)
     text = json.dumps(metrics, indent=2)
     if ns.out:
         Path(ns.out).write_text(text + "\n")
@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=500, help="Held-out SynthFaces images.")
     p.add_argument("--num-inference-steps", type=int, default=50, help="DDIM steps.")
     p.add_argument("--seed", type=int, default=12345, help="Seed of the held-out set (differs from training's).")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="Semantic guidance of random-code decoding (default: the pipeline's DEFAULT_GUIDANCE_SCALE).")
     p.add_argument("--out", default=None, help="Also write the JSON here.")
     p.set_defaults(func=cmd_evaluate)
 
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return ns.func(ns)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # OSError: unreadable files, .bin-only weights, an offline Hub id
         parser.exit(2, f"dpdiffusion {ns.command}: error: {exc}\n")
     except KeyboardInterrupt:
         parser.exit(130, "interrupted; rerun the same command to resume\n")

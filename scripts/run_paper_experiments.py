@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Methods to compare.")
     p.add_argument("--num-train", type=int, default=None, help="Training images per setting (default 1000; 500 quick).")
     p.add_argument("--num-test", type=int, default=None, help="Test images per setting (default 400; 200 quick).")
-    p.add_argument("--num-inference-steps", type=int, default=None, help="DDIM steps (default 10; 5 quick).")
+    p.add_argument("--num-inference-steps", type=int, default=None, help="DDIM steps (default 8; 5 quick).")
     p.add_argument("--delta", type=float, default=1e-5, help="delta of every (epsilon, delta) claim.")
     p.add_argument("--classifier-epochs", type=int, default=None, help="Epochs of every classifier.")
     p.add_argument("--audit-epsilons", nargs="*", type=_epsilon, default=[0.5, 1.0, 4.0],

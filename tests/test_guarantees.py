@@ -476,8 +476,6 @@ def test_promise_our_loaders_read_safetensors_only(pickle_only_model):
             _space_module().load_pipeline(str(pickle_only_model))
 
 
-@pytest.mark.xfail(strict=True, reason="DPDiffusionPipeline.from_pretrained still falls back to pickle (.bin) "
-                   "weights unless use_safetensors=True is passed; reported to the lead")
 def test_promise_from_pretrained_refuses_pickle_weights_by_default(pickle_only_model):
     """Issue: "model loading uses safetensors only" - also for a user's plain `DPDiffusionPipeline.from_pretrained`."""
     from dpdiffusion import DPDiffusionPipeline

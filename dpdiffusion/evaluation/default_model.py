@@ -48,7 +48,8 @@ def train_attribute_classifier(image_size: int, *, num_images: int = 4000, epoch
 
 @torch.no_grad()
 def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: int = 50, seed: int = 12345,
-                         batch_size: int = 100, progress: bool = True) -> dict:
+                         batch_size: int = 100, progress: bool = True, guidance_scale: float | None = None,
+                         classifier=None) -> dict:
     """Compute the figures above for ``pipe`` (a ``DPDiffusionPipeline``); returns a JSON-able dict."""
     if num_images < 20:
         raise ValueError(f"num_images must be >= 20, got num_images={num_images}")
@@ -59,6 +60,10 @@ def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: in
     labels = torch.stack([torch.as_tensor(params[a], dtype=torch.float32) for a in names], 1)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     g = torch.Generator().manual_seed(seed)
+    from ..pipeline_dp_diffusion import DEFAULT_GUIDANCE_SCALE
+
+    scale = DEFAULT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
+    center = pipe.encoder.condition(pipe.attribute_directions.center[None].to(pipe.device))
     zs, inv, rnd = [], [], []
     for i in tqdm(range(0, num_images, batch_size), desc="evaluate autoencoder", disable=not progress):
         xb = x[i:i + batch_size].to(pipe.device)
@@ -67,7 +72,8 @@ def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: in
         x_t = ddim_invert(pipe.unet, pipe.scheduler, xb, cond, num_inference_steps)
         inv.append(ddim_decode(pipe.unet, pipe.scheduler, x_t, cond, num_inference_steps).cpu())
         noise = torch.randn(xb.shape, generator=g).to(pipe.device)
-        rnd.append(ddim_decode(pipe.unet, pipe.scheduler, noise, cond, num_inference_steps).cpu())
+        rnd.append(ddim_decode(pipe.unet, pipe.scheduler, noise, cond, num_inference_steps, guidance_scale=scale,
+                               guidance_cond=center).cpu())
         zs.append(z.cpu())
     z, inv, rnd = torch.cat(zs), torch.cat(inv), torch.cat(rnd)
     to01 = lambda t: ((t + 1) / 2).clamp(0, 1)  # noqa: E731
@@ -75,7 +81,7 @@ def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: in
 
     from ..training.classifier import predict_logits
 
-    clf, clf_acc = train_attribute_classifier(size, progress=progress)
+    clf, clf_acc = classifier or train_attribute_classifier(size, progress=progress)
     pred_orig = predict_logits(clf, to01(x) * 2 - 1) > 0
     pred_rec = predict_logits(clf, to01(rnd) * 2 - 1) > 0
     agreement = (pred_orig == pred_rec).double().mean(0).tolist()
@@ -84,6 +90,7 @@ def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: in
     return {
         "num_images": num_images,
         "num_inference_steps": num_inference_steps,
+        "guidance_scale": scale,
         "image_size": size,
         "inversion_psnr_db": float(psnrs.mean()),
         "inversion_psnr_db_min": float(psnrs.min()),

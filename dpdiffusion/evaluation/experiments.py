@@ -55,7 +55,7 @@ AUDIT_EPSILONS = (0.5, 1.0, 4.0)
 
 # Sizes of the full sweep (about 20 minutes on 2 CPU cores for the embedded 32 px default) and of --quick.
 _DEFAULTS = {
-    False: dict(num_train=1000, num_test=400, num_inference_steps=10, classifier_epochs=10, audit_trials=20000,
+    False: dict(num_train=1000, num_test=400, num_inference_steps=8, classifier_epochs=10, audit_trials=20000,
                 audit_decoded_trials=100, audit_pairs=8),
     True: dict(num_train=500, num_test=200, num_inference_steps=5, classifier_epochs=15, audit_trials=4000,
                audit_decoded_trials=0, audit_pairs=4),
@@ -427,7 +427,7 @@ def run_paper_experiments(
         epsilons (`list[float]`): the sweep (default ``PAPER_EPSILONS``; ``QUICK_EPSILONS`` with ``quick``).
         methods (`list[str]`): any of ``ALL_METHODS``.
         num_train, num_test (`int`): images per split (defaults 1000/400; 500/200 with ``quick``).
-        num_inference_steps (`int`): DDIM steps of the decoder (10; 5 with ``quick``).
+        num_inference_steps (`int`): DDIM steps of the decoder (8; 5 with ``quick``).
         delta (`float`): delta of every (epsilon, delta) claim.
         classifier_epochs (`int`): epochs of every attacker/utility ResNet.
         audit_epsilons (`list[float]`): epsilons audited (those also in ``epsilons`` or not: audits are cheap).

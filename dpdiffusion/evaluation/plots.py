@@ -90,10 +90,11 @@ def plot_vs_epsilon(rows: list[dict], path: str | Path, *, key: str, ylabel: str
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color,
                 label=method + (" (matched PSNR)" if method in ("blur", "pixelate") else ""))
     xs = sorted({epsilon_axis_value(e, finite) for e in finite})
-    if bound:
-        grid = np.geomspace(min(xs), max(e for e in finite if e is not None and not math.isinf(e)) if any(
-            e is not None and not math.isinf(e) for e in finite) else 1.0, 100)
-        ax.plot(grid, np.exp(grid) / (1 + np.exp(grid)), "k--", lw=1, label="DP bound e^eps/(1+e^eps)")
+    finite_eps = sorted({e for e in finite if e is not None and not math.isinf(e)})
+    if bound and finite_eps:
+        grid = np.geomspace(finite_eps[0], finite_eps[-1], 100) if len(finite_eps) > 1 else np.array(finite_eps)
+        ax.plot(grid, np.exp(grid) / (1 + np.exp(grid)), "k--", lw=1, marker="_" if len(grid) == 1 else None,
+                markersize=20, label="DP bound e^eps/(1+e^eps)")
     if reference is not None:
         ax.axhline(reference, color="green", ls=":", lw=1, label=reference_label)
     ax.set_xscale("log")

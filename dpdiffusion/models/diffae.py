@@ -107,12 +107,26 @@ def ddim_decode(
     cond: torch.Tensor,
     num_inference_steps: int,
     *,
+    guidance_scale: float = 1.0,
+    guidance_cond: torch.Tensor | None = None,
     callback: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Deterministic DDIM from the stochastic code ``x_T`` (B, C, H, W) to ``x_0``, conditioned on ``cond`` (B, E)."""
+    """Deterministic DDIM from the stochastic code ``x_T`` (B, C, H, W) to ``x_0``, conditioned on ``cond`` (B, E).
+
+    Semantic guidance (classifier-free-guidance form, Ho & Salimans 2022, with the *public centre latent* in place of
+    the null condition): ``eps = eps(c0) + s * (eps(cond) - eps(c0))`` with ``c0 = guidance_cond``. ``s = 1`` is plain
+    conditioning; ``s > 1`` strengthens what ``z`` says relative to the average face. It reads only ``z`` and public
+    values, so it is post-processing of a release.
+    """
+    if guidance_scale != 1.0 and guidance_cond is None:
+        raise ValueError("guidance_cond (the condition of the centre latent) is needed when guidance_scale != 1")
     x = x_T
     for i, (t, a_t, a_prev) in enumerate(ddim_pairs(scheduler, num_inference_steps)):
-        x = _ddim_update(x, _eps(unet, x, t, cond), a_t, a_prev)
+        eps = _eps(unet, x, t, cond)
+        if guidance_scale != 1.0:
+            eps_c = _eps(unet, x, t, guidance_cond.expand_as(cond))
+            eps = eps_c + guidance_scale * (eps - eps_c)
+        x = _ddim_update(x, eps, a_t, a_prev)
         if callback is not None:
             callback(i)
     return x
