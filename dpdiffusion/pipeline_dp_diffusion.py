@@ -278,7 +278,6 @@ class DPDiffusionPipeline(DiffusionPipeline):
         z = self.encode_tensor(x0) if z is None else z
         return ddim_invert(self.unet, self.scheduler, x0, self.encoder.condition(z), num_inference_steps)
 
-    @torch.no_grad()
     def _guidance(self, guidance_scale, stochastic_code) -> float:
         if guidance_scale is None:  # inversion is exact only for the plain conditional trajectory
             return 1.0 if isinstance(stochastic_code, str) and stochastic_code == "inverted" else DEFAULT_GUIDANCE_SCALE
@@ -287,6 +286,7 @@ class DPDiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"guidance_scale must be a finite number >= 1, got guidance_scale={guidance_scale!r}")
         return float(guidance_scale)
 
+    @torch.no_grad()
     def decode(self, z: torch.Tensor, *, stochastic_code: str | torch.Tensor = "random", images: Any = None,
                num_inference_steps: int = 50, generator=None, output_type: str = "pil", progress: bool = True,
                guidance_scale: float | None = None):

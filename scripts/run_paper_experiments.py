@@ -67,12 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="paper-results", help="Output folder.")
     p.add_argument("--quick", action="store_true", help="The small sweep of `dpdiffusion demo` (minutes).")
     p.add_argument("--seed", type=int, default=0, help="Seed of data, noise and classifiers.")
+    p.add_argument("--num-threads", type=int, default=None,
+                   help="torch threads (default: torch's; 1 is faster on a machine shared with other jobs).")
     p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     return p
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    if args.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.num_threads))
     from dpdiffusion.evaluation.experiments import run_paper_experiments
 
     command = "python scripts/run_paper_experiments.py " + " ".join(

@@ -81,7 +81,8 @@ def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: in
 
     from ..training.classifier import predict_logits
 
-    clf, clf_acc = classifier or train_attribute_classifier(size, progress=progress)
+    with torch.enable_grad():  # this function runs under no_grad; the independent classifier trains here
+        clf, clf_acc = classifier or train_attribute_classifier(size, progress=progress)
     pred_orig = predict_logits(clf, to01(x) * 2 - 1) > 0
     pred_rec = predict_logits(clf, to01(rnd) * 2 - 1) > 0
     agreement = (pred_orig == pred_rec).double().mean(0).tolist()

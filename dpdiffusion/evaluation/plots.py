@@ -13,6 +13,7 @@ import torch
 __all__ = ["plot_privacy_utility", "plot_vs_epsilon", "plot_audit", "save_sample_grid", "epsilon_axis_value"]
 
 _STYLE = {"dpdiffusion": ("tab:blue", "o"), "latent": ("tab:purple", "s"), "dp_pix": ("tab:red", "^"),
+          "dp_pix_attribute": ("darkred", "<"),
           "pixel_gaussian": ("tab:orange", "v"), "blur": ("tab:gray", "x"), "pixelate": ("tab:brown", "+")}
 
 

@@ -116,3 +116,13 @@ def test_diffusion_method_reproduces_the_pipeline_call(dummy_pipe):
     assert set(d["parameters"]["sigmas"]) == set(attrs)
     latent = DiffusionMethod(dummy_pipe, name="latent", scope="latent", attributes=attrs, num_inference_steps=2)
     assert latent.describe(1.0)["parameters"]["residual_sigma"] > 0
+
+
+def test_attribute_level_dp_pix_covers_a_counterfactual_flip():
+    from dpdiffusion.data.synthfaces import counterfactual_params, make_synthfaces_arrays, render_faces
+    from dpdiffusion.evaluation.baselines import counterfactual_pixel_count
+
+    m = counterfactual_pixel_count(["dark_skin"], image_size=16, num_images=40, seed=7)
+    images, params = make_synthfaces_arrays(40, image_size=16, seed=7)
+    changed = (images != render_faces(counterfactual_params(params, "dark_skin"), image_size=16)).any(-1)
+    assert (changed.reshape(40, -1).sum(1) <= m).mean() >= 0.95

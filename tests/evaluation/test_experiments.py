@@ -47,7 +47,7 @@ def test_json_holds_every_row_and_figure(sweep):
     data = json.loads((out / "results.json").read_text())
     assert data["command"] == "pytest tiny sweep"
     methods = {(r["method"], r["epsilon"], r.get("matched_to_epsilon")) for r in data["rows"]}
-    for m in ("dpdiffusion", "latent", "dp_pix", "pixel_gaussian"):
+    for m in ("dpdiffusion", "latent", "dp_pix", "dp_pix_attribute", "pixel_gaussian"):
         assert (m, 1.0, None) in methods and (m, "inf", None) in methods
     for m in ("blur", "pixelate"):
         assert (m, None, 1.0) in methods
@@ -65,7 +65,7 @@ def test_json_holds_every_row_and_figure(sweep):
 def test_audit_covers_every_formal_method_and_stays_below_claims(sweep):
     _, results = sweep
     audit = results["audit"]
-    assert set(audit) == {"dpdiffusion", "latent", "dp_pix", "pixel_gaussian"}
+    assert set(audit) == {"dpdiffusion", "latent", "dp_pix", "dp_pix_attribute", "pixel_gaussian"}
     ours = audit["dpdiffusion"]["1"]
     assert {"formal_worst_case_latent", "formal_counterfactual_coordinates_latent", "formal_worst_case_decoded",
             "image_pairs_protected_coordinates_latent", "image_pairs_full_latent"} <= set(ours)
@@ -81,9 +81,11 @@ def test_markdown_table_and_claims(sweep):
     out, results = sweep
     md = (out / "results.md").read_text()
     assert md == render_markdown(results) + "\n"
+    assert results["table_md"] in md
     assert "| dpdiffusion | 1 |" in md and "| dp_pix | 1 |" in md and "| blur | none (PSNR of eps=1) |" in md
     assert md.count("Command: `pytest tiny sweep`") >= 5  # every figure with its command
     claims = check_claims(results)
+    assert (out / ".protected-cache").is_dir()  # decoded settings kept for resuming
     for key in ("utility_ratio_min", "leakage_within_bound", "utility_gain_vs_dp_pix_points",
                 "utility_gain_vs_pixel_gaussian_points", "audit_never_exceeds_claim"):
         assert key in claims
@@ -146,3 +148,17 @@ def test_celeba_schema_dataset_from_disk(tmp_path, dummy_pipe):
     assert set(row["utility"]["per_attribute"]) == {"Smiling", "Wearing_Hat"}
     assert row["identity"] is not None
     assert set(results["audit"]) == {"dpdiffusion", "dp_pix"}
+
+
+def test_interrupted_sweep_resumes_from_the_decoded_cache(tmp_path, dummy_pipe, monkeypatch):
+    kw = dict(pipe=dummy_pipe, epsilons=[1.0], methods=["dpdiffusion"], num_train=20, num_test=20,
+              num_inference_steps=1, classifier_epochs=1, audit_epsilons=[], progress=False, command="c")
+    first = run_paper_experiments(tmp_path, **kw)
+    from dpdiffusion.evaluation import baselines
+
+    def fail(*args, **kwargs):
+        raise AssertionError("decoded again instead of reading the cache")
+
+    monkeypatch.setattr(baselines.DiffusionMethod, "protect", fail)
+    second = run_paper_experiments(tmp_path, **kw)
+    assert second["rows"][0]["quality"] == first["rows"][0]["quality"]
