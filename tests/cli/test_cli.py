@@ -8,7 +8,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from conftest import get_dummy_components
+from dpd_test_components import get_dummy_components
 
 
 def _run(*args, timeout=300):

@@ -23,7 +23,7 @@ def sweep(tmp_path_factory):
     import sys as _sys
 
     _sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import get_dummy_components
+    from dpd_test_components import get_dummy_components
 
     from dpdiffusion import DPDiffusionPipeline
 
