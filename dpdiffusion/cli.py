@@ -110,6 +110,16 @@ def cmd_demo(ns) -> int:
     return 0
 
 
+def cmd_evaluate_experiments(ns) -> int:
+    import shlex
+
+    from .evaluation.experiments_cli import run_from_args
+
+    argv = sys.argv[1:] if ns.argv is None else ns.argv
+    run_from_args(ns, "dpdiffusion " + " ".join(shlex.quote(a) for a in argv))
+    return 0
+
+
 def cmd_evaluate(ns) -> int:
     from .evaluation.default_model import evaluate_autoencoder
 
@@ -173,7 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     p.set_defaults(func=cmd_unlearn)
 
-    p = sub.add_parser("evaluate", help="Evaluate a diffusion autoencoder: inversion PSNR, attribute keeping, probes.")
+    p = sub.add_parser("evaluate", help="Evaluate: 'experiments' (privacy-utility sweep vs baselines, the paper's "
+                                        "table) or 'autoencoder' (inversion PSNR, attribute keeping, probes).")
+    evaluate_sub = p.add_subparsers(dest="evaluation", required=True)
+    from .evaluation.experiments_cli import add_arguments as add_experiment_arguments
+
+    p = evaluate_sub.add_parser("experiments", help="Every method at every epsilon: leakage, utility, identity, "
+                                                    "quality, audit; writes results.md/.json and plots.")
+    add_experiment_arguments(p)
+    p.set_defaults(func=cmd_evaluate_experiments)
+    p = evaluate_sub.add_parser("autoencoder", help="Inversion PSNR, attribute keeping from z, probe accuracy (JSON).")
     p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id (default: the embedded one).")
     p.add_argument("--num-images", type=int, default=500, help="Held-out SynthFaces images.")
     p.add_argument("--num-inference-steps", type=int, default=50, help="DDIM steps.")
@@ -196,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
+    ns.argv = argv
     logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return ns.func(ns)

@@ -8,8 +8,10 @@ Stages (each with a progress bar; every figure written comes from the code that 
 3. feature unlearning: train a classifier on original SynthFaces (whose skin tone is correlated with smiling, so
    the model has a reason to use it), protect 30% of its training images at epsilon = 1, and unlearn them with
    the first- and second-order updates, side by side with retraining from scratch;
-4. the privacy-utility evaluation (a small sweep, ``dpdiffusion.evaluation.experiments``) when available;
-5. write ``report.md``, ``report.html`` and ``metrics.json``.
+4. the privacy-utility evaluation (the quick sweep of ``dpdiffusion.evaluation.experiments``: every method at
+   epsilon 1 and inf, leakage, utility, identity, quality, audit, plots in ``evaluation/``);
+5. write ``report.md``, ``report.html`` (the same content, self-contained apart from the PNGs), ``metrics.json``
+   and ``unlearning.png``.
 """
 
 from __future__ import annotations
@@ -47,10 +49,88 @@ def _fmt(x: float) -> str:
     return "inf" if math.isinf(x) else f"{x:.4g}"
 
 
+def markdown_to_html(lines: list[str], title: str = "dpdiffusion demo report") -> str:
+    """The report's Markdown subset (headings, paragraphs, tables, images, inline code) as one HTML page."""
+    import re
+
+    def inline(text: str) -> str:
+        text = html.escape(text)
+        text = re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", r"<img alt='\1' src='\2' style='max-width:100%'>", text)
+        text = re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r"<a href='\2'>\1</a>", text)
+        text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+        return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+
+    body, table = [], []
+
+    def flush_table():
+        if table:
+            rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table
+                    if not set(line.replace("|", "").strip()) <= set("-: ")]
+            head, rest = rows[0], rows[1:]
+            body.append("<table><thead><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr></thead><tbody>"
+                        + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rest)
+                        + "</tbody></table>")
+            table.clear()
+
+    for line in lines:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if not line.strip():
+            continue
+        level = len(line) - len(line.lstrip("#"))
+        if 0 < level <= 6 and line[level:level + 1] == " ":
+            body.append(f"<h{level}>{inline(line[level + 1:])}</h{level}>")
+        else:
+            body.append(f"<p>{inline(line)}</p>")
+    flush_table()
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:3px 6px}"
+             "th{background:#f3f3f3}code{background:#f3f3f3;padding:0 3px}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+
+
+def plot_unlearning(table: dict, path: str | Path) -> Path:
+    """Bar charts of a `compare_unlearning` table: wall-clock seconds and test accuracy per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in table["rows"] if table["rows"][n].get("seconds") is not None]
+    fig, (ax_t, ax_a) = plt.subplots(1, 2, figsize=(9, 3.2))
+    colors = ["tab:gray" if n == "retrain" else "tab:blue" for n in names]
+    ax_t.bar(names, [table["rows"][n]["seconds"] for n in names], color=colors)
+    ax_t.set_ylabel("seconds (one run, same machine)")
+    ax_t.set_title("Unlearning time")
+    acc_names = list(table["rows"])
+    ax_a.bar(acc_names, [table["rows"][n]["test_accuracy"] for n in acc_names],
+             color=["tab:gray" if n in ("retrain", "original") else "tab:blue" for n in acc_names])
+    low = min(table["rows"][n]["test_accuracy"] for n in acc_names)
+    ax_a.set_ylim(max(0.0, low - 0.05), 1.0)
+    ax_a.set_ylabel("test accuracy (clean images)")
+    ax_a.set_title("Accuracy after unlearning")
+    for ax in (ax_t, ax_a):
+        ax.tick_params(axis="x", labelrotation=20)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def run_demo(out: str | Path, *, model: str | None = None, num_images: int = 16, seed: int = 0,
              num_inference_steps: int = 25, epsilons=DEMO_EPSILONS, delta: float = 1e-5,
-             attributes=("dark_skin", "long_hair")) -> Path:
-    """Run the demo and return the path of ``report.md``."""
+             attributes=("dark_skin", "long_hair"), unlearning_options: dict | None = None,
+             evaluation_options: dict | None = None) -> Path:
+    """Run the demo and return the path of ``report.md``.
+
+    Args:
+        unlearning_options (`dict`, *optional*): keyword arguments of `run_unlearning_stage` (sizes, epochs).
+        evaluation_options (`dict`, *optional*): keyword arguments of
+            `dpdiffusion.evaluation.experiments.run_paper_experiments` (default: its ``quick=True`` sweep).
+    """
     from .cli import _load_pipeline
     from .data.synthfaces import make_synthfaces_arrays
 
@@ -59,11 +139,13 @@ def run_demo(out: str | Path, *, model: str | None = None, num_images: int = 16,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    stage_seconds: dict[str, float] = {}
     pipe = _load_pipeline(model)
     print(f"[1/5] SynthFaces: {num_images} faces at {pipe.image_size} px (seed {seed + 999})")
     images, params = make_synthfaces_arrays(num_images, image_size=pipe.image_size, seed=seed + 999)
     originals = [PIL.Image.fromarray(im) for im in images]
 
+    t0 = time.monotonic()
     print(f"[2/5] protecting {list(attributes)} at epsilon in {[_fmt(e) for e in epsilons]}")
     rows, labels, releases = [originals], ["original"], []
     for eps in epsilons:
@@ -75,15 +157,26 @@ def run_demo(out: str | Path, *, model: str | None = None, num_images: int = 16,
         releases.append(result.report.to_dict())
     grid_path = out / "grid.png"
     _grid(rows, labels).save(grid_path)
+    stage_seconds["protect"] = time.monotonic() - t0
 
+    t0 = time.monotonic()
     print("[3/5] feature unlearning against retraining")
-    unlearning = run_unlearning_stage(pipe, seed=seed, num_inference_steps=min(num_inference_steps, 10))
+    unlearning = run_unlearning_stage(pipe, seed=seed, **{"num_inference_steps": min(num_inference_steps, 10),
+                                                          **(unlearning_options or {})})
     print(unlearning["table_md"])
+    plot_unlearning(unlearning["table"], out / "unlearning.png")
+    stage_seconds["unlearning"] = time.monotonic() - t0
 
+    t0 = time.monotonic()
     print("[4/5] privacy-utility evaluation (quick sweep)")
-    evaluation = run_evaluation_stage(pipe, out, seed=seed)
+    evaluation = run_evaluation_stage(pipe, out, seed=seed, **(evaluation_options or {}))
+    stage_seconds["evaluation"] = time.monotonic() - t0
 
     print("[5/5] writing the report")
+    evaluation_summary = None
+    if evaluation is not None:
+        evaluation_summary = {k: evaluation[k] for k in ("claims", "clean", "rows", "audit", "files", "config")
+                              if k in evaluation}
     metrics = {
         "model": model or "DEFAULT_MODEL",
         "num_images": num_images,
@@ -91,17 +184,24 @@ def run_demo(out: str | Path, *, model: str | None = None, num_images: int = 16,
         "attributes": list(attributes),
         "releases": releases,
         "unlearning": {k: v for k, v in unlearning.items() if k != "table_md"},
-        "evaluation": evaluation,
+        "evaluation": evaluation_summary,
+        "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
+        "torch_threads": torch.get_num_threads(),
         "seconds": round(time.monotonic() - started, 1),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     lines = [
         "# dpdiffusion demo report",
         "",
         f"Protected attributes: {', '.join(attributes)}; {num_images} SynthFaces images; "
-        f"{num_inference_steps} DDIM steps; {metrics['seconds']} s in all.",
+        f"{num_inference_steps} DDIM steps; {metrics['seconds']} s in all "
+        f"({', '.join(f'{k} {v:.0f} s' for k, v in stage_seconds.items())}; {torch.get_num_threads()} torch threads). "
+        "Produced by `dpdiffusion demo`; every figure below is computed by this run.",
+        "",
+        "## Protected releases",
         "",
         "![before/after grid](grid.png)",
+        "",
+        "Rows: the originals, then the same faces released at each epsilon (same seed).",
         "",
         "| epsilon | delta | noise multiplier | sigma per attribute | strength | guarantee |",
         "|---|---|---|---|---|---|",
@@ -111,17 +211,32 @@ def run_demo(out: str | Path, *, model: str | None = None, num_images: int = 16,
         lines.append(f"| {_fmt(rel['epsilon'])} | {rel['delta']:g} | {_fmt(rel['noise_multiplier'])} | {sig} | "
                      f"{rel['strength']:.3f} | {rel['guarantee']} |")
     lines += ["", "Neighbouring relation: " + releases[0]["neighbouring_relation"] + ".", ""]
-    lines += ["## Feature unlearning", "", unlearning["setup"], "", unlearning["table_md"], ""]
+    lines += ["## Feature unlearning", "", unlearning["setup"], "", unlearning["table_md"], "",
+              "![unlearning time and accuracy](unlearning.png)", ""]
     if evaluation and evaluation.get("table_md"):
-        lines += ["## Privacy-utility evaluation", "", evaluation["table_md"], ""]
-    (out / "report.md").write_text("\n".join(lines))
-    body = "\n".join(f"<p>{html.escape(line)}</p>" for line in lines if line and not line.startswith(("|", "!")))
-    table = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|"))
-                    + "</tr>" for line in lines if line.startswith("|") and "---" not in line)
-    (out / "report.html").write_text(f"<html><body>{body}<img src='grid.png'><table border=1>{table}</table>"
-                                     "</body></html>")
-    print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'metrics.json'} and {grid_path}")
+        files = evaluation.get("files", {})
+        lines += ["## Privacy-utility evaluation (quick sweep)", "", evaluation["table_md"], ""]
+        for key, caption in (("privacy_utility", "privacy-utility trade-off"),
+                             ("leakage_vs_epsilon", "protected-attribute leakage vs epsilon"),
+                             ("audit", "empirical privacy audit"),
+                             ("samples_methods", "samples of every method")):
+            if key in files:
+                lines += [f"![{caption}]({Path(files[key]).relative_to(out).as_posix()})", ""]
+        if "results_md" in files:
+            lines += [f"Full evaluation report (claims checked, audit details, commands): "
+                      f"[evaluation/results.md]({Path(files['results_md']).relative_to(out).as_posix()}).", ""]
+    _atomic_write(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
+    _atomic_write(out / "report.md", "\n".join(lines) + "\n")
+    _atomic_write(out / "report.html", markdown_to_html(lines))
+    print(f"wrote {out / 'metrics.json'}, {grid_path}, {out / 'unlearning.png'} and {out / 'evaluation'}/")
+    print(f"done in {metrics['seconds']:.0f} s. Report: {out / 'report.md'} (HTML: {out / 'report.html'})")
     return out / "report.md"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def run_unlearning_stage(pipe, *, seed: int = 0, num_train: int = 2000, num_test: int = 500, frac_changed: float = 0.3,
@@ -176,11 +291,8 @@ def run_unlearning_stage(pipe, *, seed: int = 0, num_train: int = 2000, num_test
     return {"setup": setup, "table": table, "table_md": format_table(table), "privacy": report.to_dict()}
 
 
-def run_evaluation_stage(pipe, out: Path, *, seed: int = 0) -> dict | None:
+def run_evaluation_stage(pipe, out: Path, *, seed: int = 0, **options) -> dict | None:
     """The quick privacy-utility sweep of ``dpdiffusion.evaluation.experiments`` (None if it is unavailable)."""
-    try:
-        from .evaluation.experiments import run_paper_experiments
-    except ImportError:  # pragma: no cover - the evaluation module is optional at this stage
-        logger.warning("dpdiffusion.evaluation.experiments is not available; skipping the evaluation stage")
-        return None
-    return run_paper_experiments(pipe=pipe, out=out / "evaluation", quick=True, seed=seed)
+    from .evaluation.experiments import run_paper_experiments
+
+    return run_paper_experiments(pipe=pipe, out=out / "evaluation", seed=seed, **{"quick": True, **options})

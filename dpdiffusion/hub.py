@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["MODEL_CARDS_DIR", "render_model_card", "build_unlearned_model_card", "push_unlearned_model"]
 
-MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+# the repository's model_cards/ (dpdiffusion/model_cards links to it, so that wheels carry the templates too)
+MODEL_CARDS_DIR = Path(__file__).resolve().parent / "model_cards"
 PRIVACY_KEYS = ("epsilon", "delta", "guarantee", "neighbouring_relation", "attributes")
 GUARANTEES = ("formal", "heuristic", "none")
 

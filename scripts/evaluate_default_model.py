@@ -3,7 +3,7 @@
 
     python scripts/evaluate_default_model.py [--model PATH_OR_REPO] [--num-images 500] [--out metrics.json]
 
-Same as ``dpdiffusion evaluate``; see ``dpdiffusion.evaluation.default_model`` for what each figure means.
+Same as ``dpdiffusion evaluate autoencoder``; see ``dpdiffusion.evaluation.default_model`` for what each figure means.
 """
 
 import sys
@@ -11,4 +11,4 @@ import sys
 from dpdiffusion.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
+    sys.exit(main(["evaluate", "autoencoder", *sys.argv[1:]]))

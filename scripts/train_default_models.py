@@ -22,6 +22,9 @@ from dpdiffusion.training.train_autoencoder import AutoencoderTrainingConfig, tr
 @dataclass
 class InstallArguments:
     install: bool = field(default=False, metadata={"help": "Install the result as dpdiffusion's DEFAULT_MODEL."})
+    earlier_commands: list[str] = field(default_factory=list, metadata={
+        "help": "Earlier runs of the same --output_dir that this one resumed from (recorded first in the model card, "
+                "so that the card holds the whole recipe; the learning-rate schedule follows --max_steps of each run)."})
 
 
 def main(argv=None) -> int:
@@ -32,7 +35,13 @@ def main(argv=None) -> int:
     if install.install:
         from dpdiffusion.models.default import install_default_model
 
-        command = "python scripts/train_default_models.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        args = list(argv or sys.argv[1:])
+        if "--earlier_commands" in args:  # record the earlier runs as their own lines, not as this run's flags
+            i = args.index("--earlier_commands")
+            j = next((k for k in range(i + 1, len(args)) if args[k].startswith("--")), len(args))
+            args = args[:i] + args[j:]
+        command = "\n".join([*install.earlier_commands,
+                              "python scripts/train_default_models.py " + " ".join(shlex.quote(a) for a in args)])
         target = install_default_model(model_dir, command=command)
         print(f"installed as DEFAULT_MODEL at {target}")
     return 0

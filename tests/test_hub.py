@@ -166,3 +166,11 @@ def test_real_hub_round_trip(model, result):
         assert card.data.to_dict()["privacy"]["delta"] == PRIVACY["delta"]
     finally:
         api.delete_repo(repo_id, missing_ok=True)
+
+
+def test_model_card_templates_ship_inside_the_package():
+    """Wheels carry the templates through the dpdiffusion/model_cards link (package data)."""
+    from dpdiffusion.hub import MODEL_CARDS_DIR
+
+    assert MODEL_CARDS_DIR.parent.name == "dpdiffusion"
+    assert {p.name for p in MODEL_CARDS_DIR.glob("*.md")} >= {"unlearned_classifier.md", "dp_diffusion_pipeline.md"}

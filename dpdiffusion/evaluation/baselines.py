@@ -2,7 +2,8 @@ r"""Protection methods compared in the paper's experiments, each with its neighb
 
 All methods map images ``(N, 3, H, W)`` in [0, 1] to protected images of the same shape in [0, 1], rounded to 8 bits
 (what a release writes to disk). Formal methods take ``(epsilon, delta)``; obfuscations take a strength parameter and
-are compared at *matched image quality* (`match_psnr`).
+are compared at *matched image quality* (`match_quality`: by default the Frechet distance in the features of the
+run's clean attribute classifier; PSNR cannot be matched when the diffusion release redraws background and pose).
 
 | method            | released                                   | neighbouring relation                             |
 |-------------------|--------------------------------------------|---------------------------------------------------|
@@ -67,6 +68,7 @@ __all__ = [
     "counterfactual_l2_sensitivity",
     "counterfactual_pixel_count",
     "match_psnr",
+    "match_quality",
     "quantize",
     "laplace_noise",
 ]
@@ -218,24 +220,50 @@ def counterfactual_pixel_count(attributes: Sequence[str], *, image_size: int = 3
     return max(1, int(np.ceil(np.quantile(changed, quantile))))
 
 
-def match_psnr(images: torch.Tensor, target_psnr_db: float, method: str, *, candidates: Sequence[float] | None = None
-               ) -> tuple[float, float]:
-    """The strength of ``method`` (``"blur"``: sigma; ``"pixelate"``: cell size) whose mean PSNR on ``images`` is
-    closest to ``target_psnr_db``. Returns ``(parameter, achieved mean PSNR)``."""
+def _obfuscation(method: str):
     if method == "blur":
-        candidates = candidates or [0.25 * i for i in range(1, 25)]
-        fn = gaussian_blur
-    elif method == "pixelate":
-        candidates = candidates or list(range(1, max(2, images.shape[-1] // 2) + 1))
-        fn = lambda x, p: pixelate(x, int(p))  # noqa: E731
+        return gaussian_blur, [0.25 * i for i in range(1, 25)]
+    if method == "pixelate":
+        return (lambda x, p: pixelate(x, int(p))), None
+    raise ValueError(f"method must be 'blur' or 'pixelate', got method={method!r}")
+
+
+def match_quality(images: torch.Tensor, target: float, method: str, *, metric: str = "psnr",
+                  feature_fn=None, reference_features=None, candidates: Sequence[float] | None = None
+                  ) -> tuple[float, float]:
+    """The strength of ``method`` (``"blur"``: sigma in pixels; ``"pixelate"``: cell size) whose quality on
+    ``images`` is closest to ``target``. Returns ``(parameter, achieved value)``.
+
+    Args:
+        metric (`str`): ``"psnr"`` (mean PSNR in dB against ``images``) or ``"fd"`` (Frechet distance of
+            ``feature_fn`` features of the obfuscated images to ``reference_features``; needs both).
+    """
+    fn, default = _obfuscation(method)
+    candidates = candidates or default or list(range(1, max(2, images.shape[-1] // 2) + 1))
+    if metric == "psnr":
+        def measure(x):
+            return float(psnr(x, images).mean())
+    elif metric == "fd":
+        if feature_fn is None or reference_features is None:
+            raise ValueError("metric='fd' needs feature_fn and reference_features")
+        from .quality import feature_frechet_distance
+
+        def measure(x):
+            return feature_frechet_distance(feature_fn(x), reference_features)
     else:
-        raise ValueError(f"method must be 'blur' or 'pixelate', got method={method!r}")
+        raise ValueError(f"metric must be 'psnr' or 'fd', got metric={metric!r}")
     best = None
     for p in candidates:
-        value = float(psnr(quantize(fn(images, p)), images).mean())
-        if best is None or abs(value - target_psnr_db) < abs(best[1] - target_psnr_db):
+        value = measure(quantize(fn(images, p)))
+        if best is None or abs(value - target) < abs(best[1] - target):
             best = (float(p), value)
     return best
+
+
+def match_psnr(images: torch.Tensor, target_psnr_db: float, method: str, *, candidates: Sequence[float] | None = None
+               ) -> tuple[float, float]:
+    """``match_quality(..., metric="psnr")``: the strength whose mean PSNR is closest to ``target_psnr_db``."""
+    return match_quality(images, target_psnr_db, method, metric="psnr", candidates=candidates)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Quality of a diffusion autoencoder (``dpdiffusion evaluate`` / ``scripts/evaluate_default_model.py``).
+"""Quality of a diffusion autoencoder (``dpdiffusion evaluate autoencoder`` / ``scripts/evaluate_default_model.py``).
 
 Three figures on held-out SynthFaces (a seed the training never used):
 

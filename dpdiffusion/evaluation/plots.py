@@ -75,7 +75,7 @@ def plot_privacy_utility(rows: list[dict], path: str | Path, *, clean: dict | No
                    label="clean images", zorder=5)
     ax.set_xlabel("protected-attribute leakage (attack accuracy, lower is more private)")
     ax.set_ylabel("utility (accuracy on unprotected attributes)")
-    return _finish(fig, ax, path, "Privacy-utility trade-off (labels: epsilon; obfuscations: matched PSNR)")
+    return _finish(fig, ax, path, "Privacy-utility trade-off (labels: epsilon; obfuscations: matched quality)")
 
 
 def plot_vs_epsilon(rows: list[dict], path: str | Path, *, key: str, ylabel: str, title: str,
@@ -89,7 +89,7 @@ def plot_vs_epsilon(rows: list[dict], path: str | Path, *, key: str, ylabel: str
         pts = sorted((epsilon_axis_value(_eps_of(r), finite), getter(r)) for r in rs)
         color, marker = _STYLE.get(method, ("black", "."))
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color,
-                label=method + (" (matched PSNR)" if method in ("blur", "pixelate") else ""))
+                label=method + (" (matched quality)" if method in ("blur", "pixelate") else ""))
     xs = sorted({epsilon_axis_value(e, finite) for e in finite})
     finite_eps = sorted({e for e in finite if e is not None and not math.isinf(e)})
     if bound and finite_eps:

@@ -12,6 +12,8 @@ r"""Image quality: PSNR, SSIM and a Frechet distance in the feature space of a S
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, Callable
 
 import numpy as np
@@ -120,7 +122,9 @@ def frechet_distance(mu_1: Any, sigma_1: Any, mu_2: Any, sigma_2: Any) -> float:
     s1, s2 = np.atleast_2d(np.asarray(sigma_1, np.float64)), np.atleast_2d(np.asarray(sigma_2, np.float64))
     if mu_1.shape != mu_2.shape or s1.shape != s2.shape or s1.shape != (len(mu_1), len(mu_1)):
         raise ValueError(f"shapes do not match: mu {mu_1.shape}, {mu_2.shape}; sigma {s1.shape}, {s2.shape}")
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    with warnings.catch_warnings():  # a singular product (few samples) is handled just below
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():
         offset = np.eye(len(s1)) * 1e-6
         covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))

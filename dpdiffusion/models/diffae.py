@@ -122,10 +122,11 @@ def ddim_decode(
         raise ValueError("guidance_cond (the condition of the centre latent) is needed when guidance_scale != 1")
     x = x_T
     for i, (t, a_t, a_prev) in enumerate(ddim_pairs(scheduler, num_inference_steps)):
-        eps = _eps(unet, x, t, cond)
-        if guidance_scale != 1.0:
-            eps_c = _eps(unet, x, t, guidance_cond.expand_as(cond))
+        if guidance_scale != 1.0:  # both conditions in one batched UNet call, as diffusers' CFG pipelines do
+            eps, eps_c = _eps(unet, torch.cat([x, x]), t, torch.cat([cond, guidance_cond.expand_as(cond)])).chunk(2)
             eps = eps_c + guidance_scale * (eps - eps_c)
+        else:
+            eps = _eps(unet, x, t, cond)
         x = _ddim_update(x, eps, a_t, a_prev)
         if callback is not None:
             callback(i)

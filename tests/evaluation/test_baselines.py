@@ -78,6 +78,25 @@ def test_blur_keeps_constants_and_match_psnr_picks_the_closest():
         match_psnr(x, 20.0, "jpeg")
 
 
+def test_match_quality_on_frechet_distance_grows_with_blur():
+    from dpdiffusion.evaluation.baselines import match_quality
+    from dpdiffusion.evaluation.quality import feature_frechet_distance
+
+    x = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def features(imgs):  # a fixed, blur-sensitive feature map: local contrast statistics
+        return torch.stack([imgs.std((2, 3)).mean(1), (imgs[..., 1:] - imgs[..., :-1]).abs().mean((1, 2, 3))], 1)
+
+    ref = features(x)
+    fds = {p: feature_frechet_distance(features(quantize(gaussian_blur(x, p))), ref) for p in (0.5, 1.0, 2.0)}
+    assert fds[0.5] < fds[1.0] < fds[2.0]
+    param, achieved = match_quality(x, fds[1.0], "blur", metric="fd", feature_fn=features, reference_features=ref,
+                                    candidates=[0.5, 1.0, 2.0])
+    assert param == 1.0 and achieved == pytest.approx(fds[1.0])
+    with pytest.raises(ValueError, match="needs feature_fn"):
+        match_quality(x, 1.0, "blur", metric="fd")
+
+
 def test_quantize_rounds_to_8_bits():
     x = torch.tensor([0.0, 0.5, 1.2, -0.1]).reshape(1, 1, 2, 2)
     assert torch.equal(quantize(x) * 255, torch.round(quantize(x) * 255))

@@ -82,7 +82,7 @@ def test_markdown_table_and_claims(sweep):
     md = (out / "results.md").read_text()
     assert md == render_markdown(results) + "\n"
     assert results["table_md"] in md
-    assert "| dpdiffusion | 1 |" in md and "| dp_pix | 1 |" in md and "| blur | none (PSNR of eps=1) |" in md
+    assert "| dpdiffusion | 1 |" in md and "| dp_pix | 1 |" in md and "| blur | none (quality of eps=1) |" in md
     assert md.count("Command: `pytest tiny sweep`") >= 5  # every figure with its command
     claims = check_claims(results)
     assert (out / ".protected-cache").is_dir()  # decoded settings kept for resuming
@@ -162,3 +162,24 @@ def test_interrupted_sweep_resumes_from_the_decoded_cache(tmp_path, dummy_pipe, 
     monkeypatch.setattr(baselines.DiffusionMethod, "protect", fail)
     second = run_paper_experiments(tmp_path, **kw)
     assert second["rows"][0]["quality"] == first["rows"][0]["quality"]
+
+
+def test_cli_evaluate_experiments_in_process(tmp_path, dummy_pipe, capsys):
+    """``dpdiffusion evaluate experiments`` runs the same sweep and records its own command beside the figures."""
+    from dpdiffusion.cli import build_parser, cmd_evaluate, main
+
+    model = tmp_path / "model"
+    dummy_pipe.save_pretrained(model)
+    out = tmp_path / "out"
+    argv = ["evaluate", "experiments", "--model", str(model), "--out", str(out), "--epsilons", "1", "--methods",
+            "dpdiffusion", "--num-train", "20", "--num-test", "20", "--num-inference-steps", "1",
+            "--classifier-epochs", "1", "--audit-epsilons", "--no-progress"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["command"].startswith("dpdiffusion evaluate experiments --model")
+    assert [r["method"] for r in results["rows"]] == ["dpdiffusion"]
+    assert "results:" in capsys.readouterr().out
+    assert build_parser().parse_args(["evaluate", "autoencoder", "--num-images", "3"]).func is cmd_evaluate
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "experiments", "--epsilons", "0"])
+    assert exc.value.code == 2
