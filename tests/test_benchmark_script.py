@@ -1,0 +1,35 @@
+"""``scripts/benchmark.py`` end to end on a tiny in-process model and tiny sizes (figures are not checked here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from dpd_test_components import get_dummy_components
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_prints_json_and_table(tmp_path, capsys):
+    from dpdiffusion import DPDiffusionPipeline
+
+    model = tmp_path / "model"
+    DPDiffusionPipeline(**get_dummy_components(image_size=32)).save_pretrained(model)
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "bench.json"
+    assert module.main(["--model", str(model), "--sections", "pipeline", "protect_memory", "unlearning",
+                        "--batch-size", "2", "--steps", "2", "--memory-sizes", "8", "16", "--out", str(out),
+                        "--unlearning-args", "--num-train", "120", "--num-test", "60", "--epochs", "1",
+                        "--finetune-epochs", "1", "--hessian-samples", "32", "--cg-iters", "2",
+                        "--power-iters", "2", "--no-warmup"]) == 0
+    result = json.loads(out.read_text())
+    assert result["pipeline"]["pipeline_over_floor"] > 0 and result["pipeline"]["semantic_guidance"] is True
+    assert result["protect_memory"]["16"]["images"] == 16
+    assert {"first_order", "second_order", "retrain"} <= set(result["unlearning"]["table"]["rows"])
+    printed = capsys.readouterr().out
+    for needle in ("pipeline time / UNet+encoder floor", "peak RSS ratio 16 / 8", "first_order: speed-up vs retrain",
+                   "first_order: test accuracy - retrain's"):
+        assert needle in printed, needle
