@@ -88,12 +88,11 @@ def cmd_train(ns) -> int:
 
 
 def cmd_protect(ns) -> int:
-    from accelerate import Accelerator
-
     from .protect import ProtectConfig, protect_dataset
+    from .utils_accelerate import make_accelerator
 
     config = _dataclass_from(ProtectConfig, ns)
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     pipe = _load_pipeline(ns.model).to(accelerator.device)
     out = protect_dataset(pipe, config, accelerator=accelerator, progress=not ns.no_progress)
     if accelerator.is_main_process:

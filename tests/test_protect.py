@@ -70,3 +70,29 @@ def test_other_settings_refused_and_bad_epsilon_writes_nothing(dummy_pipe, image
         protect_dataset(dummy_pipe, ProtectConfig(source=str(image_folder), output_dir=str(tmp_path / "x"),
                                                   epsilon=-1.0), progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_accelerate_launch_runs_two_real_cpu_workers(dummy_pipe, image_folder, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` forms a 2-process CPU group: each worker protects its
+    own rows (worker-0 and worker-1 parts) and rank 0 merges them; the same command runs on several GPUs."""
+    import os
+    import subprocess
+    import sys
+
+    model = tmp_path / "model"
+    dummy_pipe.save_pretrained(model)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dpdiffusion.cli",
+           "protect", "--model", str(model), "--source", str(image_folder), "--output-dir", str(out),
+           "--attributes", "dark_skin", "--epsilon", "1", "--num-inference-steps", "1", "--batch-size", "2",
+           "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parts = {p.name: p.read_text().splitlines() for p in (out / ".parts").glob("worker-*.jsonl")}
+    assert sorted(parts) == ["worker-0.jsonl", "worker-1.jsonl"]
+    assert sorted(json.loads(line)["index"] for line in parts["worker-0.jsonl"]) == [0, 2, 4]
+    assert sorted(json.loads(line)["index"] for line in parts["worker-1.jsonl"]) == [1, 3]
+    recs = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in recs] == [0, 1, 2, 3, 4]

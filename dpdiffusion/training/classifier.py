@@ -176,10 +176,10 @@ def make_accelerator(accelerator: Any = None, mixed_precision: str = "no"):
     """
     if accelerator is not None:
         return accelerator
-    from accelerate import Accelerator
+    from ..utils_accelerate import make_accelerator as _make
 
     try:
-        return Accelerator(mixed_precision=mixed_precision)
+        return _make(mixed_precision=mixed_precision)
     except ValueError as err:  # AcceleratorState is a process-wide singleton
         raise ValueError(
             f"could not create an Accelerator with mixed_precision={mixed_precision!r} ({err}); "

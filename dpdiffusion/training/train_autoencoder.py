@@ -116,14 +116,15 @@ def train_autoencoder(config: AutoencoderTrainingConfig):
     Returns:
         `pathlib.Path`: the folder of the saved pipeline (``output_dir/model``).
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
+
+    from ..utils_accelerate import make_accelerator
 
     if config.batch_size < 1 or config.max_steps < 1:
         raise ValueError(f"batch_size and max_steps must be >= 1, got {config.batch_size} and {config.max_steps}")
     out = Path(config.output_dir)
     ckpt_root = out / "checkpoints"
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    accelerator = make_accelerator(mixed_precision=config.mixed_precision)
     set_seed(config.seed)
     images, labels, names = load_training_tensors(config)
     if accelerator.is_main_process:
