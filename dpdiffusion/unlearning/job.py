@@ -56,8 +56,8 @@ def run_unlearn_job(config: UnlearnConfig, *, progress: bool = True) -> Path:
     from ..data.images import images_to_tensor
     from ..hub import push_unlearned_model
     from ..training.classifier import predict_logits, train_classifier
+    from ..utils_accelerate import make_accelerator
     from . import unlearn
-
     from .core import METHODS
 
     if config.method not in METHODS:
@@ -89,9 +89,13 @@ def run_unlearn_job(config: UnlearnConfig, *, progress: bool = True) -> Path:
     def fresh_model():
         return type(model)(model.config)
 
+    # under `accelerate launch` every process computes its share of the gradient sums and HVPs (summed with
+    # accelerator.reduce), so all processes hold the same update; only the main one writes and pushes
+    accelerator = make_accelerator()
+    progress = progress and accelerator.is_main_process
     recipe = dict(epochs=config.epochs, batch_size=64, lr=3e-3, seed=config.seed, progress=progress)
     result = unlearn(model, orig_pairs, rev_pairs, method=config.method, train_set=train_set, seed=config.seed,
-                     epochs=config.epochs, progress=progress,
+                     epochs=config.epochs, progress=progress, accelerator=accelerator,
                      retrain_fn=lambda x, y: train_classifier(fresh_model(), x, y, **recipe))
     before = (predict_logits(model, rev_pairs[0]) > 0) == (rev_pairs[1] > 0.5)
     after = (predict_logits(result.model, rev_pairs[0]) > 0) == (rev_pairs[1] > 0.5)
@@ -101,7 +105,7 @@ def run_unlearn_job(config: UnlearnConfig, *, progress: bool = True) -> Path:
     retrain_seconds = None
     if config.compare_retrain and config.method != "retrain":
         retrained = unlearn(model, orig_pairs, rev_pairs, method="retrain", train_set=train_set, seed=config.seed,
-                            progress=progress, retrain_fn=lambda x, y: train_classifier(fresh_model(), x, y, **recipe))
+                            progress=progress, accelerator=accelerator, retrain_fn=lambda x, y: train_classifier(fresh_model(), x, y, **recipe))
         retrain_seconds = retrained.seconds
         agree = (predict_logits(result.model, images) > 0) == (predict_logits(retrained.model, images) > 0)
         metrics["agreement with the retrained model (training images)"] = float(agree.float().mean())
@@ -109,7 +113,9 @@ def run_unlearn_job(config: UnlearnConfig, *, progress: bool = True) -> Path:
     out = Path(config.output_dir)
     kwargs = dict(result=result, privacy=privacy, metrics=metrics, command=command,
                   cost={"seconds": result.seconds, "retrain_seconds": retrain_seconds})
-    push_unlearned_model(result.model, config.push_to_hub or f"local/{out.name}", dry_run_dir=out, **kwargs)
-    if config.push_to_hub:
-        push_unlearned_model(result.model, config.push_to_hub, **kwargs)
+    if accelerator.is_main_process:
+        push_unlearned_model(result.model, config.push_to_hub or f"local/{out.name}", dry_run_dir=out, **kwargs)
+        if config.push_to_hub:
+            push_unlearned_model(result.model, config.push_to_hub, **kwargs)
+    accelerator.wait_for_everyone()
     return out

@@ -105,3 +105,48 @@ def test_unlearn_subprocess_on_protect_output(tiny_model, tmp_path):
     bad = _run("unlearn", "--classifier", str(clf), "--original", str(src), "--revised", str(src),
                "--label-columns", "Smiling", "Eyeglasses", "--output-dir", str(tmp_path / "x"), "--image-size", "16")
     assert bad.returncode == 2 and "protect" in bad.stderr
+
+
+def test_unlearn_two_cpu_processes_match_one(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 -m dpdiffusion.cli unlearn`: two real CPU workers split the
+    gradient sums (accelerator.reduce), only rank 0 writes, and the update equals the single-process one."""
+    import os
+
+    from safetensors.torch import load_file
+
+    from dpdiffusion.training.classifier import build_classifier
+
+    src, prot = tmp_path / "src", tmp_path / "protected"
+    (prot / "images").mkdir(parents=True)
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    rows, recs = [], []
+    for i in range(12):
+        PIL.Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(src / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "Smiling": int(rng.integers(0, 2))})
+        if i % 2 == 0:  # a protect-style output for half of the rows
+            PIL.Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(prot / "images" / f"{i}.png")
+            recs.append({"index": i, "file_name": f"images/{i}.png", "epsilon": 1.0, "delta": 1e-5,
+                         "guarantee": "formal", "neighbouring_relation": "attribute-neighbours",
+                         "attributes": ["dark_skin"]})
+    (src / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (prot / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    clf = tmp_path / "clf"
+    build_classifier(1, image_size=16, label_names=["Smiling"], seed=3).save_pretrained(clf)
+    args = ["unlearn", "--classifier", str(clf), "--original", str(src), "--revised", str(prot), "--label-columns",
+            "Smiling", "--image-size", "16", "--method", "second_order", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    one = subprocess.run([sys.executable, "-m", "dpdiffusion.cli", *args, "--output-dir", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
+                          "dpdiffusion.cli", *args, "--output-dir", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    original = load_file(clf / "model.safetensors")
+    assert a.keys() == b.keys()
+    moved = max(float((a[k] - original[k]).abs().max()) for k in a if a[k].is_floating_point())
+    gap = max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point())
+    assert moved > 1e-4 and gap < 1e-3 * moved  # same update up to the order of float sums
