@@ -9,7 +9,8 @@ Output layout (an ``imagefolder`` that ``datasets.load_dataset("imagefolder", da
                                  too large), with the source path when known and the reason
     out/.parts/worker-R.jsonl    per-process records while running (merged into metadata.jsonl at the end)
 
-Streaming: rows are read one batch at a time, so memory stays flat in the dataset size. Crash safety: each image is
+Streaming: rows are read one batch at a time (a ``save_to_disk`` folder as a stream of its Arrow shards, not a memory
+map) and the part files are merged by a k-way merge of index-sorted runs, so memory stays flat in the dataset size. Crash safety: each image is
 written to a temporary file and renamed (atomic), and only then is its record appended (flushed and fsync'ed) to the
 worker's part file; a rerun skips every row that has a record and redoes the rest. The noise of row ``i`` comes from
 a generator seeded by ``(seed, i)``, and batches are fixed blocks of ``batch_size`` consecutive rows (of the worker's
@@ -66,15 +67,28 @@ def _row_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
+def _open_saved(src: Path, split: str):
+    """A ``save_to_disk`` folder read as a stream of its Arrow shards (not memory-mapped: a memory map would keep
+    every page read so far in the resident set, which then grows with the dataset)."""
+    import datasets
+
+    if (src / "dataset_dict.json").exists():
+        splits = json.loads((src / "dataset_dict.json").read_text())["splits"]
+        if split not in splits:
+            raise ValueError(f"split={split!r} is not a split of {src}; splits are {splits}")
+        src = src / split
+    state = json.loads((src / "state.json").read_text())
+    files = [str(src / f["filename"]) for f in state["_data_files"]]
+    return datasets.load_dataset("arrow", data_files=files, split="train", streaming=True)
+
+
 def _iter_rows(config: ProtectConfig) -> Iterator[tuple[int, dict]]:
     """Yield ``(index, row)`` without materialising the dataset; images stay undecoded until used."""
     import datasets
 
     src = Path(config.source)
-    if src.is_dir() and ((src / "dataset_info.json").exists() or (src / "dataset_dict.json").exists()):
-        ds = datasets.load_from_disk(str(src))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[config.split]
+    if src.is_dir() and ((src / "state.json").exists() or (src / "dataset_dict.json").exists()):
+        ds = _open_saved(src, config.split)
     elif src.is_dir():
         ds = datasets.load_dataset("imagefolder", data_dir=str(src), split=config.split, streaming=True)
     else:
@@ -145,30 +159,31 @@ def _jsonable(value: Any):
     return str(value)
 
 
+def _part_records(path: Path) -> Iterator[tuple[int, bytes, dict]]:
+    """Stream ``(index, line, record)`` of a part file, skipping lines cut by a crash (their rows are redone)."""
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                index = int(rec["index"])
+            except (ValueError, KeyError, TypeError):  # json.JSONDecodeError is a ValueError
+                continue
+            yield index, line.rstrip(b"\n"), rec
+
+
 def _read_done(out: Path, part_dir: Path) -> set[int]:
     """Rows with a complete record whose image file exists (anything else is redone)."""
     done = set()
     for part in part_dir.glob("worker-*.jsonl"):
-        for line in part.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-                if (out / rec["file_name"]).is_file():
-                    done.add(int(rec["index"]))
-            except (ValueError, KeyError, TypeError, json.JSONDecodeError):
-                continue  # a line cut by a crash: that row is redone
+        for index, _, rec in _part_records(part):
+            if isinstance(rec.get("file_name"), str) and (out / rec["file_name"]).is_file():
+                done.add(index)
     return done
 
 
 def _read_listed(part_dir: Path) -> set[int]:
     """Rows already listed as unreadable (decoding is deterministic, so they stay unreadable)."""
-    listed = set()
-    for part in part_dir.glob("skipped-*.jsonl"):
-        for line in part.read_text().splitlines():
-            try:
-                listed.add(int(json.loads(line)["index"]))
-            except (ValueError, KeyError, TypeError):
-                continue
-    return listed
+    return {index for part in part_dir.glob("skipped-*.jsonl") for index, _, _ in _part_records(part)}
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -286,24 +301,71 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
     return out
 
 
+# Rows sorted in memory at once when a part file is out of order (a resumed run that redid a row whose image was
+# deleted); bounds the merge's memory whatever the dataset size.
+_SORT_CHUNK = 20_000
+
+
+def _sorted_runs(part: Path, tmp_dir: Path, keep) -> list[Path]:
+    """The part as runs sorted by index: itself when already sorted (the usual case, one pass to check), else
+    chunks of ``_SORT_CHUNK`` records sorted in memory and written to ``tmp_dir``."""
+    last = -1
+    for index, _, _ in _part_records(part):
+        if index < last:
+            break
+        last = index
+    else:
+        return [part]
+    runs, chunk = [], []
+
+    def flush():
+        run = tmp_dir / f"{part.stem}-run{len(runs)}.jsonl"
+        chunk.sort(key=lambda item: item[0])  # stable: equal indices keep their order
+        with open(run, "wb") as f:
+            f.writelines(line + b"\n" for _, line in chunk)
+        runs.append(run)
+        chunk.clear()
+
+    for index, line, rec in _part_records(part):
+        if keep(rec):
+            chunk.append((index, line))
+            if len(chunk) >= _SORT_CHUNK:
+                flush()
+    if chunk:
+        flush()
+    return runs
+
+
+def _merge_parts(parts: list[Path], dest: Path, tmp_dir: Path, keep) -> int:
+    """Write the records of ``parts`` kept by ``keep`` to ``dest`` (atomically), sorted by index, one per index,
+    streaming: a k-way merge of sorted runs, so memory does not grow with the number of records."""
+    import heapq
+
+    tmp_dir.mkdir(exist_ok=True)
+    runs = [run for part in parts for run in _sorted_runs(part, tmp_dir, keep)]
+    streams = [((index, line) for index, line, rec in _part_records(run) if keep(rec)) for run in runs]
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    written, previous = 0, None
+    with open(tmp, "wb") as f:
+        for index, line in heapq.merge(*streams, key=lambda item: item[0]):
+            if index == previous:  # a row recorded twice (redone after its image was deleted): same record
+                continue
+            f.write(line + b"\n")
+            written, previous = written + 1, index
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, dest)
+    for run in tmp_dir.glob("*-run*.jsonl"):
+        run.unlink()
+    return written
+
+
 def _merge(out: Path, part_dir: Path) -> None:
-    records: dict[int, dict] = {}
-    for part in sorted(part_dir.glob("worker-*.jsonl")):
-        for line in part.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if (out / rec["file_name"]).exists():
-                records[int(rec["index"])] = rec
-    lines = [json.dumps(records[i]) for i in sorted(records)]
-    _atomic_write_bytes(out / "metadata.jsonl", ("\n".join(lines) + "\n").encode() if lines else b"")
-    skipped = {}
-    for part in sorted(part_dir.glob("skipped-*.jsonl")):
-        for line in part.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-                skipped[int(rec["index"])] = rec
-            except (json.JSONDecodeError, KeyError, ValueError):
-                continue
-    _atomic_write_bytes(out / "skipped.jsonl", "".join(json.dumps(skipped[i]) + "\n" for i in sorted(skipped)).encode())
+    """``metadata.jsonl`` and ``skipped.jsonl`` from the workers' part files (index order)."""
+    tmp_dir = part_dir / "merge"
+
+    def has_image(rec: dict) -> bool:
+        return isinstance(rec.get("file_name"), str) and (out / rec["file_name"]).exists()
+
+    _merge_parts(sorted(part_dir.glob("worker-*.jsonl")), out / "metadata.jsonl", tmp_dir, has_image)
+    _merge_parts(sorted(part_dir.glob("skipped-*.jsonl")), out / "skipped.jsonl", tmp_dir, lambda rec: True)

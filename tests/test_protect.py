@@ -96,3 +96,79 @@ def test_accelerate_launch_runs_two_real_cpu_workers(dummy_pipe, image_folder, t
     assert sorted(json.loads(line)["index"] for line in parts["worker-1.jsonl"]) == [1, 3]
     recs = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert [r["index"] for r in recs] == [0, 1, 2, 3, 4]
+
+
+def _write_part(out, part, indices, *, cut_after=None):
+    """A worker part file with records of ``indices`` (in that order) whose images exist, optionally a cut line."""
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in indices:
+        name = f"images/{i:08d}.png"
+        (out / name).write_bytes(b"png")
+        lines.append(json.dumps({"index": i, "file_name": name, "epsilon": 1.0, "pad": "x" * 400}) + "\n")
+    if cut_after is not None:
+        lines.insert(cut_after, '{"index": 999, "file_na')  # a record cut by a crash, then ended by _open_append
+        lines[cut_after] += "\n"
+    part.write_text("".join(lines))
+
+
+def test_merge_sorts_out_of_order_parts_in_bounded_chunks(tmp_path, monkeypatch):
+    from dpdiffusion import protect
+
+    monkeypatch.setattr(protect, "_SORT_CHUNK", 3)  # force the external sort through several runs
+    out = tmp_path / "out"
+    parts = out / ".parts"
+    parts.mkdir(parents=True)
+    _write_part(out, parts / "worker-0.jsonl", [0, 2, 4, 8, 6, 2, 10, 12, 14], cut_after=4)  # resumed: 6 and 2 late
+    _write_part(out, parts / "worker-1.jsonl", [1, 3, 5, 7, 9, 11, 13])  # in order: merged as it is
+    (out / "images" / "00000013.png").unlink()  # a record whose image was lost is not listed
+    (parts / "skipped-0.jsonl").write_text('{"index": 16, "reason": "x"}\n{"index": 15, "reason": "y"}\n')
+    protect._merge(out, parts)
+    recs = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in recs] == [i for i in range(15) if i != 13]
+    assert all(r["file_name"] == f"images/{r['index']:08d}.png" for r in recs)
+    assert [json.loads(line)["index"] for line in (out / "skipped.jsonl").read_text().splitlines()] == [15, 16]
+    assert not list((parts / "merge").iterdir())  # sorted runs removed
+    assert not list(out.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("chunk", [None, 500])
+def test_merge_memory_does_not_grow_with_the_number_of_records(tmp_path, monkeypatch, chunk):
+    """Peak Python memory of the merge for 1,000 and 10,000 records: flat (it used to hold every record)."""
+    import random
+    import tracemalloc
+
+    from dpdiffusion import protect
+
+    if chunk:
+        monkeypatch.setattr(protect, "_SORT_CHUNK", chunk)
+    peaks = {}
+    for n in (1000, 10000):
+        out = tmp_path / str(n)
+        (out / ".parts").mkdir(parents=True)
+        order = list(range(n))
+        if chunk:  # out of order: exercises the chunked external sort
+            random.Random(0).shuffle(order)
+        _write_part(out, out / ".parts" / "worker-0.jsonl", order)
+        tracemalloc.start()
+        protect._merge(out, out / ".parts")
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert len((out / "metadata.jsonl").read_text().splitlines()) == n
+    assert peaks[10000] < 1.5 * peaks[1000] + 200_000, peaks
+
+
+def test_protect_reads_a_saved_dataset_dict_split_as_a_stream(dummy_pipe, tmp_path):
+    import datasets
+
+    rng = np.random.default_rng(1)
+    images = [PIL.Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(5)]
+    ds = datasets.Dataset.from_dict({"image": images, "Smiling": [1, -1, 1, -1, 1]},
+                                    features=datasets.Features({"image": datasets.Image(),
+                                                                "Smiling": datasets.Value("int64")}))
+    datasets.DatasetDict({"train": ds.select(range(2)), "test": ds.select(range(2, 5))}).save_to_disk(tmp_path / "dd")
+    out = protect_dataset(dummy_pipe, _cfg(tmp_path / "dd", tmp_path / "out", split="test"), progress=False)
+    recs = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [(r["index"], r["Smiling"]) for r in recs] == [(0, 1), (1, -1), (2, 1)]
+    with pytest.raises(ValueError, match="split='validation'"):
+        protect_dataset(dummy_pipe, _cfg(tmp_path / "dd", tmp_path / "out2", split="validation"), progress=False)

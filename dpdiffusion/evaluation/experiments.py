@@ -479,8 +479,8 @@ def run_paper_experiments(
         epsilons (`list[float]`): the sweep (default ``PAPER_EPSILONS``; ``QUICK_EPSILONS`` with ``quick``).
         methods (`list[str]`): any of ``ALL_METHODS``.
         num_train, num_test (`int`): images per split (defaults 1000/400; 400/200 with ``quick``).
-        num_inference_steps (`int`): DDIM steps of the decoder (5; more steps did not keep attributes better
-            with the embedded default, see the report).
+        num_inference_steps (`int`): DDIM steps of the decoder (default 5, for time on a CPU; more steps decode
+            closer to the data and cost proportionally more).
         delta (`float`): delta of every (epsilon, delta) claim.
         classifier_epochs (`int`): epochs of every attacker/utility ResNet.
         audit_epsilons (`list[float]`): epsilons audited (those also in ``epsilons`` or not: audits are cheap).

@@ -140,12 +140,15 @@ def feature_frechet_distance(features_1: Any, features_2: Any) -> float:
 
 @torch.no_grad()
 def classifier_features(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
-    """Pooled penultimate features ``(N, D)`` of a ``transformers`` ResNet classifier on images in [-1, 1]."""
+    """Pooled penultimate features ``(N, D)`` of a ``transformers`` ResNet classifier on images in [-1, 1] (enlarged
+    by the model's ``config.input_enlarge`` first, as its classifications are)."""
+    from .utility import enlarge_for
+
     model.eval()
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device).float()
+        x = enlarge_for(model, images[start:start + batch_size].to(device).float())
         pooled = model.resnet(pixel_values=x).pooler_output  # (B, D, 1, 1)
         out.append(pooled.flatten(1).cpu())
     return torch.cat(out) if out else torch.empty(0)

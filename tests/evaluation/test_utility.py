@@ -58,3 +58,42 @@ def test_attribute_utility_evaluate_module():
     module = evaluate.load(metric_path("attribute_utility"))
     out = module.compute(predictions=[1, 0, 1, 0], references=[1, 0, 0, 0], clean_predictions=[1, 0, 0, 1])
     assert out == {"accuracy": 0.75, "clean_accuracy": 0.75, "ratio": 1.0}
+
+
+def test_small_images_are_enlarged_for_the_classifier_and_its_features():
+    """At <= 32 px the evaluation classifier sees its input enlarged 2x (its stem quarters the resolution); the
+    factor travels in the config and is applied by predict_labels and the FD features alike."""
+    from dpdiffusion.evaluation.quality import classifier_features
+    from dpdiffusion.evaluation.utility import default_enlarge, enlarge_for
+
+    assert default_enlarge(16) == default_enlarge(32) == 2 and default_enlarge(64) == 1
+    x, y = _toy(16, 0)
+    model = train_attribute_classifier(x, y, names=["left", "top"], epochs=1)
+    assert model.config.input_enlarge == 2
+    big = enlarge_for(model, x)
+    assert big.shape == (16, 3, 32, 32) and torch.equal(big[:, :, ::2, ::2], x)
+    logits_seen = (model(pixel_values=big * 2 - 1).logits > 0).long()
+    assert torch.equal(predict_labels(model, x), logits_seen)
+    assert classifier_features(model, x * 2 - 1).shape[0] == 16
+    plain = train_attribute_classifier(x, y, names=["left", "top"], epochs=1, enlarge=1)
+    assert plain.config.input_enlarge == 1 and torch.equal(enlarge_for(plain, x), x)
+    with pytest.raises(ValueError, match="enlarge"):
+        train_attribute_classifier(x, y, names=["left", "top"], epochs=1, enlarge=0)
+
+
+def test_evaluate_autoencoder_reports_agreement_and_the_judges_accuracy(dummy_pipe):
+    from dpdiffusion.evaluation.default_model import evaluate_autoencoder
+    from dpdiffusion.evaluation.default_model import train_attribute_classifier as train_judge
+
+    size = dummy_pipe.image_size
+    judge = train_judge(size, num_images=64, epochs=1, progress=False)
+    assert set(judge[1]) == {"dark_skin", "long_hair", "smiling", "eyeglasses", "wearing_hat"}
+    out = evaluate_autoencoder(dummy_pipe, num_images=20, num_inference_steps=2, batch_size=10, progress=False,
+                               classifier=judge)
+    for key in ("attribute_agreement", "judge_accuracy_on_originals", "judge_accuracy_on_reconstructions",
+                "probe_accuracy"):
+        assert set(out[key]) == set(judge[1]) and all(0 <= v <= 1 for v in out[key].values()), key
+    assert out["independent_classifier_accuracy"] == judge[1]
+    assert out["all_targets_met"] in (True, False) and out["num_images"] == 20
+    with pytest.raises(ValueError, match="num_images"):
+        evaluate_autoencoder(dummy_pipe, num_images=5, classifier=judge)
