@@ -317,6 +317,7 @@ def _sorted_runs(part: Path, tmp_dir: Path, keep) -> list[Path]:
     else:
         return [part]
     runs, chunk = [], []
+    tmp_dir.mkdir(exist_ok=True)
 
     def flush():
         run = tmp_dir / f"{part.stem}-run{len(runs)}.jsonl"
@@ -340,8 +341,8 @@ def _merge_parts(parts: list[Path], dest: Path, tmp_dir: Path, keep) -> int:
     """Write the records of ``parts`` kept by ``keep`` to ``dest`` (atomically), sorted by index, one per index,
     streaming: a k-way merge of sorted runs, so memory does not grow with the number of records."""
     import heapq
+    import shutil
 
-    tmp_dir.mkdir(exist_ok=True)
     runs = [run for part in parts for run in _sorted_runs(part, tmp_dir, keep)]
     streams = [((index, line) for index, line, rec in _part_records(run) if keep(rec)) for run in runs]
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
@@ -355,8 +356,7 @@ def _merge_parts(parts: list[Path], dest: Path, tmp_dir: Path, keep) -> int:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, dest)
-    for run in tmp_dir.glob("*-run*.jsonl"):
-        run.unlink()
+    shutil.rmtree(tmp_dir, ignore_errors=True)  # the sorted runs (also those of a merge killed earlier)
     return written
 
 

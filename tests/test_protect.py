@@ -128,7 +128,7 @@ def test_merge_sorts_out_of_order_parts_in_bounded_chunks(tmp_path, monkeypatch)
     assert [r["index"] for r in recs] == [i for i in range(15) if i != 13]
     assert all(r["file_name"] == f"images/{r['index']:08d}.png" for r in recs)
     assert [json.loads(line)["index"] for line in (out / "skipped.jsonl").read_text().splitlines()] == [15, 16]
-    assert not list((parts / "merge").iterdir())  # sorted runs removed
+    assert not (parts / "merge").exists()  # sorted runs removed
     assert not list(out.glob(".*tmp*"))
 
 
