@@ -272,7 +272,11 @@ def test_ledger_killed_during_charges_loses_and_double_counts_nothing(tmp_path, 
         assert int(first.split()[1]) == acked  # resumes after the last recorded release
         time.sleep(rng.uniform(0.0, 0.4))
         child.send_signal(signal.SIGKILL)
-        rest, err = child.communicate(timeout=60)
+        child.wait(timeout=60)
+        # not communicate(): it reads the raw pipe and would drop what readline() above already buffered (the line
+        # "0" arriving in the same read as "start 0"), which failed this test now and then
+        rest, err = child.stdout.read(), child.stderr.read()
+        child.stdout.close(), child.stderr.close()
         assert child.returncode == -signal.SIGKILL, err
         lines = rest.split()
         if lines:  # each acknowledged j arrives in order, with no gap
