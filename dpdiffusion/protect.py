@@ -10,7 +10,8 @@ Output layout (an ``imagefolder`` that ``datasets.load_dataset("imagefolder", da
     out/.parts/worker-R.jsonl    per-process records while running (merged into metadata.jsonl at the end)
 
 Streaming: rows are read one batch at a time (a ``save_to_disk`` folder as a stream of its Arrow shards, not a memory
-map) and the part files are merged by a k-way merge of index-sorted runs, so memory stays flat in the dataset size. Crash safety: each image is
+map) and the part files are merged by a k-way merge of index-sorted runs, so memory stays flat in the dataset size.
+Crash safety: each image is
 written to a temporary file and renamed (atomic), and only then is its record appended (flushed and fsync'ed) to the
 worker's part file; a rerun skips every row that has a record and redoes the rest. The noise of row ``i`` comes from
 a generator seeded by ``(seed, i)``, and batches are fixed blocks of ``batch_size`` consecutive rows (of the worker's
@@ -171,14 +172,15 @@ def _part_records(path: Path) -> Iterator[tuple[int, bytes, dict]]:
             yield index, line.rstrip(b"\n"), rec
 
 
+def _has_image(out: Path, rec: dict) -> bool:
+    """Whether the image a record names exists (a record whose image was lost does not count)."""
+    return isinstance(rec.get("file_name"), str) and (out / rec["file_name"]).is_file()
+
+
 def _read_done(out: Path, part_dir: Path) -> set[int]:
     """Rows with a complete record whose image file exists (anything else is redone)."""
-    done = set()
-    for part in part_dir.glob("worker-*.jsonl"):
-        for index, _, rec in _part_records(part):
-            if isinstance(rec.get("file_name"), str) and (out / rec["file_name"]).is_file():
-                done.add(index)
-    return done
+    return {index for part in part_dir.glob("worker-*.jsonl") for index, _, rec in _part_records(part)
+            if _has_image(out, rec)}
 
 
 def _read_listed(part_dir: Path) -> set[int]:
@@ -306,7 +308,7 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
 _SORT_CHUNK = 20_000
 
 
-def _sorted_runs(part: Path, tmp_dir: Path, keep) -> list[Path]:
+def _sorted_runs(part: Path, tmp_dir: Path) -> list[Path]:
     """The part as runs sorted by index: itself when already sorted (the usual case, one pass to check), else
     chunks of ``_SORT_CHUNK`` records sorted in memory and written to ``tmp_dir``."""
     last = -1
@@ -327,11 +329,10 @@ def _sorted_runs(part: Path, tmp_dir: Path, keep) -> list[Path]:
         runs.append(run)
         chunk.clear()
 
-    for index, line, rec in _part_records(part):
-        if keep(rec):
-            chunk.append((index, line))
-            if len(chunk) >= _SORT_CHUNK:
-                flush()
+    for index, line, _ in _part_records(part):
+        chunk.append((index, line))
+        if len(chunk) >= _SORT_CHUNK:
+            flush()
     if chunk:
         flush()
     return runs
@@ -343,7 +344,7 @@ def _merge_parts(parts: list[Path], dest: Path, tmp_dir: Path, keep) -> int:
     import heapq
     import shutil
 
-    runs = [run for part in parts for run in _sorted_runs(part, tmp_dir, keep)]
+    runs = [run for part in parts for run in _sorted_runs(part, tmp_dir)]
     streams = [((index, line) for index, line, rec in _part_records(run) if keep(rec)) for run in runs]
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     written, previous = 0, None
@@ -363,9 +364,6 @@ def _merge_parts(parts: list[Path], dest: Path, tmp_dir: Path, keep) -> int:
 def _merge(out: Path, part_dir: Path) -> None:
     """``metadata.jsonl`` and ``skipped.jsonl`` from the workers' part files (index order)."""
     tmp_dir = part_dir / "merge"
-
-    def has_image(rec: dict) -> bool:
-        return isinstance(rec.get("file_name"), str) and (out / rec["file_name"]).exists()
-
-    _merge_parts(sorted(part_dir.glob("worker-*.jsonl")), out / "metadata.jsonl", tmp_dir, has_image)
+    _merge_parts(sorted(part_dir.glob("worker-*.jsonl")), out / "metadata.jsonl", tmp_dir,
+                 lambda rec: _has_image(out, rec))
     _merge_parts(sorted(part_dir.glob("skipped-*.jsonl")), out / "skipped.jsonl", tmp_dir, lambda rec: True)

@@ -6,8 +6,8 @@ Three figures on held-out SynthFaces (a seed the training never used):
   (images in [0, 1]); the fidelity of ``stochastic_code="inverted"``.
 * ``attribute_agreement``: decode from ``z`` alone with a *random* stochastic code (the formal-guarantee path) and
   ask an independent attribute classifier (a ResNet trained here on 16,000 other SynthFaces images, enlarged 2x)
-  whether each attribute is the same on the original and the reconstruction. The judge's accuracy on the originals and on the reconstructions (against the ground truth) is
-  reported next to the agreement.
+  whether each attribute is the same on the original and the reconstruction. The judge's accuracy on the originals
+  and on the reconstructions (against the ground truth) is reported next to the agreement.
 * ``probe_accuracy``: accuracy of a logistic probe of each attribute on ``z`` (fitted on one half, tested on the
   other half of the held-out latents).
 """
@@ -49,7 +49,7 @@ def train_attribute_classifier(image_size: int, *, num_images: int = 16000, epoc
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     model = train_evaluation_classifier(x[:num_images], labels[:num_images], names=list(SYNTHFACES_ATTRIBUTES),
                                         epochs=epochs, lr=3e-3, seed=seed, progress=progress)
-    pred = predict_labels(model, x[num_images:]) > 0
+    pred = predict_labels(model, x[num_images:]).bool()
     acc = (pred == (labels[num_images:] > 0.5)).double().mean(0)
     return model, dict(zip(SYNTHFACES_ATTRIBUTES, acc.tolist()))
 
@@ -91,8 +91,8 @@ def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: in
 
     with torch.enable_grad():  # this function runs under no_grad; the independent classifier trains here
         clf, clf_acc = classifier or train_attribute_classifier(size, progress=progress)
-    pred_orig = predict_labels(clf, to01(x)) > 0
-    pred_rec = predict_labels(clf, to01(rnd)) > 0
+    pred_orig = predict_labels(clf, to01(x)).bool()
+    pred_rec = predict_labels(clf, to01(rnd)).bool()
     agreement = (pred_orig == pred_rec).double().mean(0).tolist()
     truth = labels > 0.5
     judged_orig = (pred_orig == truth).double().mean(0).tolist()

@@ -20,8 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["train_attribute_classifier", "predict_labels", "enlarge_for", "default_enlarge", "attribute_accuracies", "utility_report",
-           "attribute_utility"]
+__all__ = ["train_attribute_classifier", "predict_labels", "enlarge_for", "default_enlarge", "attribute_accuracies",
+           "utility_report", "attribute_utility"]
 
 
 def default_enlarge(image_size: int) -> int:

@@ -105,7 +105,8 @@ def run_unlearn_job(config: UnlearnConfig, *, progress: bool = True) -> Path:
     retrain_seconds = None
     if config.compare_retrain and config.method != "retrain":
         retrained = unlearn(model, orig_pairs, rev_pairs, method="retrain", train_set=train_set, seed=config.seed,
-                            progress=progress, accelerator=accelerator, retrain_fn=lambda x, y: train_classifier(fresh_model(), x, y, **recipe))
+                            progress=progress, accelerator=accelerator,
+                            retrain_fn=lambda x, y: train_classifier(fresh_model(), x, y, **recipe))
         retrain_seconds = retrained.seconds
         agree = (predict_logits(result.model, images) > 0) == (predict_logits(retrained.model, images) > 0)
         metrics["agreement with the retrained model (training images)"] = float(agree.float().mean())
