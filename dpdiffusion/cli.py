@@ -126,7 +126,8 @@ def cmd_evaluate(ns) -> int:
 
     pipe = _load_pipeline(ns.model)
     metrics = evaluate_autoencoder(pipe, num_images=ns.num_images, num_inference_steps=ns.num_inference_steps,
-                                   seed=ns.seed, guidance_scale=ns.guidance_scale)
+                                   seed=ns.seed, guidance_scale=ns.guidance_scale,
+                                   agreement_steps=ns.agreement_steps or ())
     text = json.dumps(metrics, indent=2)
     if ns.out:
         Path(ns.out).write_text(text + "\n")
@@ -198,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=12345, help="Seed of the held-out set (differs from training's).")
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="Semantic guidance of random-code decoding (default: the pipeline's DEFAULT_GUIDANCE_SCALE).")
+    p.add_argument("--agreement-steps", type=int, nargs="*", default=None,
+                   help="Further DDIM step counts at which random-code decoding is also judged (e.g. 5 20); the "
+                        "targets are checked at --num-inference-steps only.")
     p.add_argument("--out", default=None, help="Also write the JSON here.")
     p.set_defaults(func=cmd_evaluate)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -57,10 +58,21 @@ def train_attribute_classifier(image_size: int, *, num_images: int = 16000, epoc
 @torch.no_grad()
 def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: int = 50, seed: int = 12345,
                          batch_size: int = 100, progress: bool = True, guidance_scale: float | None = None,
-                         classifier=None) -> dict:
-    """Compute the figures above for ``pipe`` (a ``DPDiffusionPipeline``); returns a JSON-able dict."""
+                         classifier=None, agreement_steps: Sequence[int] = ()) -> dict:
+    """Compute the figures above for ``pipe`` (a ``DPDiffusionPipeline``); returns a JSON-able dict.
+
+    ``agreement_steps`` lists further DDIM step counts at which random-code decoding is judged too (same images,
+    same stochastic codes), reported as ``attribute_agreement_by_steps``; the targets are checked at
+    ``num_inference_steps`` only.
+    """
     if num_images < 20:
         raise ValueError(f"num_images must be >= 20, got num_images={num_images}")
+    extra = []
+    for k in agreement_steps:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"agreement_steps must be integers >= 1, got agreement_steps={list(agreement_steps)}")
+        if k != num_inference_steps and k not in extra:
+            extra.append(k)
     started = time.monotonic()
     size = pipe.image_size
     images, params = make_synthfaces_arrays(num_images, image_size=size, seed=seed)
@@ -73,6 +85,7 @@ def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: in
     scale = DEFAULT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
     center = pipe.encoder.condition(pipe.attribute_directions.center[None].to(pipe.device))
     zs, inv, rnd = [], [], []
+    rnd_extra = {k: [] for k in extra}
     for i in tqdm(range(0, num_images, batch_size), desc="evaluate autoencoder", disable=not progress):
         xb = x[i:i + batch_size].to(pipe.device)
         z = pipe.encode_tensor(xb)
@@ -82,6 +95,9 @@ def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: in
         noise = torch.randn(xb.shape, generator=g).to(pipe.device)
         rnd.append(ddim_decode(pipe.unet, pipe.scheduler, noise, cond, num_inference_steps, guidance_scale=scale,
                                guidance_cond=center).cpu())
+        for k in extra:
+            rnd_extra[k].append(ddim_decode(pipe.unet, pipe.scheduler, noise, cond, k, guidance_scale=scale,
+                                            guidance_cond=center).cpu())
         zs.append(z.cpu())
     z, inv, rnd = torch.cat(zs), torch.cat(inv), torch.cat(rnd)
     to01 = lambda t: ((t + 1) / 2).clamp(0, 1)  # noqa: E731
@@ -94,6 +110,11 @@ def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: in
     pred_orig = predict_labels(clf, to01(x)).bool()
     pred_rec = predict_labels(clf, to01(rnd)).bool()
     agreement = (pred_orig == pred_rec).double().mean(0).tolist()
+    by_steps = {str(num_inference_steps): dict(zip(names, agreement))}
+    for k in extra:
+        pred_k = predict_labels(clf, to01(torch.cat(rnd_extra[k]))).bool()
+        by_steps[str(k)] = dict(zip(names, (pred_orig == pred_k).double().mean(0).tolist()))
+    by_steps = dict(sorted(by_steps.items(), key=lambda kv: int(kv[0])))
     truth = labels > 0.5
     judged_orig = (pred_orig == truth).double().mean(0).tolist()
     judged_rec = (pred_rec == truth).double().mean(0).tolist()
@@ -107,6 +128,7 @@ def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: in
         "inversion_psnr_db": float(psnrs.mean()),
         "inversion_psnr_db_min": float(psnrs.min()),
         "attribute_agreement": dict(zip(SYNTHFACES_ATTRIBUTES, agreement)),
+        "attribute_agreement_by_steps": by_steps,
         "independent_classifier_accuracy": clf_acc,
         "judge_accuracy_on_originals": dict(zip(names, judged_orig)),
         "judge_accuracy_on_reconstructions": dict(zip(names, judged_rec)),

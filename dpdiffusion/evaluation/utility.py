@@ -20,8 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["train_attribute_classifier", "predict_labels", "enlarge_for", "default_enlarge", "attribute_accuracies",
-           "utility_report", "attribute_utility"]
+__all__ = ["train_attribute_classifier", "flip_colour_augment", "predict_labels", "enlarge_for", "default_enlarge",
+           "attribute_accuracies", "utility_report", "attribute_utility"]
 
 
 def default_enlarge(image_size: int) -> int:
@@ -35,13 +35,48 @@ def enlarge_for(model, images: torch.Tensor) -> torch.Tensor:
     return images if k == 1 else torch.nn.functional.interpolate(images, scale_factor=k, mode="nearest")
 
 
+def flip_colour_augment(x: torch.Tensor, generator: torch.Generator, *, strength: float = 0.3) -> torch.Tensor:
+    """Random horizontal flip (p = 0.5) and colour jitter of a batch ``(B, 3, H, W)`` in [-1, 1].
+
+    Each image gets its own brightness, contrast and saturation factors, uniform in ``[1 - strength, 1 + strength]``
+    (torchvision's ``ColorJitter(0.3, 0.3, 0.3)`` convention), applied in [0, 1] and clamped. The usual recipe of an
+    image classifier that must generalise beyond the look of its training set.
+
+    Example:
+    ```py
+    >>> x = torch.rand(4, 3, 8, 8) * 2 - 1
+    >>> y = flip_colour_augment(x, torch.Generator().manual_seed(0))
+    >>> y.shape == x.shape, bool(y.min() >= -1) and bool(y.max() <= 1)
+    (True, True)
+
+    ```
+    """
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"x must be (B, 3, H, W), got shape {tuple(x.shape)}")
+    b = x.shape[0]
+
+    def factors():
+        return 1.0 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * strength
+
+    flip = torch.rand(b, generator=generator) < 0.5
+    u = (torch.where(flip[:, None, None, None], x.flip(-1), x).float() + 1) / 2
+    u = u * factors()
+    mean = u.mean(dim=(1, 2, 3), keepdim=True)
+    u = (u - mean) * factors() + mean
+    grey = u.mean(dim=1, keepdim=True)
+    u = ((u - grey) * factors() + grey).clamp(0, 1)
+    return (u * 2 - 1).to(x.dtype)
+
+
 def train_attribute_classifier(images: torch.Tensor, labels: Any, *, names: Sequence[str], epochs: int = 15,
                                batch_size: int = 64, lr: float = 1e-2, seed: int = 0, progress: bool = False,
-                               enlarge: int | None = None):
+                               enlarge: int | None = None, augment: bool = False):
     """A multi-label ResNet trained on images ``(N, 3, H, W)`` in [0, 1] with 0/1 ``labels`` ``(N, len(names))``.
 
     Args:
         enlarge (`int`, *optional*): nearest-neighbour enlargement of the input (default `default_enlarge`).
+        augment (`bool`): train with `flip_colour_augment` (the utility classifier's recipe: it is tested on images
+            of another look than its training set); False for attackers, which train and test on the same look.
 
     Returns:
         `ResNetForImageClassification` in eval mode (``config.input_enlarge`` set).
@@ -58,8 +93,10 @@ def train_attribute_classifier(images: torch.Tensor, labels: Any, *, names: Sequ
         raise ValueError(f"enlarge must be an integer >= 1, got enlarge={enlarge}")
     model = build_classifier(len(names), image_size=int(images.shape[-1]) * k, seed=seed, label_names=list(names))
     model.config.input_enlarge = k
+    model.config.train_augment = "flip_colour" if augment else "none"
     return train_classifier(model, enlarge_for(model, images.float() * 2 - 1), y, epochs=epochs,
-                            batch_size=batch_size, lr=lr, seed=seed, progress=progress)
+                            batch_size=batch_size, lr=lr, seed=seed, progress=progress,
+                            augment=flip_colour_augment if augment else None)
 
 
 def predict_labels(model, images: torch.Tensor) -> torch.Tensor:
@@ -101,21 +138,23 @@ def utility_report(accuracy: dict, clean_accuracy: dict, attributes: Sequence[st
 
 def attribute_utility(train_protected: torch.Tensor, train_labels: Any, test_clean: torch.Tensor, test_labels: Any,
                       *, names: Sequence[str], attributes: Sequence[str], train_clean: torch.Tensor | None = None,
-                      epochs: int = 8, seed: int = 0, progress: bool = False) -> dict:
+                      epochs: int = 8, seed: int = 0, progress: bool = False, augment: bool = True) -> dict:
     """Train on protected images, test on clean ones; compare with training on ``train_clean`` (if given).
 
     Args:
         names: all label columns of ``train_labels`` / ``test_labels``.
         attributes: the (unprotected) attributes whose utility is reported.
+        augment (`bool`): both classifiers train with `flip_colour_augment` (default), the recipe of a data user
+            whose model must work on real images; False trains on the images exactly as released.
     """
     yte = np.asarray(test_labels)
     model = train_attribute_classifier(train_protected, train_labels, names=names, epochs=epochs, seed=seed,
-                                       progress=progress)
+                                       progress=progress, augment=augment)
     acc = attribute_accuracies(predict_labels(model, test_clean), yte, names)
     if train_clean is None:
         return {"per_attribute": {a: {"accuracy": acc[a]} for a in attributes},
                 "mean_accuracy": float(np.mean([acc[a] for a in attributes]))}
     clean = train_attribute_classifier(train_clean, train_labels, names=names, epochs=epochs, seed=seed,
-                                       progress=progress)
+                                       progress=progress, augment=augment)
     clean_acc = attribute_accuracies(predict_labels(clean, test_clean), yte, names)
     return utility_report(acc, clean_acc, attributes)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -217,6 +217,7 @@ def train_classifier(
     accelerator: Any = None,
     mixed_precision: str = "no",
     progress: bool = True,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> torch.nn.Module:
     """Train `model` with AdamW on `(images, labels)`; deterministic given `seed` and the initial weights.
 
@@ -234,6 +235,10 @@ def train_classifier(
         weight_decay (`float`): AdamW's decoupled weight decay.
         accelerator (`accelerate.Accelerator`, *optional*): created with `mixed_precision` when omitted.
         progress (`bool`): show a tqdm bar on the main process.
+        augment (`callable`, *optional*): ``augment(x, generator)`` maps each training batch of pixel values
+            ``(B, 3, H, W)`` in [-1, 1] to an augmented batch of the same shape, drawing its randomness from
+            ``generator`` (seeded from `seed` and the process index, so a run is reproducible). None (the default)
+            trains on the images as given, which the unlearning updates assume.
 
     Returns:
         The trained model (unwrapped from any DDP wrapper), in eval mode.
@@ -273,6 +278,7 @@ def train_classifier(
         bar = tqdm(
             total=total_steps, desc="train", disable=not progress or not accelerator.is_main_process, leave=False
         )
+        aug_gen = torch.Generator().manual_seed(seed * 1_000_003 + 17 + rank) if augment is not None else None
         for epoch in range(epochs):
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
             running = 0.0
@@ -280,6 +286,8 @@ def train_classifier(
                 rows = order[step * batch_size : (step + 1) * batch_size][rank::world]
                 x = to_pixel_values(images[rows.numpy()] if isinstance(images, np.ndarray) else images[rows])
                 y = y_all[rows]
+                if augment is not None:
+                    x = augment(x, aug_gen)
                 x, y = x.to(device), y.to(device)
                 with accelerator.autocast():
                     logits = model(pixel_values=x).logits

@@ -54,6 +54,14 @@ def test_json_holds_every_row_and_figure(sweep):
     row = next(r for r in data["rows"] if r["method"] == "dpdiffusion" and r["epsilon"] == 1.0)
     assert set(row["leakage"]["best"]) == {"dark_skin", "long_hair"}
     assert set(row["utility"]["per_attribute"]) == {"smiling", "eyeglasses", "wearing_hat"}
+    # the utility classifier (and its clean reference) train with flips and colour jitter; the attacker does not
+    assert data["config"]["utility_augment"] is True and "flips and colour jitter" in (out / "results.md").read_text()
+    for a, v in row["utility"]["per_attribute"].items():
+        assert v["clean_accuracy"] == data["clean"]["utility_accuracy"][a]
+        assert v["accuracy"] == row["accuracy_on_clean_test"][a]
+        assert row["utility_without_augmentation"]["per_attribute"][a]["clean_accuracy"] == data["clean"]["accuracy"][a]
+    assert data["claims"]["utility_ratio_mean_without_augmentation"] == pytest.approx(
+        row["utility_without_augmentation"]["mean_ratio"])
     assert {"psnr_db", "ssim", "fd_synthfaces_resnet"} <= set(row["quality"])
     assert row["description"]["neighbouring_relation"].startswith("attribute-neighbours")
     assert row["leakage_bound"] == pytest.approx(math.e / (1 + math.e), abs=1e-4)
@@ -180,6 +188,28 @@ def test_cli_evaluate_experiments_in_process(tmp_path, dummy_pipe, capsys):
     assert [r["method"] for r in results["rows"]] == ["dpdiffusion"]
     assert "results:" in capsys.readouterr().out
     assert build_parser().parse_args(["evaluate", "autoencoder", "--num-images", "3"]).func is cmd_evaluate
+    parsed = build_parser().parse_args(["evaluate", "autoencoder", "--agreement-steps", "5", "20"])
+    assert parsed.agreement_steps == [5, 20]
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", "experiments", "--epsilons", "0"])
     assert exc.value.code == 2
+
+
+def test_no_utility_augment_uses_the_attacker_and_the_plain_clean_reference(tmp_path, dummy_pipe):
+    from dpdiffusion.cli import main
+
+    model = tmp_path / "model"
+    dummy_pipe.save_pretrained(model)
+    out = tmp_path / "out"
+    assert main(["evaluate", "experiments", "--model", str(model), "--out", str(out), "--epsilons", "1",
+                 "--methods", "dpdiffusion", "--num-train", "20", "--num-test", "20", "--num-inference-steps", "1",
+                 "--classifier-epochs", "1", "--audit-epsilons", "--no-progress", "--no-utility-augment"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["utility_augment"] is False
+    assert results["clean"]["utility_accuracy"] == results["clean"]["accuracy"]
+    row = results["rows"][0]
+    for a, v in row["utility"]["per_attribute"].items():
+        assert v["clean_accuracy"] == results["clean"]["accuracy"][a]
+    assert row["utility_without_augmentation"] == row["utility"]
+    assert "utility_ratio_mean_without_augmentation" not in results["claims"]
+    assert "(the attacker itself)" in (out / "results.md").read_text()

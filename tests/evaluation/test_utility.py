@@ -95,5 +95,50 @@ def test_evaluate_autoencoder_reports_agreement_and_the_judges_accuracy(dummy_pi
         assert set(out[key]) == set(judge[1]) and all(0 <= v <= 1 for v in out[key].values()), key
     assert out["independent_classifier_accuracy"] == judge[1]
     assert out["all_targets_met"] in (True, False) and out["num_images"] == 20
+    assert out["attribute_agreement_by_steps"] == {"2": out["attribute_agreement"]}
     with pytest.raises(ValueError, match="num_images"):
         evaluate_autoencoder(dummy_pipe, num_images=5, classifier=judge)
+    # further step counts: judged on the same codes; the main count's figures are unchanged by them
+    more = evaluate_autoencoder(dummy_pipe, num_images=20, num_inference_steps=2, batch_size=10, progress=False,
+                                classifier=judge, agreement_steps=[3, 1, 2])
+    assert list(more["attribute_agreement_by_steps"]) == ["1", "2", "3"]
+    assert more["attribute_agreement_by_steps"]["2"] == more["attribute_agreement"] == out["attribute_agreement"]
+    assert more["inversion_psnr_db"] == out["inversion_psnr_db"]
+    with pytest.raises(ValueError, match="agreement_steps"):
+        evaluate_autoencoder(dummy_pipe, num_images=20, classifier=judge, agreement_steps=[0])
+
+
+def test_flip_colour_augment_is_seeded_bounded_and_label_preserving():
+    from dpdiffusion.evaluation.utility import flip_colour_augment
+
+    x = torch.rand(64, 3, 8, 8) * 2 - 1
+    a = flip_colour_augment(x, torch.Generator().manual_seed(3))
+    b = flip_colour_augment(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == x.shape and a.dtype == x.dtype
+    assert a.min() >= -1 and a.max() <= 1 and not torch.allclose(a, x)
+    # a batch of one constant grey image: flips change nothing, jitter moves its brightness within +-30 %
+    grey = torch.zeros(256, 3, 4, 4)
+    g = (flip_colour_augment(grey, torch.Generator().manual_seed(0)) + 1) / 2
+    assert 0.5 * 0.7 - 1e-6 <= float(g.min()) and float(g.max()) <= 0.5 * 1.3 + 1e-6
+    assert float(g.std()) > 0.02  # per-image factors differ
+    # the horizontal flip happens to about half the images, and only a flip
+    ramp = torch.linspace(-1, 1, 8).expand(400, 3, 8, 8).contiguous()
+    out = flip_colour_augment(ramp, torch.Generator().manual_seed(1), strength=0.0)
+    flipped = torch.isclose(out, ramp.flip(-1), atol=1e-6).flatten(1).all(1)
+    kept = torch.isclose(out, ramp, atol=1e-6).flatten(1).all(1)
+    assert bool((flipped | kept).all()) and 150 < int(flipped.sum()) < 250
+    with pytest.raises(ValueError, match="B, 3, H, W"):
+        flip_colour_augment(torch.rand(3, 8, 8), torch.Generator())
+
+
+def test_augmented_classifier_still_learns_is_seeded_and_records_its_recipe():
+    x, y = _toy(256, 0)
+    xt, yt = _toy(128, 1)
+    plain = train_attribute_classifier(x, y, names=["left", "top"], epochs=4, enlarge=1)
+    aug = train_attribute_classifier(x, y, names=["left", "top"], epochs=4, enlarge=1, augment=True)
+    assert plain.config.train_augment == "none" and aug.config.train_augment == "flip_colour"
+    acc = attribute_accuracies(predict_labels(aug, xt), yt.numpy(), ["left", "top"])
+    assert min(acc.values()) > 0.8
+    # training is seeded: the same recipe gives the same weights
+    again = train_attribute_classifier(x, y, names=["left", "top"], epochs=4, enlarge=1, augment=True)
+    assert all(torch.equal(p, q) for p, q in zip(aug.state_dict().values(), again.state_dict().values()))
