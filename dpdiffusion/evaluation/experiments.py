@@ -215,7 +215,7 @@ def _evaluate_setting(pipe, data: EvaluationData, prot_train: torch.Tensor, prot
                                  data.test_labels[:, [names.index(a) for a in protected]], names=protected,
                                  epsilon=eps_bound, delta=delta)
     best = {a: max([resnet[a]] + ([probe[a]] if a in probe else []), key=lambda d: d["accuracy"]) for a in protected}
-    # utility: the same classifier on clean test images
+    # utility: the data user's classifier (the attacker itself without augmentation) on clean test images
     acc = attribute_accuracies(pred_clean, data.test_labels, names)
     acc_prot = attribute_accuracies(pred_prot, data.test_labels, names)
     util = utility_report(acc, clean["utility_accuracy"], unprotected) if unprotected else None
@@ -696,7 +696,7 @@ def run_paper_experiments(
                 cache[key] = _evaluate_setting(pipe, data, prot[:ntr], prot[ntr:], protected=protected,
                                                unprotected=unprotected, epsilon=None, delta=delta, clean=clean,
                                                epochs=epochs, seed=seed, feature_fn=feature_fn,
-                                           utility_augment=utility_augment)
+                                               utility_augment=utility_augment)
                 cache[key]["_samples"] = prot[ntr:ntr + 8]
             res = dict(cache[key])
             samples[(name, eps)] = res.pop("_samples")
