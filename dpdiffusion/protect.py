@@ -11,13 +11,13 @@ Output layout (an ``imagefolder`` that ``datasets.load_dataset("imagefolder", da
 
 Streaming: rows are read one batch at a time (a ``save_to_disk`` folder as a stream of its Arrow shards, not a memory
 map) and the part files are merged by a k-way merge of index-sorted runs, so memory stays flat in the dataset size.
-Crash safety: each image is
-written to a temporary file and renamed (atomic), and only then is its record appended (flushed and fsync'ed) to the
-worker's part file; a rerun skips every row that has a record and redoes the rest. The noise of row ``i`` comes from
-a generator seeded by ``(seed, i)``, and batches are fixed blocks of ``batch_size`` consecutive rows (of the worker's
-share), a partly done block being recomputed whole, so that every image is computed in the same batch as in an
-uninterrupted run: a run killed at any point (even SIGKILL) and resumed with the same ``batch_size`` writes the same
-files, byte for byte, as an uninterrupted one (a different ``batch_size`` may change pixel values by float rounding).
+Crash safety: each image is written to a temporary file and renamed (atomic), and only then is its record appended
+(flushed and fsync'ed) to the worker's part file; a rerun skips every row that has a record and redoes the rest. The
+noise of row ``i`` comes from a generator seeded by ``(seed, i)``, and batches are fixed blocks of ``batch_size``
+consecutive rows (of the worker's share), a partly done block being recomputed whole, so that every image is computed
+in the same batch as in an uninterrupted run: a run killed at any point (even SIGKILL) and resumed with the same
+``batch_size`` writes the same files, byte for byte, as an uninterrupted one (a different ``batch_size`` may change
+pixel values by float rounding).
 Stale temporary files of killed runs are removed at the end. Under ``accelerate launch`` process ``R`` of ``W`` takes
 the rows ``i`` with ``i % W == R`` (data-parallel).
 """

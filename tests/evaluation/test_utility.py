@@ -95,6 +95,9 @@ def test_evaluate_autoencoder_reports_agreement_and_the_judges_accuracy(dummy_pi
         assert set(out[key]) == set(judge[1]) and all(0 <= v <= 1 for v in out[key].values()), key
     assert out["independent_classifier_accuracy"] == judge[1]
     assert out["all_targets_met"] in (True, False) and out["num_images"] == 20
+    met = (out["inversion_psnr_db"] >= 28.0 and min(out["attribute_agreement"].values()) >= 0.9
+           and min(out["probe_accuracy"].values()) >= 0.95)
+    assert out["all_targets_met"] == met
     assert out["attribute_agreement_by_steps"] == {"2": out["attribute_agreement"]}
     with pytest.raises(ValueError, match="num_images"):
         evaluate_autoencoder(dummy_pipe, num_images=5, classifier=judge)
