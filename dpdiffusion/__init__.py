@@ -13,6 +13,7 @@ _LAZY = {
     "DPDiffusionPipeline": "dpdiffusion.pipeline_dp_diffusion",
     "DPDiffusionPipelineOutput": "dpdiffusion.pipeline_dp_diffusion",
     "DEFAULT_MODEL": "dpdiffusion.models.default",
+    "load_pipeline": "dpdiffusion.models.default",
     "SemanticEncoder": "dpdiffusion.models.semantic_encoder",
     "AttributeDirections": "dpdiffusion.models.attribute_directions",
     "PrivacySpec": "dpdiffusion.privacy.spec",
@@ -42,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .data.attributes import load_attribute_dataset
     from .data.synthfaces import make_synthfaces, render_counterfactual
     from .models.attribute_directions import AttributeDirections
-    from .models.default import DEFAULT_MODEL
+    from .models.default import DEFAULT_MODEL, load_pipeline
     from .models.semantic_encoder import SemanticEncoder
     from .pipeline_dp_diffusion import DPDiffusionPipeline, DPDiffusionPipelineOutput
     from .privacy.accounting import gaussian_epsilon, gaussian_sigma

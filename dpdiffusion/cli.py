@@ -15,6 +15,8 @@ import types
 import typing
 from pathlib import Path
 
+from .models.default import load_pipeline
+
 logger = logging.getLogger("dpdiffusion")
 
 
@@ -67,16 +69,8 @@ def _dataclass_from(cls, ns: argparse.Namespace, **extra):
     return cls(**{k: v for k, v in vars(ns).items() if k in names}, **extra)
 
 
-def _load_pipeline(model: str | None):
-    from .models.default import DEFAULT_MODEL, default_model_available
-    from .pipeline_dp_diffusion import DPDiffusionPipeline
-
-    if model in (None, "default", "DEFAULT_MODEL"):
-        if not default_model_available():
-            raise ValueError("the embedded default model is not installed; train it with "
-                             "scripts/train_default_models.py --install or pass --model PATH_OR_REPO")
-        model = DEFAULT_MODEL
-    return DPDiffusionPipeline.from_pretrained(model, use_safetensors=True)  # never unpickle weights
+# the pipeline loader lives with the default model (the demo and the evaluation use it too, without importing the CLI)
+_load_pipeline = load_pipeline
 
 
 def cmd_train(ns) -> int:

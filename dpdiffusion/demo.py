@@ -131,7 +131,7 @@ def run_demo(out: str | Path, *, model: str | None = None, num_images: int = 16,
         evaluation_options (`dict`, *optional*): keyword arguments of
             `dpdiffusion.evaluation.experiments.run_paper_experiments` (default: its ``quick=True`` sweep).
     """
-    from .cli import _load_pipeline
+    from .models.default import load_pipeline as _load_pipeline
     from .data.synthfaces import make_synthfaces_arrays
 
     if num_images < 1:

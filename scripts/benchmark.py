@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="Also write the JSON here.")
     args = parser.parse_args(argv)
 
-    from dpdiffusion.cli import _load_pipeline
+    from dpdiffusion.models.default import load_pipeline as _load_pipeline
 
     result = {"device": _device_name(), "torch": torch.__version__, "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:

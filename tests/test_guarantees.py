@@ -467,7 +467,7 @@ def pickle_only_model(tmp_path, dummy_components):
 
 def test_promise_our_loaders_read_safetensors_only(pickle_only_model):
     """Issue: "model loading uses safetensors only": the CLI and the Space refuse a model stored only as pickles."""
-    from dpdiffusion.cli import _load_pipeline
+    from dpdiffusion.models.default import load_pipeline as _load_pipeline
 
     with pytest.raises(OSError, match="safetensors"):
         _load_pipeline(str(pickle_only_model))

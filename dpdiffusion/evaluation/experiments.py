@@ -543,7 +543,7 @@ def run_paper_experiments(
     out.mkdir(parents=True, exist_ok=True)
 
     if pipe is None:
-        from ..cli import _load_pipeline
+        from ..models.default import load_pipeline as _load_pipeline
 
         pipe = _load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)

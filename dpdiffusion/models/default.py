@@ -19,6 +19,25 @@ def default_model_available() -> bool:
     return (Path(DEFAULT_MODEL) / "model_index.json").is_file()
 
 
+def load_pipeline(model: str | None = None, **kwargs):
+    """``DPDiffusionPipeline.from_pretrained`` of ``model`` (a folder or a Hub repo id; ``None`` or ``"default"``:
+    the embedded default), safetensors weights only: the one loader of the CLI, the demo and the evaluation.
+
+    Raises:
+        ValueError: if the embedded default is asked for but not installed.
+        OSError: if the model has no safetensors weights (pickled weights are never loaded).
+    """
+    from ..pipeline_dp_diffusion import DPDiffusionPipeline
+
+    if model in (None, "default", "DEFAULT_MODEL"):
+        if not default_model_available():
+            raise ValueError("the embedded default model is not installed; train it with "
+                             "scripts/train_default_models.py --install or pass --model PATH_OR_REPO")
+        model = DEFAULT_MODEL
+    kwargs["use_safetensors"] = True  # never unpickle weights
+    return DPDiffusionPipeline.from_pretrained(model, **kwargs)
+
+
 def render_pipeline_card(model_dir: str | Path, *, command: str, training_state: dict | None = None,
                          repo_or_path: str = "DEFAULT_MODEL", evaluation: dict | None = None,
                          evaluation_command: str | None = None) -> str:
