@@ -201,15 +201,16 @@ def run_demo(out: str | Path, *, model: str | None = None, num_images: int = 16,
         "",
         "![before/after grid](grid.png)",
         "",
-        "Rows: the originals, then the same faces released at each epsilon (same seed).",
+        "Rows: the originals, then the same faces released at each epsilon (the same stochastic code x_T for every "
+        "row; the privacy noise of each release is fresh, from the OS CSPRNG).",
         "",
-        "| epsilon | delta | noise multiplier | sigma per attribute | strength | guarantee |",
-        "|---|---|---|---|---|---|",
+        "| epsilon | delta | noise multiplier | sigma per attribute | strength | noise source | guarantee |",
+        "|---|---|---|---|---|---|---|",
     ]
     for rel in releases:
         sig = ", ".join(f"{k}: {_fmt(v)}" for k, v in rel["sigmas"].items())
         lines.append(f"| {_fmt(rel['epsilon'])} | {rel['delta']:g} | {_fmt(rel['noise_multiplier'])} | {sig} | "
-                     f"{rel['strength']:.3f} | {rel['guarantee']} |")
+                     f"{rel['strength']:.3f} | {rel['noise_source']} | {rel['guarantee']} |")
     lines += ["", "Neighbouring relation: " + releases[0]["neighbouring_relation"] + ".", ""]
     lines += ["## Feature unlearning", "", unlearning["setup"], "", unlearning["table_md"], "",
               "![unlearning time and accuracy](unlearning.png)", ""]

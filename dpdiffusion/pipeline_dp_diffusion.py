@@ -10,6 +10,11 @@ see ``dpdiffusion.privacy.mechanism`` for the statement, the calibration and wha
 With ``stochastic_code="inverted"`` ``x_T`` comes from DDIM inversion of ``x`` and the output says
 ``guarantee="heuristic"``: ``x_T`` carries information about ``x`` that the accountant does not cover.
 
+Noise source: the privacy noise comes from the OS CSPRNG unless the caller passes ``secure_mode=False``; then the
+``generator`` drives the privacy noise too (reproducible, for tests and research), and every output says
+``noise_source="seeded"`` and ``guarantee="none (reproducible noise)"``: whoever knows the seed can subtract the noise.
+The stochastic code ``x_T`` always follows the ``generator`` (it is not privacy noise).
+
 The pipeline is plumbing: it never derives a privacy number itself; all of them come from ``dpdiffusion.privacy``.
 """
 
@@ -55,8 +60,9 @@ class PrivacyReport:
         residual_sigma (`float | None`): noise std on the residual (``scope="latent"`` only).
         strength (`float`): the equivalent forward-diffusion time in [0, 1] of that noise.
         attributes (`tuple[str]`), weights (`tuple[float]`), clip_bounds (`dict[str, float]`).
-        scope (`str`), guarantee (`str`): ``"formal"`` or ``"heuristic"``.
+        scope (`str`), guarantee (`str`): ``"formal"``, ``"heuristic"`` or ``"none (reproducible noise)"``.
         neighbouring_relation (`str`): the relation the guarantee is stated for.
+        noise_source (`str`): ``"csprng"`` (the OS CSPRNG) or ``"seeded"`` (replayable from the generator).
     """
 
     epsilon: float
@@ -71,6 +77,7 @@ class PrivacyReport:
     scope: str
     guarantee: str
     neighbouring_relation: str
+    noise_source: str = "csprng"
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -82,7 +89,8 @@ class DPDiffusionPipelineOutput(BaseOutput):
 
     Attributes:
         images (`list[PIL.Image.Image]` or `np.ndarray` or `torch.Tensor`): the protected images.
-        epsilon, delta, noise_multiplier, sigmas, strength, attributes, guarantee: see ``PrivacyReport``.
+        epsilon, delta, noise_multiplier, sigmas, strength, attributes, guarantee, noise_source: see
+            ``PrivacyReport``; ``guarantee == "formal"`` only for CSPRNG noise and a random stochastic code.
         report (`PrivacyReport`): everything above plus clip bounds, weights, scope and neighbouring relation.
         remaining_budget (`list[float] | None`): per-subject epsilon left in the ledger, when a ledger was used.
     """
@@ -95,6 +103,7 @@ class DPDiffusionPipelineOutput(BaseOutput):
     strength: float
     attributes: tuple
     guarantee: str
+    noise_source: str = "csprng"
     report: PrivacyReport | None = None
     remaining_budget: list | None = None
 
@@ -153,14 +162,17 @@ class DPDiffusionPipeline(DiffusionPipeline):
         return chosen or [names[0]]
 
     def privacy_spec(self, *, attributes=None, weights=None, epsilon=None, strength=None, delta=1e-5,
-                     scope="attributes", stochastic_code="random") -> PrivacySpec:
+                     scope="attributes", stochastic_code="random", secure_mode: bool = True) -> PrivacySpec:
         """Validate the privacy arguments and resolve ``strength`` to epsilon; returns the ``PrivacySpec``.
 
         Raises:
             ValueError: naming the argument and its allowed range; in particular an epsilon so small that its noise
             lies beyond the model's noise schedule (no diffusion strength to report) is refused with the smallest
-            epsilon this model accepts at that delta.
+            epsilon this model accepts at that delta, and a strength whose noise is too small to give a finite
+            epsilon > 0 at that delta ... is refused naming ``strength`` with the range that works.
         """
+        if not isinstance(secure_mode, (bool, np.bool_)):
+            raise ValueError(f"secure_mode must be True or False, got secure_mode={secure_mode!r}")
         if attributes is not None:
             if isinstance(attributes, str):
                 raise ValueError(f"attributes must be a sequence of names, not one string; use attributes=[{attributes!r}]")
@@ -175,12 +187,12 @@ class DPDiffusionPipeline(DiffusionPipeline):
         if strength is not None:
             if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
                 raise ValueError(f"strength must be a number in [0, 1], got strength={strength!r}")
-            epsilon = self._calibration_from_strength(float(strength), attributes, weights, delta, scope).epsilon
+            epsilon = self._epsilon_from_strength(float(strength), attributes, weights, delta, scope)
         if epsilon is None:
             epsilon = 1.0
         spec = PrivacySpec(epsilon=epsilon, delta=delta, attributes=tuple(attributes),
                            weights=None if weights is None else tuple(weights), scope=scope,
-                           stochastic_code=stochastic_code)
+                           stochastic_code=stochastic_code, noise_source="csprng" if secure_mode else "seeded")
         # the report states the noise as a diffusion strength too: noise beyond the schedule's end has none
         noise_multiplier = spec.noise_multiplier  # raises, naming epsilon, beyond double precision
         try:
@@ -199,11 +211,31 @@ class DPDiffusionPipeline(DiffusionPipeline):
         residual = self.attribute_directions.residual_clip_bound if scope == "latent" else None
         return bounds, residual
 
-    def _calibration_from_strength(self, strength, attributes, weights, delta, scope):
+    def _epsilon_from_strength(self, strength, attributes, weights, delta, scope) -> float:
         bounds, residual = self._bounds(attributes, scope)
-        m = mechanism.strength_to_noise_multiplier(strength, self.scheduler.alphas_cumprod)
-        return mechanism.calibrate_from_noise_multiplier(
-            noise_multiplier=m, delta=delta, clip_bounds=bounds, weights=weights, residual_clip_bound=residual)
+        alphas = self.scheduler.alphas_cumprod
+        m = mechanism.strength_to_noise_multiplier(strength, alphas)
+        epsilon = mechanism.calibrate_from_noise_multiplier(
+            noise_multiplier=m, delta=delta, clip_bounds=bounds, weights=weights, residual_clip_bound=residual).epsilon
+        if not epsilon > 0.0:  # so much noise that no epsilon > 0 is needed at this delta: no mechanism to state
+            largest = self._largest_strength(delta)
+            raise ValueError(
+                f"strength must be in [0, {largest:.6g}] for delta={delta:g} on this model: strength={strength!r} "
+                f"gives noise multiplier {m:.6g}, so much noise that the release is (0, {delta:g})-DP and no "
+                "epsilon > 0 can be stated; use a smaller strength (or a smaller delta)")
+        return epsilon
+
+    def _largest_strength(self, delta) -> float:
+        """The largest strength whose noise still gives epsilon > 0 at ``delta`` (bisection on the monotone map)."""
+        alphas = self.scheduler.alphas_cumprod
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            if gaussian_epsilon(sigma=mechanism.strength_to_noise_multiplier(mid, alphas), delta=delta) > 0.0:
+                lo = mid
+            else:
+                hi = mid
+        return lo
 
     def calibrate(self, spec: PrivacySpec):
         """The ``NoiseCalibration`` (noise multiplier, sigmas) of ``spec`` on this model's public clip bounds."""
@@ -226,13 +258,16 @@ class DPDiffusionPipeline(DiffusionPipeline):
             residual_sigma=None if cal.residual_sigma is None else float(cal.residual_sigma),
             strength=float(strength), attributes=tuple(names), weights=tuple(spec.normalized_weights()),
             clip_bounds={n: self.attribute_directions.clip_bounds[n] for n in names}, scope=spec.scope,
-            guarantee=spec.guarantee, neighbouring_relation=relation)
+            guarantee=spec.guarantee, neighbouring_relation=relation, noise_source=spec.noise_source)
 
     @torch.no_grad()
     def apply_privacy_noise(self, z: torch.Tensor, *, attributes=None, weights=None, epsilon=None, strength=None,
-                            delta: float = 1e-5, scope: str = "attributes", generator=None, secure_mode: bool = False,
+                            delta: float = 1e-5, scope: str = "attributes", generator=None, secure_mode: bool = True,
                             post_processing: str = "clip", spec: PrivacySpec | None = None):
         """Apply the weighted Gaussian mechanism to latents ``z`` (B, d).
+
+        The noise comes from the OS CSPRNG; ``secure_mode=False`` draws it from ``generator`` instead (reproducible,
+        reported as ``noise_source="seeded"``, not a private release). With ``spec`` its ``noise_source`` decides.
 
         Returns:
             `tuple[torch.Tensor, PrivacyReport]`: the noisy latents ``z~`` (B, d) and the report. With
@@ -245,7 +280,8 @@ class DPDiffusionPipeline(DiffusionPipeline):
         if post_processing not in ("clip", "none"):
             raise ValueError(f"post_processing must be 'clip' or 'none', got post_processing={post_processing!r}")
         spec = spec or self.privacy_spec(attributes=attributes, weights=weights, epsilon=epsilon, strength=strength,
-                                         delta=delta, scope=scope)
+                                         delta=delta, scope=scope, secure_mode=secure_mode)
+        secure = spec.noise_source == "csprng"
         cal = self.calibrate(spec)
         report = self.report_for(spec, cal)
         if math.isinf(spec.epsilon):
@@ -256,18 +292,19 @@ class DPDiffusionPipeline(DiffusionPipeline):
         # python floats: the mechanism rounds sigma up and bounds down for the tensor's dtype (towards privacy)
         bounds = dirs.clip_bound_tensor(names).tolist()
         a_noisy = mechanism.apply_weighted_gaussian_mechanism(a, clip_bounds=bounds, sigmas=list(cal.sigmas),
-                                                              generator=generator, secure_mode=secure_mode)
+                                                              generator=generator, secure_mode=secure)
         if post_processing == "clip":
             a_noisy = mechanism.postprocess_to_bounds(a_noisy, bounds)
         if spec.scope == "latent":
             basis = dirs.basis(names).to(device=z.device, dtype=z.dtype)
-            center = dirs.center.to(device=z.device, dtype=z.dtype)
-            offset = center - (center @ basis) @ basis.T  # (d,) = (I - A A^T) c
-            r = offset + mechanism.apply_residual_mechanism(
-                r - offset, clip_bound=dirs.residual_clip_bound, sigma=float(cal.residual_sigma), protected_basis=basis,
-                generator=generator, secure_mode=secure_mode)
+            # r = z - A A^T (z - c), so r - c = (I - A A^T)(z - c): the centred residual, in the complement of A,
+            # whose norm the public bound C_r bounds; the mechanism releases it and c is added back (public)
+            center = dirs.center.to(device=z.device, dtype=z.dtype)  # (d,)
+            r = center + mechanism.apply_residual_mechanism(
+                r - center, clip_bound=dirs.residual_clip_bound, sigma=float(cal.residual_sigma), protected_basis=basis,
+                generator=generator, secure_mode=secure)
             if post_processing == "clip":
-                r = offset + mechanism.clip_l2(r - offset, dirs.residual_clip_bound)
+                r = center + mechanism.clip_l2(r - center, dirs.residual_clip_bound)
         return dirs.compose(a_noisy, r, attributes=names), report
 
     @torch.no_grad()
@@ -357,7 +394,7 @@ class DPDiffusionPipeline(DiffusionPipeline):
         output_type: str = "pil",
         ledger=None,
         subject_ids: Sequence[str] | None = None,
-        secure_mode: bool = False,
+        secure_mode: bool = True,
         guidance_scale: float | None = None,
         return_dict: bool = True,
     ):
@@ -373,11 +410,13 @@ class DPDiffusionPipeline(DiffusionPipeline):
             scope (`str`): ``"attributes"`` or ``"latent"``.
             stochastic_code (`str`): ``"random"`` (formal guarantee) or ``"inverted"`` (heuristic, higher fidelity).
             num_inference_steps (`int`): DDIM steps.
-            generator: ``torch.Generator`` for the privacy noise and ``x_T``.
+            generator: ``torch.Generator`` for ``x_T`` (and for the privacy noise only with ``secure_mode=False``).
             output_type (`str`): ``"pil"``, ``"np"`` or ``"pt"``.
             ledger (`PrivacyLedger`): charge each release to ``subject_ids`` and refuse overspending.
             subject_ids (`list[str]`): one subject id per image (required with ``ledger``).
-            secure_mode (`bool`): draw the privacy noise from a cryptographically secure source.
+            secure_mode (`bool`, defaults to `True`): draw the privacy noise from the OS CSPRNG. ``False`` draws it
+                from ``generator`` (reproducible: ``noise_source="seeded"``, ``guarantee="none (reproducible
+                noise)"``; for tests and research, never for a release).
             guidance_scale (`float`): semantic guidance of the decoder (see ``decode``); post-processing.
 
         Returns:
@@ -389,7 +428,7 @@ class DPDiffusionPipeline(DiffusionPipeline):
         """
         # 1. check inputs and resolve the privacy spec (all validation before any work or charge)
         spec = self.privacy_spec(attributes=attributes, weights=weights, epsilon=epsilon, strength=strength,
-                                 delta=delta, scope=scope, stochastic_code=stochastic_code)
+                                 delta=delta, scope=scope, stochastic_code=stochastic_code, secure_mode=secure_mode)
         x0 = self.preprocess(images)  # (B, 3, H, W)
         self.check_inputs(num_inference_steps, output_type, ledger, subject_ids, x0.shape[0], generator, secure_mode)
         self._guidance(guidance_scale, stochastic_code)  # validate before anything is charged
@@ -398,7 +437,8 @@ class DPDiffusionPipeline(DiffusionPipeline):
         remaining = None
         if ledger is not None:
             remaining = ledger.charge_many(list(subject_ids), noise_multiplier=cal.noise_multiplier,
-                                           attributes=list(spec.attributes), scope=spec.scope)
+                                           attributes=list(spec.attributes), scope=spec.scope,
+                                           guarantee=spec.guarantee)
         # 3. encode
         z = self.encode_tensor(x0)  # (B, d)
         # 4. stochastic code x_T (drawn first, so that epsilon=inf equals decode(encode(x)) with the same generator)
@@ -407,7 +447,7 @@ class DPDiffusionPipeline(DiffusionPipeline):
         else:
             x_t = ddim_invert(self.unet, self.scheduler, x0, self.encoder.condition(z), num_inference_steps)
         # 5. the privacy mechanism on the semantic latent
-        z_noisy, report = self.apply_privacy_noise(z, spec=spec, generator=generator, secure_mode=secure_mode)
+        z_noisy, report = self.apply_privacy_noise(z, spec=spec, generator=generator)
         # 6. deterministic DDIM decode with a progress bar
         out = self.decode(z_noisy, stochastic_code=x_t, num_inference_steps=num_inference_steps,
                           output_type=output_type, guidance_scale=self._guidance(guidance_scale, stochastic_code))
@@ -417,4 +457,4 @@ class DPDiffusionPipeline(DiffusionPipeline):
         return DPDiffusionPipelineOutput(
             images=out, epsilon=report.epsilon, delta=report.delta, noise_multiplier=report.noise_multiplier,
             sigmas=report.sigmas, strength=report.strength, attributes=report.attributes, guarantee=report.guarantee,
-            report=report, remaining_budget=remaining)
+            noise_source=report.noise_source, report=report, remaining_budget=remaining)

@@ -11,13 +11,21 @@ Output layout (an ``imagefolder`` that ``datasets.load_dataset("imagefolder", da
 
 Streaming: rows are read one batch at a time (a ``save_to_disk`` folder as a stream of its Arrow shards, not a memory
 map) and the part files are merged by a k-way merge of index-sorted runs, so memory stays flat in the dataset size.
-Crash safety: each image is written to a temporary file and renamed (atomic), and only then is its record appended
-(flushed and fsync'ed) to the worker's part file; a rerun skips every row that has a record and redoes the rest. The
-noise of row ``i`` comes from a generator seeded by ``(seed, i)``, and batches are fixed blocks of ``batch_size``
-consecutive rows (of the worker's share), a partly done block being recomputed whole, so that every image is computed
-in the same batch as in an uninterrupted run: a run killed at any point (even SIGKILL) and resumed with the same
+Privacy noise: from the OS CSPRNG (a private release), unless ``insecure_seed`` is given (``--insecure-seed N``): then
+row ``i``'s privacy noise and stochastic code come from a generator seeded by ``(N, i)``, anyone holding the output
+(whose ``protect_config.json`` records N) can replay the noise, and every record says ``noise_source="seeded"`` and
+``guarantee="none (reproducible noise)"``. In the default mode nothing written to the output folder lets anyone
+recompute the noise (the stochastic codes come from generators seeded by the CSPRNG and are not recorded).
+
+Crash safety, and each row released once: each image is written to a temporary file and renamed (atomic), and only
+then is its record appended (flushed and fsync'ed) to the worker's part file. A rerun keeps every image already
+written: a row with an image and a record is done; a row whose image was written but whose record was lost in a crash
+gets its record back without being recomputed; a row whose record exists but whose image file has gone is *not*
+released a second time with other noise (it is listed in ``skipped.jsonl``). Only the remaining rows are protected.
+With ``insecure_seed``, batches are fixed blocks of ``batch_size`` consecutive rows (of the worker's share), a partly
+done block being recomputed whole, so that a run killed at any point (even SIGKILL) and resumed with the same
 ``batch_size`` writes the same files, byte for byte, as an uninterrupted one (a different ``batch_size`` may change
-pixel values by float rounding).
+pixel values by float rounding); a recomputed row's image is then the same release, and a lost one is rewritten.
 Stale temporary files of killed runs are removed at the end. Under ``accelerate launch`` process ``R`` of ``W`` takes
 the rows ``i`` with ``i % W == R`` (data-parallel).
 """
@@ -29,6 +37,7 @@ import io
 import json
 import logging
 import os
+import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -56,11 +65,18 @@ class ProtectConfig:
     stochastic_code: str = field(default="random", metadata={"help": "'random' (formal) or 'inverted' (heuristic)."})
     num_inference_steps: int = field(default=50, metadata={"help": "DDIM steps."})
     batch_size: int = field(default=16, metadata={"help": "Images per batch."})
-    seed: int = field(default=0, metadata={"help": "Seed; row i uses a generator seeded by (seed, i)."})
+    insecure_seed: int | None = field(default=None, metadata={"help": (
+        "Reproducible noise for tests and research, NOT a private release: row i's privacy noise and stochastic "
+        "code come from a generator seeded by (N, i), and every record says noise_source='seeded'. Omit it for a "
+        "private release (privacy noise from the OS CSPRNG).")})
     split: str = field(default="train", metadata={"help": "Split of a Hub dataset or image folder."})
     image_column: str = field(default="image", metadata={"help": "Image column."})
     limit: int | None = field(default=None, metadata={"help": "Only the first N rows."})
-    secure_mode: bool = field(default=False, metadata={"help": "Draw privacy noise from a CSPRNG."})
+
+    @property
+    def secure_mode(self) -> bool:
+        """Whether the privacy noise comes from the OS CSPRNG (no ``insecure_seed``)."""
+        return self.insecure_seed is None
 
 
 def _row_generator(seed: int, index: int) -> torch.Generator:
@@ -129,13 +145,12 @@ def _check_config(config: ProtectConfig) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {name}={value!r}")
-    if isinstance(config.seed, bool) or not isinstance(config.seed, int):
-        raise ValueError(f"seed must be an integer, got seed={config.seed!r}")
+    if config.insecure_seed is not None and (isinstance(config.insecure_seed, bool)
+                                             or not isinstance(config.insecure_seed, int)):
+        raise ValueError(f"insecure_seed must be None or an integer, got insecure_seed={config.insecure_seed!r}")
     if config.limit is not None and (isinstance(config.limit, bool) or not isinstance(config.limit, int)
                                      or config.limit < 0):
         raise ValueError(f"limit must be None or an integer >= 0, got limit={config.limit!r}")
-    if not isinstance(config.secure_mode, bool):
-        raise ValueError(f"secure_mode must be True or False, got secure_mode={config.secure_mode!r}")
 
 
 def _open_append(path: Path):
@@ -177,10 +192,13 @@ def _has_image(out: Path, rec: dict) -> bool:
     return isinstance(rec.get("file_name"), str) and (out / rec["file_name"]).is_file()
 
 
-def _read_done(out: Path, part_dir: Path) -> set[int]:
-    """Rows with a complete record whose image file exists (anything else is redone)."""
-    return {index for part in part_dir.glob("worker-*.jsonl") for index, _, rec in _part_records(part)
-            if _has_image(out, rec)}
+def _image_name(index: int) -> str:
+    return f"images/{index:08d}.png"
+
+
+def _read_recorded(part_dir: Path) -> set[int]:
+    """Rows with a complete record (their image was written before the record)."""
+    return {index for part in part_dir.glob("worker-*.jsonl") for index, _, _ in _part_records(part)}
 
 
 def _read_listed(part_dir: Path) -> set[int]:
@@ -212,7 +230,11 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
     # validate all arguments before touching the disk
     _check_config(config)
     spec = pipe.privacy_spec(attributes=config.attributes, weights=config.weights, epsilon=config.epsilon,
-                             delta=config.delta, scope=config.scope, stochastic_code=config.stochastic_code)
+                             delta=config.delta, scope=config.scope, stochastic_code=config.stochastic_code,
+                             secure_mode=config.secure_mode)
+    if not config.secure_mode:
+        logger.warning("insecure_seed=%d: the privacy noise is reproducible from the seed written to "
+                       "protect_config.json; the output is NOT a private release", config.insecure_seed)
     out = Path(config.output_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     part_dir = out / ".parts"
@@ -225,7 +247,7 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
             raise ValueError(f"{out} was written with other settings {old}; use another output_dir or the same settings")
     elif rank == 0:
         _atomic_write_bytes(cfg_path, json.dumps(_jsonable(settings), indent=2).encode())
-    done = _read_done(out, part_dir)
+    recorded = _read_recorded(part_dir)
     listed = _read_listed(part_dir)
     report = pipe.report_for(spec)
     figures = report.to_dict()
@@ -234,47 +256,79 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
     bar = tqdm(desc=f"protect (worker {rank})", unit="img", disable=not progress, position=rank)
     n_skipped = 0
 
-    def run_block(block):
-        """Protect one block of rows; rows already done are recomputed (same batch, same bits) but not rewritten."""
+    def status(i):
+        """"done" (image and record), "recover" (image without record), "lost" (record without image), "todo"."""
+        has_image = (out / _image_name(i)).is_file()
+        if i in recorded:
+            return "done" if has_image else "lost"
+        return "recover" if has_image else "todo"
+
+    def list_skipped(entry):
         nonlocal n_skipped
-        if all(i in done or i in listed for i, _ in block):
-            return
-        batch = []
+        n_skipped += 1
+        skipped.write((json.dumps(entry) + "\n").encode())
+        skipped.flush()
+
+    def run_block(block):
+        """Protect one block of rows, each released once: an image already written is kept (its record is written
+        again if a crash lost it); in the CSPRNG mode a row whose image went missing is listed, not released again.
+        In the seeded mode a partly done block is recomputed whole (same batch, same bits) and only missing files
+        are written."""
+        lines, batch = [], []
         for i, row in block:
+            if i in listed:
+                continue
+            state = status(i)
+            extra = {k: v for k, v in row.items() if k != config.image_column and k not in figures}
+            if state == "lost" and config.secure_mode:
+                list_skipped({"index": i, "reason": "released earlier (its record exists) but its image file is "
+                                                    "missing; not released a second time with other noise"})
+                continue
+            if state == "recover":  # crashed between the image and its record: the image on disk is the release
+                lines.append(json.dumps(_jsonable({"index": i, "file_name": _image_name(i), **figures, **extra}))
+                             + "\n")
+                recorded.add(i)
+            if config.secure_mode and state != "todo":
+                continue
             try:
                 img = _decode(row[config.image_column])
                 pipe.preprocess(img)  # mode/size problems surface here, per row
             except Exception as exc:  # noqa: BLE001 - any unreadable row is skipped and listed, never a crash
-                n_skipped += 1
                 value = row.get(config.image_column)
                 where = value.get("path") if isinstance(value, dict) else None
-                entry = {"index": i, **({"path": str(where)} if where else {}), "reason": f"{type(exc).__name__}: {exc}"}
-                skipped.write((json.dumps(entry) + "\n").encode())
-                skipped.flush()
+                list_skipped({"index": i, **({"path": str(where)} if where else {}),
+                              "reason": f"{type(exc).__name__}: {exc}"})
                 continue
-            extra = {k: v for k, v in row.items() if k != config.image_column and k not in figures}
-            batch.append((i, img, extra))
-        if not batch:
-            return
-        gens = [_row_generator(config.seed, i) for i, _, _ in batch]
-        result = pipe([img for _, img, _ in batch], attributes=list(spec.attributes), weights=spec.weights,
+            batch.append((i, img, extra, state))
+        if any(state in ("todo", "lost") for *_, state in batch):
+            lines.extend(release(batch))
+        if lines:
+            part.write("".join(lines).encode())  # records only after their images are in place
+            part.flush()
+            os.fsync(part.fileno())
+            bar.update(len(lines))
+
+    def release(batch) -> list[str]:
+        """Protect ``batch``, write the images of its rows still to do (atomically) and return their records."""
+        if config.secure_mode:  # stochastic codes from CSPRNG-seeded generators, never recorded
+            gens = [torch.Generator().manual_seed(secrets.randbits(63)) for _ in batch]
+        else:
+            gens = [_row_generator(config.insecure_seed, i) for i, *_ in batch]
+        result = pipe([img for _, img, _, _ in batch], attributes=list(spec.attributes), weights=spec.weights,
                       epsilon=spec.epsilon, delta=spec.delta, scope=spec.scope, stochastic_code=spec.stochastic_code,
                       num_inference_steps=config.num_inference_steps, generator=gens, output_type="pil",
                       secure_mode=config.secure_mode)
         lines = []
-        for (i, _, extra), image in zip(batch, result.images):
-            if i in done:
+        for (i, _, extra, state), image in zip(batch, result.images):
+            if state not in ("todo", "lost"):  # seeded mode: recomputed for the batch, already on disk
                 continue
-            name = f"images/{i:08d}.png"
             buf = io.BytesIO()
             image.save(buf, format="PNG")
-            _atomic_write_bytes(out / name, buf.getvalue())
-            record = {"index": i, "file_name": name, **figures, **extra}
-            lines.append(json.dumps(_jsonable(record)) + "\n")
-        part.write("".join(lines).encode())  # records only after their images are in place
-        part.flush()
-        os.fsync(part.fileno())
-        bar.update(len(lines))
+            _atomic_write_bytes(out / _image_name(i), buf.getvalue())
+            if state == "todo":  # a "lost" row (seeded mode) has its record: the same image is written again
+                lines.append(json.dumps(_jsonable({"index": i, "file_name": _image_name(i), **figures, **extra}))
+                             + "\n")
+        return lines
 
     # Fixed blocks: row i is the (i // world)-th row of its worker and belongs to block (i // world) // batch_size,
     # whatever was done before, so a resumed run batches every row exactly as an uninterrupted run does.
@@ -293,7 +347,8 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
     part.close()
     skipped.close()
     if n_skipped:
-        logger.warning("worker %d skipped %d unreadable row(s); see %s", rank, n_skipped, out / "skipped.jsonl")
+        logger.warning("worker %d listed %d row(s) in %s (unreadable, or released before and their image lost)",
+                       rank, n_skipped, out / "skipped.jsonl")
     if accelerator is not None:
         accelerator.wait_for_everyone()
     if rank == 0:

@@ -83,14 +83,16 @@ def test_promise_stages_are_public_and_are_the_release(dummy_pipe, dummy_images)
     z = dummy_pipe.encode(dummy_images)  # (B, d)
     a, r = dirs.project(z, attributes=ATTRS)
     assert torch.allclose(dirs.compose(a, r, attributes=ATTRS), z, atol=1e-6)
+    # seeded mode (a test of the plumbing, not a release): the same generator draws x_T first, then the noise
     g = _gen(5)
-    x_t = randn_tensor(dummy_images.shape, generator=g)  # the pipeline draws x_T first, then the noise
-    z_noisy, report = dummy_pipe.apply_privacy_noise(z, attributes=ATTRS, epsilon=1.0, delta=1e-5, generator=g)
+    x_t = randn_tensor(dummy_images.shape, generator=g)
+    z_noisy, report = dummy_pipe.apply_privacy_noise(z, attributes=ATTRS, epsilon=1.0, delta=1e-5, generator=g,
+                                                     secure_mode=False)
     by_stages = dummy_pipe.decode(z_noisy, stochastic_code=x_t, num_inference_steps=2, output_type="np")
     out = dummy_pipe(dummy_images, attributes=ATTRS, epsilon=1.0, delta=1e-5, num_inference_steps=2,
-                     generator=_gen(5), output_type="np")
+                     generator=_gen(5), output_type="np", secure_mode=False)
     np.testing.assert_array_equal(out.images, by_stages)
-    assert out.sigmas == report.sigmas
+    assert out.sigmas == report.sigmas and out.noise_source == report.noise_source == "seeded"
 
 
 def test_promise_noise_only_on_clipped_protected_coordinates_residual_unchanged(dummy_pipe):
@@ -113,21 +115,36 @@ def test_promise_noise_only_on_clipped_protected_coordinates_residual_unchanged(
         assert abs(noise[:, i].std().item() - sigma) <= 6 * sigma / math.sqrt(2 * n)
 
 
-def test_promise_clip_bounds_are_public_and_never_depend_on_the_input(dummy_pipe, dummy_images):
-    """README: "public clip bounds C_i fixed when the directions were fitted"."""
-    before = dict(dummy_pipe.attribute_directions.clip_bounds)
+def test_promise_clip_bounds_are_public_and_never_depend_on_the_input(dummy_pipe, dummy_images, tmp_path):
+    """README: "public clip bounds C_i fixed when the directions were fitted". Oracle: the bounds as stored in the
+    saved model's safetensors file (read with safetensors, not through the model), and the mechanism's behaviour:
+    latents far beyond the bounds on either side are released at +-C_i (plus the calibrated noise), whatever the
+    images protected before."""
+    from safetensors.torch import load_file
+
+    dummy_pipe.attribute_directions.save_pretrained(tmp_path / "dirs")
+    stored = load_file(next((tmp_path / "dirs").glob("*.safetensors")))["clip_bound_values"].double()
+    dirs = dummy_pipe.attribute_directions
+    idx = [list(dirs.config.attribute_names).index(n) for n in ATTRS]
+    expected = stored[idx]  # (k,)
     for images in (dummy_images, torch.zeros(1, 3, 16, 16), torch.ones(2, 3, 16, 16)):
-        out = dummy_pipe(images, attributes=ATTRS, epsilon=0.5, num_inference_steps=1, output_type="np",
-                         generator=_gen())
-        assert out.report.clip_bounds == {name: before[name] for name in ATTRS}
-    assert dummy_pipe.attribute_directions.clip_bounds == before
+        dummy_pipe(images, attributes=ATTRS, epsilon=0.5, num_inference_steps=1, output_type="np", generator=_gen())
+    n = 2000
+    basis = dirs.basis(ATTRS).double()  # (d, k)
+    for sign in (+1.0, -1.0):
+        z = (dirs.center.double() + sign * 1e3 * basis.sum(1)).float().repeat(n, 1)  # a_i = +-1000 >> C_i
+        z_noisy, report = dummy_pipe.apply_privacy_noise(z, attributes=ATTRS, epsilon=50.0, post_processing="none")
+        a = dirs.project(z_noisy, attributes=ATTRS)[0].double()
+        sigmas = torch.tensor([report.sigmas[name] for name in ATTRS], dtype=torch.float64)
+        assert torch.all((a.mean(0) - sign * expected).abs() <= 6 * sigmas / math.sqrt(n) + 1e-4)
+    assert dirs.clip_bound_tensor(ATTRS).double().equal(expected)
 
 
 def test_promise_calibration_is_exact_rounded_towards_privacy_and_matches_pld(dummy_pipe):
     """README: sensitivity 2 C_i; "rho_i = w_i / sum(w) * rho, which makes the release one Gaussian mechanism with
     noise multiplier 1/sqrt(2 rho), calibrated exactly from (epsilon, delta) with the analytic Gaussian mechanism,
     rounded towards privacy, and checked against dp-accounting's PLD accountant"."""
-    dp_accounting = pytest.importorskip("dp_accounting")
+    import dp_accounting  # a declared dependency: never skipped
     from dp_accounting.pld import PLDAccountant
 
     for epsilon, delta, weights in ((1.0, 1e-5, [3.0, 1.0]), (0.3, 1e-7, [1.0, 1.0]), (4.0, 1e-3, [0.2, 5.0])):
@@ -259,9 +276,10 @@ def test_promise_ledger_safe_under_concurrency(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- secure mode
 def test_promise_secure_mode_draws_from_the_os_csprng_with_the_right_statistics(dummy_pipe):
-    """README: "Noise comes from torch's PRNG unless `secure_mode=True` (OS CSPRNG)". Secure noise has the calibrated
-    distribution (n draws: mean within 6 sigma/sqrt(n), std within 6 sigma/sqrt(2n)), ignores the generator (two
-    equal seeds give different noise) and raises no insecure-PRNG warning; torch's noise is reproducible."""
+    """README: "The privacy noise comes from the OS CSPRNG unless you pass `secure_mode=False`". Secure noise has the
+    calibrated distribution (n draws: mean within 6 sigma/sqrt(n), std within 6 sigma/sqrt(2n)), ignores the
+    generator (two equal seeds give different noise) and raises no insecure-PRNG warning; the default is secure;
+    only `secure_mode=False` makes the noise follow the generator."""
     from dpdiffusion.privacy.mechanism import InsecurePRNGWarning
 
     dirs, n = dummy_pipe.attribute_directions, 4000
@@ -278,9 +296,12 @@ def test_promise_secure_mode_draws_from_the_os_csprng_with_the_right_statistics(
         assert abs(noise[:, i].mean().item()) <= 6 * sigma / math.sqrt(n)
         assert abs(noise[:, i].std().item() - sigma) <= 6 * sigma / math.sqrt(2 * n)
     assert not torch.equal(z1, z2)
-    t1, _ = dummy_pipe.apply_privacy_noise(z[:4], attributes=ATTRS, epsilon=1.0, generator=_gen(0))
-    t2, _ = dummy_pipe.apply_privacy_noise(z[:4], attributes=ATTRS, epsilon=1.0, generator=_gen(0))
-    assert torch.equal(t1, t2)
+    d1, r1 = dummy_pipe.apply_privacy_noise(z[:4], attributes=ATTRS, epsilon=1.0, generator=_gen(0))  # the default
+    d2, _ = dummy_pipe.apply_privacy_noise(z[:4], attributes=ATTRS, epsilon=1.0, generator=_gen(0))
+    assert not torch.equal(d1, d2) and r1.noise_source == "csprng" and r1.guarantee == "formal"
+    t1, _ = dummy_pipe.apply_privacy_noise(z[:4], attributes=ATTRS, epsilon=1.0, generator=_gen(0), secure_mode=False)
+    t2, r2 = dummy_pipe.apply_privacy_noise(z[:4], attributes=ATTRS, epsilon=1.0, generator=_gen(0), secure_mode=False)
+    assert torch.equal(t1, t2) and r2.noise_source == "seeded" and r2.guarantee == "none (reproducible noise)"
 
 
 # --------------------------------------------------------------------------------------------- protect (datasets)
@@ -335,13 +356,15 @@ def test_promise_protect_writes_figures_and_lists_every_unreadable_file(dummy_pi
     assert len(records) + len(skipped) == len(names)
     for r in records:
         assert r["epsilon"] == 2.0 and r["delta"] == 1e-5 and r["guarantee"] == "formal"
+        assert r["noise_source"] == "csprng"
         assert set(r["sigmas"]) == set(ATTRS) and r["noise_multiplier"] == gaussian_sigma(epsilon=2.0, delta=1e-5)
         assert PIL.Image.open(out / r["file_name"]).size == (16, 16)
 
 
 def test_promise_protect_data_parallel_workers_write_the_same_output(dummy_pipe, tmp_path):
     """README: "`protect` ... runs data-parallel under `accelerate launch`": two workers (rank 1 then rank 0, each
-    taking rows i % 2 == rank) write exactly the files of one process (batch size 1: same batches)."""
+    taking rows i % 2 == rank) write exactly the files of one process (batch size 1: same batches; with
+    `--insecure-seed`, so that the two runs can be compared byte for byte)."""
     from dpdiffusion.protect import ProtectConfig, protect_dataset
 
     src = tmp_path / "src"
@@ -359,7 +382,7 @@ def test_promise_protect_data_parallel_workers_write_the_same_output(dummy_pipe,
 
     def cfg(out):
         return ProtectConfig(source=str(src), output_dir=str(out), attributes=ATTRS, epsilon=1.0,
-                             num_inference_steps=1, batch_size=1)
+                             num_inference_steps=1, batch_size=1, insecure_seed=0)
 
     one = protect_dataset(dummy_pipe, cfg(tmp_path / "one"), progress=False)
     for rank in (1, 0):
@@ -374,7 +397,9 @@ def test_promise_protect_data_parallel_workers_write_the_same_output(dummy_pipe,
 
 def test_promise_protect_resumes_without_redoing_or_losing_work(dummy_pipe, tmp_path, monkeypatch):
     """README: "`protect` ... resumes after a crash without redoing or losing work" (random SIGKILLs of real processes:
-    tests/reliability/test_kill_resume.py; here one crash in-process, and the work done before it is not redone)."""
+    tests/reliability/test_kill_resume.py; here one crash in-process, and the work done before it is not redone).
+    Seeded (`insecure_seed`), so that the resumed output can be compared with an uninterrupted run byte for byte;
+    the default (CSPRNG) mode: test_promise_protect_resume_never_releases_a_row_twice."""
     import dpdiffusion.protect as protect
 
     src = tmp_path / "src"
@@ -385,7 +410,7 @@ def test_promise_protect_resumes_without_redoing_or_losing_work(dummy_pipe, tmp_
 
     def cfg(out):
         return protect.ProtectConfig(source=str(src), output_dir=str(out), attributes=ATTRS, epsilon=1.0,
-                                     num_inference_steps=1, batch_size=2)
+                                     num_inference_steps=1, batch_size=2, insecure_seed=0)
 
     reference = protect.protect_dataset(dummy_pipe, cfg(tmp_path / "reference"), progress=False)
     real_write, written = protect._atomic_write_bytes, []

@@ -46,12 +46,14 @@ def test_protect_writes_imagefolder_with_figures(dummy_pipe, image_folder, tmp_p
     assert len(ds) == 5 and "epsilon" in ds.column_names
 
 
-def test_resume_gives_the_same_output_as_one_run(dummy_pipe, image_folder, tmp_path):
-    full = protect_dataset(dummy_pipe, _cfg(image_folder, tmp_path / "full"), progress=False)
+def test_seeded_resume_gives_the_same_output_as_one_run(dummy_pipe, image_folder, tmp_path):
+    """With --insecure-seed a lost image is the same release, so it is written again (byte for byte); the default
+    mode never re-releases it (tests/test_private_by_default.py)."""
+    full = protect_dataset(dummy_pipe, _cfg(image_folder, tmp_path / "full", insecure_seed=0), progress=False)
     part = tmp_path / "part"
-    protect_dataset(dummy_pipe, _cfg(image_folder, part, limit=3), progress=False)  # "crash" after 3 rows
+    protect_dataset(dummy_pipe, _cfg(image_folder, part, limit=3, insecure_seed=0), progress=False)  # "crash"
     (part / "images" / "00000002.png").unlink()  # and lose an image whose record was written
-    protect_dataset(dummy_pipe, _cfg(image_folder, part), progress=False)
+    protect_dataset(dummy_pipe, _cfg(image_folder, part, insecure_seed=0), progress=False)
     names = sorted(p.name for p in (full / "images").iterdir())
     assert names == sorted(p.name for p in (part / "images").iterdir())
     for n in names:
@@ -65,7 +67,7 @@ def test_other_settings_refused_and_bad_epsilon_writes_nothing(dummy_pipe, image
     out = tmp_path / "out"
     protect_dataset(dummy_pipe, _cfg(image_folder, out, limit=1), progress=False)
     with pytest.raises(ValueError, match="other settings"):
-        protect_dataset(dummy_pipe, _cfg(image_folder, out, seed=5), progress=False)
+        protect_dataset(dummy_pipe, _cfg(image_folder, out, insecure_seed=5), progress=False)
     with pytest.raises(ValueError, match="epsilon"):
         protect_dataset(dummy_pipe, ProtectConfig(source=str(image_folder), output_dir=str(tmp_path / "x"),
                                                   epsilon=-1.0), progress=False)

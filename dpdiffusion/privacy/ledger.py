@@ -13,6 +13,13 @@ images (scope "latent"). A later release must be DP for that relation: scope "la
 is if it protects a superset of S (pairs differing only in S also differ only in the superset), and never after a
 "latent" first release.
 
+Guarantees. Each release records its guarantee ("formal", "heuristic" for a DDIM-inverted stochastic code, or
+"none (reproducible noise)" for seeded noise). Every release counts towards the budget, whatever its guarantee (the
+budget is never overspent), but the totals are reported separately: `spent(subject)` composes all of a subject's
+releases, `spent(subject, guarantee="formal")` only its formal ones, and `guarantee(subject)` is the weakest
+guarantee among its releases, the one that qualifies the composed total. Releases recorded by a ledger older than
+this column are "unrecorded" and qualify the total like a heuristic one.
+
 Storage: sqlite in WAL mode with synchronous=FULL; each charge runs in one `BEGIN IMMEDIATE` transaction (read the
 subject's releases, check the budget, insert), so concurrent processes are serialised and can never together
 overspend, and a crash leaves either the whole release recorded or nothing. The budget and delta are stored in the
@@ -32,11 +39,14 @@ from datetime import datetime, timezone
 from typing import Iterator, List, Optional, Sequence
 
 from .accounting import compose_noise_multipliers, gaussian_epsilon
-from .spec import SCOPES, PrivacySpec
+from .spec import GUARANTEES, SCOPES, PrivacySpec
 
 __all__ = ["BudgetExceededError", "PrivacyLedger", "Release"]
 
-_SCHEMA_VERSION = "1"
+_SCHEMA_VERSION = "2"
+_UNRECORDED = "unrecorded"  # the guarantee of releases recorded before schema version 2
+# weakest last: the guarantee that qualifies a composed total is the weakest of its releases
+_GUARANTEE_RANK = {GUARANTEES[0]: 0, GUARANTEES[1]: 1, _UNRECORDED: 2, GUARANTEES[2]: 3}
 _TIMEOUT_S = 60.0
 
 _SCHEMA = """
@@ -56,7 +66,8 @@ CREATE TABLE IF NOT EXISTS releases (
     attributes TEXT NOT NULL,
     scope TEXT NOT NULL,
     note TEXT,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    guarantee TEXT NOT NULL DEFAULT 'unrecorded'
 );
 CREATE INDEX IF NOT EXISTS releases_by_subject ON releases(subject_id);
 """
@@ -97,7 +108,8 @@ class Release:
     Args:
         release_id (`int`), subject_id (`str`), noise_multiplier (`float`), epsilon (`float`: this release alone
         at the ledger delta), spent_after (`float`: the subject's total after it), attributes (`tuple[str, ...]`),
-        scope (`str`), note (`str` or `None`), created_at (`str`, ISO 8601 UTC).
+        scope (`str`), note (`str` or `None`), created_at (`str`, ISO 8601 UTC), guarantee (`str`: "formal",
+        "heuristic", "none (reproducible noise)", or "unrecorded" for releases of a ledger older than the column).
     """
 
     release_id: int
@@ -109,6 +121,7 @@ class Release:
     scope: str
     note: Optional[str]
     created_at: str
+    guarantee: str = _UNRECORDED
 
 
 def _check_subject(subject_id) -> str:
@@ -129,6 +142,13 @@ def _check_attributes(attributes) -> tuple:
     if len(set(attributes)) != len(attributes):
         raise ValueError(f"attributes must be unique, got attributes={attributes!r}")
     return attributes
+
+
+def _check_guarantee(guarantee, *, allow_unrecorded: bool = False) -> str:
+    allowed = GUARANTEES + ((_UNRECORDED,) if allow_unrecorded else ())
+    if guarantee not in allowed:
+        raise ValueError(f"guarantee must be one of {allowed}, got guarantee={guarantee!r}")
+    return guarantee
 
 
 def _real(name: str, value) -> float:
@@ -207,6 +227,10 @@ class PrivacyLedger:
                 for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT the transaction
                     if statement.strip():
                         conn.execute(statement)
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(releases)").fetchall()}
+                if "guarantee" not in columns:  # a schema-1 ledger: its releases' guarantees were not recorded
+                    conn.execute(f"ALTER TABLE releases ADD COLUMN guarantee TEXT NOT NULL DEFAULT '{_UNRECORDED}'")
+                    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (_SCHEMA_VERSION,))
                 stored = dict(conn.execute("SELECT key, value FROM meta").fetchall())
                 if not stored:
                     if budget_epsilon is None or delta is None:
@@ -275,10 +299,16 @@ class PrivacyLedger:
         conn.execute("COMMIT")
 
     @staticmethod
-    def _multipliers(conn: sqlite3.Connection, subject_id: str) -> List[float]:
-        rows = conn.execute(
-            "SELECT noise_multiplier FROM releases WHERE subject_id = ? ORDER BY release_id", (subject_id,)
-        ).fetchall()
+    def _multipliers(conn: sqlite3.Connection, subject_id: str, guarantee: Optional[str] = None) -> List[float]:
+        if guarantee is None:
+            rows = conn.execute(
+                "SELECT noise_multiplier FROM releases WHERE subject_id = ? ORDER BY release_id", (subject_id,)
+            ).fetchall()
+        else:
+            rows = conn.execute(
+                "SELECT noise_multiplier FROM releases WHERE subject_id = ? AND guarantee = ? ORDER BY release_id",
+                (subject_id, guarantee),
+            ).fetchall()
         return [float(r[0]) for r in rows]
 
     def _epsilon_of(self, multipliers: Sequence[float]) -> float:
@@ -288,18 +318,31 @@ class PrivacyLedger:
 
     # -- queries ------------------------------------------------------------------------------------------------
 
-    def spent(self, subject_id: str) -> float:
+    def spent(self, subject_id: str, *, guarantee: Optional[str] = None) -> float:
         """Epsilon the subject has spent at the ledger's delta (0.0 for an unknown subject).
 
         Args:
             subject_id (`str`): the subject.
+            guarantee (`str`, *optional*): compose only the releases with this guarantee (e.g. `"formal"`); by
+                default all of them, the total the budget is checked against.
 
         Returns:
-            `float`: exact composed epsilon of all recorded releases.
+            `float`: exact composed epsilon of the selected releases.
         """
         subject_id = _check_subject(subject_id)
+        if guarantee is not None:
+            guarantee = _check_guarantee(guarantee, allow_unrecorded=True)
         with self._connect() as conn:
-            return self._epsilon_of(self._multipliers(conn, subject_id))
+            return self._epsilon_of(self._multipliers(conn, subject_id, guarantee))
+
+    def guarantee(self, subject_id: str) -> Optional[str]:
+        """The weakest guarantee among the subject's releases (`None` before its first release): the guarantee that
+        qualifies `spent(subject_id)`."""
+        subject_id = _check_subject(subject_id)
+        with self._connect() as conn:
+            kinds = {r[0] for r in conn.execute(
+                "SELECT DISTINCT guarantee FROM releases WHERE subject_id = ?", (subject_id,)).fetchall()}
+        return max(kinds, key=_GUARANTEE_RANK.__getitem__) if kinds else None
 
     def remaining(self, subject_id: str) -> float:
         """Epsilon the subject has left: max(0, budget_epsilon - spent)."""
@@ -358,11 +401,11 @@ class PrivacyLedger:
         with self._connect() as conn:
             rows = conn.execute(
                 "SELECT release_id, subject_id, noise_multiplier, epsilon, spent_after, attributes, scope, note, "
-                "created_at FROM releases WHERE subject_id = ? ORDER BY release_id",
+                "created_at, guarantee FROM releases WHERE subject_id = ? ORDER BY release_id",
                 (subject_id,),
             ).fetchall()
         return [
-            Release(r[0], r[1], float(r[2]), float(r[3]), float(r[4]), tuple(json.loads(r[5])), r[6], r[7], r[8])
+            Release(r[0], r[1], float(r[2]), float(r[3]), float(r[4]), tuple(json.loads(r[5])), r[6], r[7], r[8], r[9])
             for r in rows
         ]
 
@@ -381,6 +424,7 @@ class PrivacyLedger:
         attributes: Sequence[str],
         scope: str = "attributes",
         note: Optional[str] = None,
+        guarantee: str = "formal",
     ) -> float:
         """Record one release of `subject_id` and return the epsilon left; refuse it if it would exceed the budget.
 
@@ -392,6 +436,8 @@ class PrivacyLedger:
             attributes (`Sequence[str]`): protected attributes of the release.
             scope (`str`, *optional*, defaults to `"attributes"`): `"attributes"` or `"latent"`.
             note (`str`, *optional*): free text stored with the release.
+            guarantee (`str`, *optional*, defaults to `"formal"`): the release's guarantee, one of
+                `dpdiffusion.privacy.spec.GUARANTEES` (e.g. `PrivacyReport.guarantee`); recorded with it.
 
         Returns:
             `float`: remaining epsilon of the subject after the release.
@@ -403,7 +449,7 @@ class PrivacyLedger:
                 (see the module docstring).
         """
         return self.charge_many([subject_id], noise_multiplier=noise_multiplier, attributes=attributes, scope=scope,
-                                note=note)[0]
+                                note=note, guarantee=guarantee)[0]
 
     def charge_many(
         self,
@@ -413,6 +459,7 @@ class PrivacyLedger:
         attributes: Sequence[str],
         scope: str = "attributes",
         note: Optional[str] = None,
+        guarantee: str = "formal",
     ) -> List[float]:
         """Record one release for each entry of `subject_ids` (e.g. a batch of images), all or nothing.
 
@@ -421,7 +468,7 @@ class PrivacyLedger:
 
         Args:
             subject_ids (`Sequence[str]`): one subject per released image.
-            noise_multiplier, attributes, scope, note: as in `charge`, shared by all releases.
+            noise_multiplier, attributes, scope, note, guarantee: as in `charge`, shared by all releases.
 
         Returns:
             `list[float]`: remaining epsilon of each listed subject after the whole batch, in order.
@@ -440,6 +487,7 @@ class PrivacyLedger:
             raise ValueError(f"scope must be one of {SCOPES}, got scope={scope!r}")
         if note is not None and not isinstance(note, str):
             raise ValueError(f"note must be None or a str, got note={note!r}")
+        guarantee = _check_guarantee(guarantee)
         release_epsilon = self._epsilon_of([m])
 
         with self._connect() as conn, self._transaction(conn):
@@ -475,8 +523,9 @@ class PrivacyLedger:
             )
             conn.executemany(
                 "INSERT INTO releases (subject_id, noise_multiplier, epsilon, spent_after, attributes, scope, note, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(s, m, release_epsilon, after, json.dumps(list(attributes)), scope, note, now) for s, after in rows],
+                "created_at, guarantee) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(s, m, release_epsilon, after, json.dumps(list(attributes)), scope, note, now, guarantee)
+                 for s, after in rows],
             )
         final = {s: self._epsilon_of(multipliers) for s, (_, multipliers) in pending.items()}
         return [max(0.0, self._budget_epsilon - final[s]) for s in subject_ids]
@@ -484,8 +533,9 @@ class PrivacyLedger:
     def charge_spec(self, subject_id: str, spec: PrivacySpec, *, note: Optional[str] = None) -> float:
         """`charge` a release made with `spec` (multiplier `gaussian_sigma(spec.epsilon, spec.delta)`).
 
-        The cost is measured at the ledger's delta, whatever `spec.delta` is. A spec with
-        `stochastic_code="inverted"` is charged for its formal part only (its guarantee is heuristic).
+        The cost is measured at the ledger's delta, whatever `spec.delta` is. The release is recorded with
+        `spec.guarantee` (a heuristic or seeded release costs the same epsilon but qualifies the total; see the
+        module docstring).
 
         Returns:
             `float`: remaining epsilon of the subject.
@@ -496,7 +546,8 @@ class PrivacyLedger:
         if not isinstance(spec, PrivacySpec):
             raise ValueError(f"spec must be a PrivacySpec, got {type(spec).__name__}")
         return self.charge(
-            subject_id, noise_multiplier=spec.noise_multiplier, attributes=spec.attributes, scope=spec.scope, note=note
+            subject_id, noise_multiplier=spec.noise_multiplier, attributes=spec.attributes, scope=spec.scope, note=note,
+            guarantee=spec.guarantee,
         )
 
     @staticmethod

@@ -14,10 +14,48 @@ from typing import Optional
 
 from .accounting import gaussian_sigma
 
-__all__ = ["PrivacySpec", "SCOPES", "STOCHASTIC_CODES"]
+__all__ = ["GUARANTEES", "NOISE_SOURCES", "PrivacySpec", "SCOPES", "STOCHASTIC_CODES", "guarantee_of"]
 
 SCOPES = ("attributes", "latent")
 STOCHASTIC_CODES = ("random", "inverted")
+# "csprng": privacy noise from the OS CSPRNG (the default everywhere); "seeded": from a torch generator, reproducible
+# by whoever knows or recovers the seed, so it is a test/research mode and never a private release.
+NOISE_SOURCES = ("csprng", "seeded")
+# the guarantee of a release, strongest first: formal (the accountant covers the whole release), heuristic (the
+# decoder starts from a DDIM inversion of the input, which the accountant does not cover), none (the noise can be
+# replayed).
+GUARANTEES = ("formal", "heuristic", "none (reproducible noise)")
+
+
+def guarantee_of(*, stochastic_code: str, noise_source: str) -> str:
+    """The guarantee of a release: ``"formal"`` only for CSPRNG noise and a random stochastic code.
+
+    Args:
+        stochastic_code (`str`): ``"random"`` or ``"inverted"``.
+        noise_source (`str`): ``"csprng"`` or ``"seeded"``.
+
+    Returns:
+        `str`: one of `GUARANTEES`.
+
+    Raises:
+        ValueError: if an argument is not one of its allowed values.
+
+    Example:
+
+    ```py
+    >>> from dpdiffusion.privacy.spec import guarantee_of
+    >>> guarantee_of(stochastic_code="random", noise_source="csprng"), guarantee_of(stochastic_code="random", noise_source="seeded")
+    ('formal', 'none (reproducible noise)')
+
+    ```
+    """
+    if stochastic_code not in STOCHASTIC_CODES:
+        raise ValueError(f"stochastic_code must be one of {STOCHASTIC_CODES}, got stochastic_code={stochastic_code!r}")
+    if noise_source not in NOISE_SOURCES:
+        raise ValueError(f"noise_source must be one of {NOISE_SOURCES}, got noise_source={noise_source!r}")
+    if noise_source == "seeded":
+        return GUARANTEES[2]
+    return GUARANTEES[0] if stochastic_code == "random" else GUARANTEES[1]
 
 
 def _real(name: str, value) -> float:
@@ -38,7 +76,8 @@ class PrivacySpec:
     `attributes` (`scope="attributes"`), or with respect to any two images (`scope="latent"`, which also noises
     the residual with a share `residual_weight` of the budget). With `stochastic_code="inverted"` the decoder
     starts from a DDIM inversion of the input, which the accountant does not cover: `guarantee` is then
-    `"heuristic"`.
+    `"heuristic"`. With `noise_source="seeded"` the noise comes from a seeded generator, which anyone who knows or
+    recovers the seed can replay: `guarantee` is then `"none (reproducible noise)"` (a test/research mode).
 
     Args:
         epsilon (`float`):
@@ -56,6 +95,8 @@ class PrivacySpec:
             `"random"` (x_T ~ N(0, I), formal guarantee) or `"inverted"` (DDIM inversion, heuristic).
         residual_weight (`float`, *optional*, defaults to 1.0):
             Budget weight of the residual when `scope="latent"`, finite and > 0; ignored otherwise.
+        noise_source (`str`, *optional*, defaults to `"csprng"`):
+            `"csprng"` (the OS CSPRNG, a private release) or `"seeded"` (reproducible, not private).
 
     Raises:
         ValueError: if a field is out of range (the message names the field, its value and the allowed range).
@@ -80,6 +121,7 @@ class PrivacySpec:
     scope: str = "attributes"
     stochastic_code: str = "random"
     residual_weight: float = 1.0
+    noise_source: str = "csprng"
 
     def __post_init__(self):
         epsilon = _real("epsilon", self.epsilon)
@@ -126,6 +168,8 @@ class PrivacySpec:
             raise ValueError(
                 f"stochastic_code must be one of {STOCHASTIC_CODES}, got stochastic_code={self.stochastic_code!r}"
             )
+        if self.noise_source not in NOISE_SOURCES:
+            raise ValueError(f"noise_source must be one of {NOISE_SOURCES}, got noise_source={self.noise_source!r}")
         residual_weight = _real("residual_weight", self.residual_weight)
         if not 0.0 < residual_weight < math.inf:
             raise ValueError(f"residual_weight must be finite and > 0, got residual_weight={residual_weight}")
@@ -138,8 +182,9 @@ class PrivacySpec:
 
     @property
     def guarantee(self) -> str:
-        """`"formal"` when the accountant covers the whole release (`stochastic_code="random"`), else `"heuristic"`."""
-        return "formal" if self.stochastic_code == "random" else "heuristic"
+        """`"formal"` when the accountant covers the whole release (CSPRNG noise and `stochastic_code="random"`),
+        `"heuristic"` for an inverted stochastic code, `"none (reproducible noise)"` for seeded noise."""
+        return guarantee_of(stochastic_code=self.stochastic_code, noise_source=self.noise_source)
 
     @property
     def noise_multiplier(self) -> float:

@@ -44,7 +44,8 @@ def test_distance_to_plain_grows_as_epsilon_shrinks(dummy_pipe, dummy_images):
     z = dummy_pipe.encode(dummy_images)
     dists = []
     for eps in (8.0, 1.0, 0.1):
-        zs = [dummy_pipe.apply_privacy_noise(z, epsilon=eps, generator=_g(s))[0] for s in range(20)]
+        # raw mechanism output: with the default clamp to the public bounds the distance saturates at small epsilon
+        zs = [dummy_pipe.apply_privacy_noise(z, epsilon=eps, post_processing="none")[0] for _ in range(20)]
         dists.append(float(torch.stack([(zz - z).norm(dim=1).mean() for zz in zs]).mean()))
     assert dists[0] < dists[1] < dists[2]
 
@@ -69,11 +70,69 @@ def test_latent_scope_noises_residual_too(dummy_pipe, dummy_images):
     assert report.neighbouring_relation.startswith("any two images")
 
 
-def test_same_generator_same_output_other_seed_differs(dummy_pipe, dummy_images):
-    a = _call(dummy_pipe, dummy_images, epsilon=1.0, generator=_g(3)).images
-    b = _call(dummy_pipe, dummy_images, epsilon=1.0, generator=_g(3)).images
-    c = _call(dummy_pipe, dummy_images, epsilon=1.0, generator=_g(4)).images
-    assert np.array_equal(a, b) and not np.array_equal(a, c)
+def test_seeded_mode_same_generator_same_output_other_seed_differs_and_says_so(dummy_pipe, dummy_images):
+    a = _call(dummy_pipe, dummy_images, epsilon=1.0, generator=_g(3), secure_mode=False)
+    b = _call(dummy_pipe, dummy_images, epsilon=1.0, generator=_g(3), secure_mode=False)
+    c = _call(dummy_pipe, dummy_images, epsilon=1.0, generator=_g(4), secure_mode=False)
+    assert np.array_equal(a.images, b.images) and not np.array_equal(a.images, c.images)
+    assert (a.noise_source, a.guarantee) == ("seeded", "none (reproducible noise)")
+    assert (a.report.noise_source, a.report.guarantee) == ("seeded", "none (reproducible noise)")
+
+
+def test_default_release_is_csprng_formal_and_not_reproducible_from_its_generator(dummy_pipe, dummy_images):
+    """The attacker's view: same input, same generator (x_T is the same), so only the privacy noise can differ."""
+    a = _call(dummy_pipe, dummy_images, epsilon=1.0, generator=_g(3))
+    b = _call(dummy_pipe, dummy_images, epsilon=1.0, generator=_g(3))
+    replay = _call(dummy_pipe, dummy_images, epsilon=1.0, generator=_g(3), secure_mode=False)
+    assert (a.noise_source, a.guarantee) == ("csprng", "formal")
+    assert not np.array_equal(a.images, b.images) and not np.array_equal(a.images, replay.images)
+
+
+@pytest.mark.parametrize("code, secure, guarantee", [
+    ("random", True, "formal"), ("inverted", True, "heuristic"),
+    ("random", False, "none (reproducible noise)"), ("inverted", False, "none (reproducible noise)")])
+def test_guarantee_follows_code_and_noise_source(dummy_pipe, dummy_images, code, secure, guarantee):
+    out = _call(dummy_pipe, dummy_images, stochastic_code=code, secure_mode=secure)
+    assert out.guarantee == out.report.guarantee == guarantee
+    assert out.noise_source == ("csprng" if secure else "seeded")
+
+
+def test_latent_scope_with_negligible_noise_returns_z(dummy_pipe):
+    """Regression: scope="latent" dropped the offset A A^T c of the residual (z = c moved by 0.118)."""
+    dirs = dummy_pipe.attribute_directions
+    names = ["dark_skin"]
+    d = dirs.center.shape[0]
+    small = 0.05 * torch.randn(3, d, generator=_g(5))  # well inside every public bound
+    z = dirs.center[None] + small  # (3, d)
+    for scope in ("attributes", "latent"):
+        z2, report = dummy_pipe.apply_privacy_noise(z, attributes=names, epsilon=1e10, delta=1e-5, scope=scope,
+                                                    post_processing="none")
+        # 8 noise stds: far below the 0.118 shift of the bug, so what remains is the noise, not a moved latent
+        tol = 8 * max(*report.sigmas.values(), report.residual_sigma or 0.0)
+        assert tol < 0.03 and (z2 - z).abs().max() < tol, scope
+    zc, report = dummy_pipe.apply_privacy_noise(dirs.center[None].clone(), attributes=names, epsilon=1e10,
+                                                scope="latent")
+    assert (zc - dirs.center[None]).abs().max() < 8 * max(*report.sigmas.values(), report.residual_sigma)
+
+
+def test_strength_edges(dummy_pipe, dummy_images):
+    from dpdiffusion.privacy.accounting import gaussian_epsilon
+
+    out = _call(dummy_pipe, dummy_images, strength=0.0)
+    assert 0 < out.epsilon < math.inf and out.strength == pytest.approx(0.0, abs=1e-3)
+    # a strength whose noise needs no epsilon at that delta: a clear error naming strength, with the range that works
+    with pytest.raises(ValueError, match=r"strength must be in \[0, "):
+        dummy_pipe.privacy_spec(strength=0.99, delta=1e-2)
+    import re
+
+    try:
+        dummy_pipe.privacy_spec(strength=0.99, delta=1e-2)
+    except ValueError as exc:
+        largest = float(re.search(r"\[0, ([0-9.e-]+)\]", str(exc)).group(1))
+    spec = dummy_pipe.privacy_spec(strength=largest * 0.999, delta=1e-2)  # just inside works
+    assert spec.epsilon > 0
+    m = dummy_pipe.calibrate(spec).noise_multiplier
+    assert gaussian_epsilon(sigma=m, delta=1e-2) == pytest.approx(spec.epsilon, rel=1e-9)
 
 
 def test_strength_path_reports_exact_epsilon(dummy_pipe, dummy_images):
@@ -131,8 +190,8 @@ def test_save_load_round_trip(dummy_pipe, dummy_images, tmp_path):
     for name in ("unet", "encoder", "attribute_directions"):
         sa, sb = getattr(dummy_pipe, name).state_dict(), getattr(again, name).state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), name
-    a = _call(dummy_pipe, dummy_images, epsilon=2.0).images
-    b = _call(again, dummy_images, epsilon=2.0).images
+    a = _call(dummy_pipe, dummy_images, epsilon=2.0, secure_mode=False).images
+    b = _call(again, dummy_images, epsilon=2.0, secure_mode=False).images
     assert np.allclose(a, b, atol=1e-5)  # same weights; kernels may differ in the last float bits
     assert again.attribute_directions.clip_bounds == dummy_pipe.attribute_directions.clip_bounds
 
@@ -155,6 +214,7 @@ def test_ledger_charges_and_refuses(dummy_pipe, dummy_images, tmp_path):
     ledger = PrivacyLedger(tmp_path / "ledger.sqlite", budget_epsilon=2.0, delta=1e-5)
     out = _call(dummy_pipe, dummy_images, epsilon=1.0, ledger=ledger, subject_ids=["a", "b"])
     assert all(0 < r < 2.0 for r in out.remaining_budget)
+    assert [r.guarantee for r in ledger.history("a")] == ["formal"] and ledger.guarantee("a") == "formal"
     before = ledger.spent("a")
     with pytest.raises(BudgetExceededError):
         _call(dummy_pipe, dummy_images, epsilon=2.0, ledger=ledger, subject_ids=["a", "b"])  # 1 (+) 2 > 2
@@ -168,8 +228,10 @@ def test_post_processing_keeps_released_coordinates_in_public_bounds(dummy_pipe,
     z = dummy_pipe.encode(dummy_images)
     names = ["dark_skin", "long_hair"]
     bounds = dirs.clip_bound_tensor(names)
-    z_clip, _ = dummy_pipe.apply_privacy_noise(z, attributes=names, epsilon=0.5, generator=_g())
-    z_raw, _ = dummy_pipe.apply_privacy_noise(z, attributes=names, epsilon=0.5, generator=_g(), post_processing="none")
+    # seeded, so that both calls add the same noise
+    z_clip, _ = dummy_pipe.apply_privacy_noise(z, attributes=names, epsilon=0.5, generator=_g(), secure_mode=False)
+    z_raw, _ = dummy_pipe.apply_privacy_noise(z, attributes=names, epsilon=0.5, generator=_g(), secure_mode=False,
+                                              post_processing="none")
     a_clip, _ = dirs.project(z_clip, attributes=names)
     a_raw, _ = dirs.project(z_raw, attributes=names)
     assert torch.all(a_clip.abs() <= bounds * (1 + 1e-5))

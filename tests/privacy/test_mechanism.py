@@ -293,9 +293,9 @@ def test_std_is_rounded_up_to_the_dtype():
     assert cast.dtype == torch.bfloat16 and float(cast) >= std
 
 
-def test_same_generator_same_noise_other_seed_different():
+def test_seeded_mode_same_generator_same_noise_other_seed_different():
     a = torch.randn(16, 4, generator=torch.Generator().manual_seed(123))
-    kwargs = dict(clip_bounds=[1.0] * 4, sigmas=[0.5] * 4)
+    kwargs = dict(clip_bounds=[1.0] * 4, sigmas=[0.5] * 4, secure_mode=False)
     out1 = apply_weighted_gaussian_mechanism(a, generator=torch.Generator().manual_seed(7), **kwargs)
     out2 = apply_weighted_gaussian_mechanism(a, generator=torch.Generator().manual_seed(7), **kwargs)
     out3 = apply_weighted_gaussian_mechanism(a, generator=torch.Generator().manual_seed(8), **kwargs)
@@ -303,14 +303,32 @@ def test_same_generator_same_noise_other_seed_different():
     assert not torch.equal(out1, out3)
 
 
+def test_default_noise_cannot_be_replayed_from_the_generator():
+    """The attacker's view: they know the code, the input and the generator's seed and replay the seeded draw; by
+    default the noise comes from the OS CSPRNG, so neither the replay nor a second default call reproduces it."""
+    a = torch.zeros(64, 4)
+    kwargs = dict(clip_bounds=[1.0] * 4, sigmas=[0.5] * 4)
+    released = apply_weighted_gaussian_mechanism(a, generator=torch.Generator().manual_seed(7), **kwargs)
+    replayed = apply_weighted_gaussian_mechanism(a, generator=torch.Generator().manual_seed(7), secure_mode=False,
+                                                 **kwargs)
+    again = apply_weighted_gaussian_mechanism(a, generator=torch.Generator().manual_seed(7), **kwargs)
+    assert not torch.equal(released, replayed) and not torch.equal(released, again)
+    # what the attacker recovers by subtracting the replayed noise is uncorrelated with the truth (a = 0):
+    # its spread is the sum of two independent noises, sqrt(2) sigma, not 0
+    residual = (released - replayed).double()
+    assert abs(residual.std().item() - 0.5 * math.sqrt(2)) < 6 * 0.5 * math.sqrt(2) / math.sqrt(2 * residual.numel())
+
+
 def test_insecure_prng_warns_once(monkeypatch):
-    monkeypatch.setattr(mechanism, "_INSECURE_PRNG_WARNED", False)
+    from dpdiffusion.privacy import noise
+
+    monkeypatch.setattr(noise, "_INSECURE_PRNG_WARNED", False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        gaussian_noise_like(torch.zeros(3), 1.0, secure_mode=True)
-        assert not caught  # secure mode never warns
         gaussian_noise_like(torch.zeros(3), 1.0)
-        gaussian_noise_like(torch.zeros(3), 1.0)
+        assert not caught  # the default (CSPRNG) never warns
+        gaussian_noise_like(torch.zeros(3), 1.0, secure_mode=False)
+        gaussian_noise_like(torch.zeros(3), 1.0, secure_mode=False)
     assert [type(w.message) for w in caught] == [InsecurePRNGWarning]
     assert "secure_mode=True" in str(caught[0].message)
 

@@ -163,7 +163,7 @@ def test_protect_killed_at_random_and_resumed_equals_an_uninterrupted_run(server
 
     def config(out: Path, batch_size: int) -> dict:
         return dict(source=str(src), output_dir=str(out), attributes=["dark_skin"], epsilon=1.0,
-                    num_inference_steps=STEPS, batch_size=batch_size, seed=7)
+                    num_inference_steps=STEPS, batch_size=batch_size, insecure_seed=7)
 
     # uninterrupted reference runs, one per batch size
     reference, duration = {}, {}
@@ -248,6 +248,25 @@ def test_protect_killed_at_random_and_resumed_equals_an_uninterrupted_run(server
         stats["runs"] += 1
         stats[f"injected_{where}"] = stats.get(f"injected_{where}", 0) + 1
         finish(out, b, f"injected kill {where}#{nth} (batch size {b})")
+
+    # 3. the default (CSPRNG) mode: the same injected kills; a resumed run keeps every image already written, byte
+    # for byte (a second, differently-noised version of a row would be a second release), and finishes every row
+    for k, (where, nth, b, left) in enumerate(injected):
+        out = tmp_path / f"csprng-{k}"
+        cfg = {key: value for key, value in config(out, b).items() if key != "insecure_seed"}
+        server._send({"run": cfg, "die": [where, nth]})
+        res = server.wait(int(server._read()["pid"]))
+        assert res["signal"] == signal.SIGKILL, (where, res, server.log_path.read_text()[-2000:])
+        before = {p.name: p.read_bytes() for p in (out / "images").glob("*.png")}
+        assert before or where == "before_rename", f"the kill {where}#{nth} left no image to keep"
+        res = server.wait(server.start(cfg))
+        assert res["exit"] == 0, server.log_path.read_text()[-4000:]
+        after = {p.name: p.read_bytes() for p in (out / "images").glob("*.png")}
+        assert all(after[name] == data for name, data in before.items()), f"csprng {where}#{nth}: a row re-released"
+        meta = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+        assert [r["index"] for r in meta] == list(range(12)) and sorted(after) == [f"{i:08d}.png" for i in range(12)]
+        assert all((r["noise_source"], r["guarantee"]) == ("csprng", "formal") for r in meta)
+        stats[f"csprng_{where}_kept_images"] = stats.get(f"csprng_{where}_kept_images", 0) + len(before)
 
     _say(request, [f"kill/resume (protect): {json.dumps(stats)}"])
     request.node.user_properties.append(("kill_resume", stats))
@@ -345,7 +364,7 @@ def test_a_record_cut_by_a_crash_loses_nothing_and_batches_stay_aligned(tmp_path
 
     def cfg(out):
         return ProtectConfig(source=str(src), output_dir=str(out), attributes=["dark_skin"], epsilon=1.0,
-                             num_inference_steps=2, batch_size=3, seed=3)
+                             num_inference_steps=2, batch_size=3, insecure_seed=3)
 
     reference = _Spy(dummy_pipe, 3, 7)
     protect_dataset(reference, cfg(tmp_path / "reference"), progress=False)
