@@ -34,7 +34,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .data.images import images_to_tensor, tensor_to_output
 from .models.attribute_directions import AttributeDirections
-from .models.diffae import ddim_decode, ddim_invert
+from .models.diffae import ddim_invert, predict_noise
 from .models.semantic_encoder import SemanticEncoder
 from .privacy import mechanism
 from .privacy.accounting import gaussian_epsilon
@@ -119,6 +119,9 @@ class DPDiffusionPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "encoder->unet"
+    # what a ``callback_on_step_end`` may read and replace (diffusers' semantics): the current sample x_t and the
+    # noise predicted at this step
+    _callback_tensor_inputs = ["latents", "noise_pred"]
 
     def __init__(self, unet: UNet2DModel, encoder: SemanticEncoder, scheduler: DDIMScheduler,
                  attribute_directions: AttributeDirections):
@@ -143,7 +146,7 @@ class DPDiffusionPipeline(DiffusionPipeline):
 
     def preprocess(self, images: Any) -> torch.Tensor:
         """Any supported image input -> ``(B, 3, H, W)`` in [-1, 1] at the model's resolution."""
-        return images_to_tensor(images, self.image_size).to(device=self.device, dtype=self.unet.dtype)
+        return images_to_tensor(images, self.image_size).to(device=self._execution_device, dtype=self.unet.dtype)
 
     @torch.no_grad()
     def encode(self, images: Any) -> torch.Tensor:
@@ -323,38 +326,99 @@ class DPDiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"guidance_scale must be a finite number >= 1, got guidance_scale={guidance_scale!r}")
         return float(guidance_scale)
 
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` in a ``callback_on_step_end`` to skip the remaining denoising steps."""
+        return getattr(self, "_interrupt", False)
+
+    def _check_scheduler(self) -> None:
+        # DDIM decodes deterministically (eta = 0) and inverts on the same grid; other schedulers either add noise in
+        # their steps or walk another grid than the inversion, which would break epsilon=inf == encode/decode and
+        # the inversion round trip
+        if not isinstance(self.scheduler, DDIMScheduler):
+            raise ValueError(
+                f"scheduler must be a DDIMScheduler (or a subclass): decoding is deterministic DDIM (eta=0) and the "
+                f"inversion walks the same grid back; got {type(self.scheduler).__name__}. Use "
+                "DDIMScheduler.from_config(pipe.scheduler.config)")
+
+    def _check_callback(self, callback_on_step_end, tensor_inputs) -> None:
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ValueError(f"callback_on_step_end must be callable, got {callback_on_step_end!r}")
+        unknown = [k for k in tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs must be a subset of {self._callback_tensor_inputs}, "
+                             f"got {list(tensor_inputs)}")
+
+    def _denoise(self, x_t, cond, guidance_cond, scale, num_inference_steps, *, progress=True,
+                 callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)) -> torch.Tensor:
+        """The deterministic DDIM loop through the registered scheduler's own ``set_timesteps`` and ``step``."""
+        self._check_scheduler()
+        self.scheduler.set_timesteps(num_inference_steps, device=x_t.device)
+        self._interrupt = False
+        x = x_t  # (B, 3, H, W)
+        with self.progress_bar(total=len(self.scheduler.timesteps), disable=not progress) as bar:
+            for i, t in enumerate(self.scheduler.timesteps):
+                if self.interrupt:
+                    continue
+                noise_pred = predict_noise(self.unet, x, int(t), cond, guidance_scale=scale,
+                                           guidance_cond=guidance_cond)
+                x = self.scheduler.step(noise_pred, t, x, eta=0.0).prev_sample
+                if callback_on_step_end is not None:
+                    values = {"latents": x, "noise_pred": noise_pred}
+                    outputs = callback_on_step_end(self, i, t, {k: values[k] for k in callback_on_step_end_tensor_inputs})
+                    x = (outputs or {}).pop("latents", x)
+                bar.update()
+        return x
+
+    def progress_bar(self, iterable=None, total=None, disable=False):
+        """diffusers' progress bar, also disabled for one call by ``disable=True``."""
+        if disable:
+            from tqdm.auto import tqdm
+
+            return tqdm(iterable=iterable, total=total, disable=True)
+        return super().progress_bar(iterable=iterable, total=total)
+
     @torch.no_grad()
     def decode(self, z: torch.Tensor, *, stochastic_code: str | torch.Tensor = "random", images: Any = None,
                num_inference_steps: int = 50, generator=None, output_type: str = "pil", progress: bool = True,
-               guidance_scale: float | None = None):
-        """Decode latents ``z`` (B, d) to images with deterministic DDIM.
+               guidance_scale: float | None = None, callback_on_step_end=None,
+               callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)):
+        """Decode latents ``z`` (B, d) to images with deterministic DDIM (the registered scheduler's ``step``).
 
         Args:
             stochastic_code: ``"random"`` (x_T ~ N(0, I) from ``generator``), ``"inverted"`` (DDIM inversion of
                 ``images``, which must then be given) or a tensor ``x_T`` (B, 3, H, W).
             guidance_scale (`float`, *optional*): semantic guidance towards ``z`` relative to the public centre
-                latent (``ddim_decode``); default ``DEFAULT_GUIDANCE_SCALE`` for a random code, 1 for an inverted one.
-                Uses only ``z`` and public values: post-processing, no privacy cost.
+                latent (``predict_noise``); default ``DEFAULT_GUIDANCE_SCALE`` for a random code, 1 for an inverted
+                one. Uses only ``z`` and public values: post-processing, no privacy cost.
+            callback_on_step_end (`Callable`, *optional*): called as ``callback(pipe, step_index, timestep,
+                callback_kwargs)`` after every denoising step, diffusers' semantics: ``callback_kwargs`` holds the
+                tensors named in ``callback_on_step_end_tensor_inputs`` (``"latents"``: the current sample x_t,
+                ``"noise_pred"``); a returned ``{"latents": x}`` replaces the sample; ``pipe._interrupt = True``
+                skips the remaining steps (the current sample is then returned).
+
+        Raises:
+            ValueError: for a bad argument or a scheduler that is not a ``DDIMScheduler``.
         """
         scale = self._guidance(guidance_scale, stochastic_code)
+        self._check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        device = self._execution_device
         b, size = z.shape[0], self.image_size
         if isinstance(stochastic_code, torch.Tensor):
-            x_t = stochastic_code.to(device=self.device, dtype=self.unet.dtype)
+            x_t = stochastic_code.to(device=device, dtype=self.unet.dtype)
         elif stochastic_code == "random":
-            x_t = randn_tensor((b, 3, size, size), generator=generator, device=self.device, dtype=self.unet.dtype)
+            x_t = randn_tensor((b, 3, size, size), generator=generator, device=device, dtype=self.unet.dtype)
         elif stochastic_code == "inverted":
             if images is None:
                 raise ValueError("stochastic_code='inverted' needs the original images to invert")
             x_t = self.invert(images, num_inference_steps=num_inference_steps)
         else:
             raise ValueError(f"stochastic_code must be 'random', 'inverted' or a tensor, got {stochastic_code!r}")
-        bar = self.progress_bar(total=num_inference_steps) if progress else None
-        center = self.attribute_directions.center.to(device=z.device, dtype=self.unet.dtype)[None]  # (1, d)
-        x0 = ddim_decode(self.unet, self.scheduler, x_t, self.encoder.condition(z.to(self.unet.dtype)),
-                         num_inference_steps, guidance_scale=scale, guidance_cond=self.encoder.condition(center),
-                         callback=(lambda i: bar.update(1)) if bar is not None else None)
-        if bar is not None:
-            bar.close()
+        z = z.to(device=device, dtype=self.unet.dtype)
+        center = self.attribute_directions.center.to(device=device, dtype=self.unet.dtype)[None]  # (1, d)
+        x0 = self._denoise(x_t, self.encoder.condition(z), self.encoder.condition(center), scale, num_inference_steps,
+                           progress=progress, callback_on_step_end=callback_on_step_end,
+                           callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
         return tensor_to_output(x0, output_type)
 
     # ------------------------------------------------------------------ the whole release
@@ -370,8 +434,8 @@ class DPDiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"generator must be None, a torch.Generator or a list of them, got generator={generator!r}")
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be an integer >= 1, got num_inference_steps={num_inference_steps!r}")
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got output_type={output_type!r}")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got output_type={output_type!r}")
         if ledger is not None and subject_ids is None:
             raise ValueError("subject_ids must be given with a ledger (one id per image)")
         if subject_ids is not None and len(subject_ids) != batch_size:
@@ -397,6 +461,8 @@ class DPDiffusionPipeline(DiffusionPipeline):
         secure_mode: bool = True,
         guidance_scale: float | None = None,
         return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ):
         r"""Release protected versions of ``images``.
 
@@ -411,13 +477,16 @@ class DPDiffusionPipeline(DiffusionPipeline):
             stochastic_code (`str`): ``"random"`` (formal guarantee) or ``"inverted"`` (heuristic, higher fidelity).
             num_inference_steps (`int`): DDIM steps.
             generator: ``torch.Generator`` for ``x_T`` (and for the privacy noise only with ``secure_mode=False``).
-            output_type (`str`): ``"pil"``, ``"np"`` or ``"pt"``.
+            output_type (`str`): ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (the protected semantic latents
+                z~ (B, d), not decoded, with the same figures: for research; the release meant for people is the 8-bit
+                image, see the README on float latents).
             ledger (`PrivacyLedger`): charge each release to ``subject_ids`` and refuse overspending.
             subject_ids (`list[str]`): one subject id per image (required with ``ledger``).
             secure_mode (`bool`, defaults to `True`): draw the privacy noise from the OS CSPRNG. ``False`` draws it
                 from ``generator`` (reproducible: ``noise_source="seeded"``, ``guarantee="none (reproducible
                 noise)"``; for tests and research, never for a release).
             guidance_scale (`float`): semantic guidance of the decoder (see ``decode``); post-processing.
+            callback_on_step_end, callback_on_step_end_tensor_inputs: see ``decode`` (diffusers' semantics).
 
         Returns:
             `DPDiffusionPipelineOutput` (or a tuple ``(images, report)`` when ``return_dict=False``).
@@ -432,6 +501,8 @@ class DPDiffusionPipeline(DiffusionPipeline):
         x0 = self.preprocess(images)  # (B, 3, H, W)
         self.check_inputs(num_inference_steps, output_type, ledger, subject_ids, x0.shape[0], generator, secure_mode)
         self._guidance(guidance_scale, stochastic_code)  # validate before anything is charged
+        self._check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        self._check_scheduler()
         cal = self.calibrate(spec)
         # 2. charge the ledger: every subject must afford the release, else nothing is charged
         remaining = None
@@ -443,14 +514,19 @@ class DPDiffusionPipeline(DiffusionPipeline):
         z = self.encode_tensor(x0)  # (B, d)
         # 4. stochastic code x_T (drawn first, so that epsilon=inf equals decode(encode(x)) with the same generator)
         if stochastic_code == "random":
-            x_t = randn_tensor(x0.shape, generator=generator, device=self.device, dtype=self.unet.dtype)
+            x_t = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=self.unet.dtype)
         else:
             x_t = ddim_invert(self.unet, self.scheduler, x0, self.encoder.condition(z), num_inference_steps)
         # 5. the privacy mechanism on the semantic latent
         z_noisy, report = self.apply_privacy_noise(z, spec=spec, generator=generator)
-        # 6. deterministic DDIM decode with a progress bar
-        out = self.decode(z_noisy, stochastic_code=x_t, num_inference_steps=num_inference_steps,
-                          output_type=output_type, guidance_scale=self._guidance(guidance_scale, stochastic_code))
+        # 6. deterministic DDIM decode with a progress bar (or the protected latents themselves)
+        if output_type == "latent":
+            out = z_noisy
+        else:
+            out = self.decode(z_noisy, stochastic_code=x_t, num_inference_steps=num_inference_steps,
+                              output_type=output_type, guidance_scale=self._guidance(guidance_scale, stochastic_code),
+                              callback_on_step_end=callback_on_step_end,
+                              callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
         self.maybe_free_model_hooks()
         if not return_dict:
             return out, report

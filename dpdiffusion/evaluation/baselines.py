@@ -350,24 +350,28 @@ class PixelateMethod(ProtectionMethod):
 class DiffusionMethod(ProtectionMethod):
     """``DPDiffusionPipeline`` as a protection method: encode, ``apply_privacy_noise``, decode with a random x_T.
 
-    The generator draws x_T first and then the privacy noise, in the order ``DPDiffusionPipeline.__call__`` uses.
+    The generator draws x_T; the privacy noise comes from the OS CSPRNG as in a default release (``secure_mode=False``
+    draws it from the generator after x_T, in the order ``DPDiffusionPipeline.__call__`` uses: for tests).
     """
 
     def __init__(self, pipe, *, name: str = "dpdiffusion", scope: str = "attributes",
                  attributes: Sequence[str] = ("dark_skin", "long_hair"), delta: float = 1e-5,
-                 num_inference_steps: int = 10, batch_size: int = 128):
-        spec = pipe.privacy_spec(attributes=list(attributes), epsilon=1.0, delta=delta, scope=scope)
+                 num_inference_steps: int = 10, batch_size: int = 128, secure_mode: bool = True):
+        spec = pipe.privacy_spec(attributes=list(attributes), epsilon=1.0, delta=delta, scope=scope,
+                                 secure_mode=secure_mode)
         relation = pipe.report_for(spec).neighbouring_relation
         super().__init__(name=name, neighbouring_relation=relation, formal=True,
                          parameters={"scope": scope, "attributes": list(attributes), "delta": delta,
-                                     "num_inference_steps": num_inference_steps, "stochastic_code": "random"})
+                                     "num_inference_steps": num_inference_steps, "stochastic_code": "random",
+                                     "noise_source": spec.noise_source})
         self.pipe, self.scope, self.attributes, self.delta = pipe, scope, list(attributes), delta
-        self.num_inference_steps, self.batch_size = num_inference_steps, batch_size
+        self.num_inference_steps, self.batch_size, self.secure_mode = num_inference_steps, batch_size, secure_mode
 
     def describe(self, epsilon: float) -> dict:
         out = super().describe(epsilon)
         report = self.pipe.report_for(self.pipe.privacy_spec(attributes=self.attributes, epsilon=epsilon,
-                                                             delta=self.delta, scope=self.scope))
+                                                             delta=self.delta, scope=self.scope,
+                                                             secure_mode=self.secure_mode))
         out.update(delta=report.delta, guarantee=report.guarantee)
         out["parameters"].update(noise_multiplier=report.noise_multiplier, sigmas=report.sigmas,
                                  residual_sigma=report.residual_sigma, strength=report.strength)
@@ -389,7 +393,7 @@ class DiffusionMethod(ProtectionMethod):
             z = pipe.encode_tensor(x)
             x_t = torch.randn(x.shape, generator=generator).to(pipe.device, pipe.unet.dtype)
             z_noisy, _ = pipe.apply_privacy_noise(z, attributes=self.attributes, epsilon=epsilon, delta=self.delta,
-                                                  scope=self.scope, generator=generator)
+                                                  scope=self.scope, generator=generator, secure_mode=self.secure_mode)
             img = pipe.decode(z_noisy, stochastic_code=x_t, num_inference_steps=self.num_inference_steps,
                               output_type="pt", progress=False)
             out.append(quantize(img.float().cpu()))

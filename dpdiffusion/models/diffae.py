@@ -100,6 +100,18 @@ def _eps(unet: UNet2DModel, x: torch.Tensor, t: int, cond: torch.Tensor) -> torc
     return unet(x, timestep, class_labels=cond.to(x.dtype)).sample
 
 
+def predict_noise(unet: UNet2DModel, x: torch.Tensor, t: int, cond: torch.Tensor, *, guidance_scale: float = 1.0,
+                  guidance_cond: torch.Tensor | None = None) -> torch.Tensor:
+    """The noise prediction at timestep ``t``, with semantic guidance when ``guidance_scale != 1`` (see
+    ``ddim_decode``): both conditions in one batched UNet call, as diffusers' CFG pipelines do."""
+    if guidance_scale == 1.0:
+        return _eps(unet, x, t, cond)
+    if guidance_cond is None:
+        raise ValueError("guidance_cond (the condition of the centre latent) is needed when guidance_scale != 1")
+    eps, eps_c = _eps(unet, torch.cat([x, x]), t, torch.cat([cond, guidance_cond.expand_as(cond)])).chunk(2)
+    return eps_c + guidance_scale * (eps - eps_c)
+
+
 def ddim_decode(
     unet: UNet2DModel,
     scheduler: DDIMScheduler,
@@ -122,11 +134,7 @@ def ddim_decode(
         raise ValueError("guidance_cond (the condition of the centre latent) is needed when guidance_scale != 1")
     x = x_T
     for i, (t, a_t, a_prev) in enumerate(ddim_pairs(scheduler, num_inference_steps)):
-        if guidance_scale != 1.0:  # both conditions in one batched UNet call, as diffusers' CFG pipelines do
-            eps, eps_c = _eps(unet, torch.cat([x, x]), t, torch.cat([cond, guidance_cond.expand_as(cond)])).chunk(2)
-            eps = eps_c + guidance_scale * (eps - eps_c)
-        else:
-            eps = _eps(unet, x, t, cond)
+        eps = predict_noise(unet, x, t, cond, guidance_scale=guidance_scale, guidance_cond=guidance_cond)
         x = _ddim_update(x, eps, a_t, a_prev)
         if callback is not None:
             callback(i)

@@ -121,16 +121,18 @@ def test_dp_pix_method_describes_its_relation():
 def test_diffusion_method_reproduces_the_pipeline_call(dummy_pipe):
     images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     attrs = ["dark_skin", "long_hair"]
-    method = DiffusionMethod(dummy_pipe, attributes=attrs, num_inference_steps=2, batch_size=8)
+    method = DiffusionMethod(dummy_pipe, attributes=attrs, num_inference_steps=2, batch_size=8, secure_mode=False)
     for eps in (1.0, math.inf):
         got = method.protect(images, epsilon=eps, generator=torch.Generator().manual_seed(0))
         ref = dummy_pipe(images, attributes=attrs, epsilon=eps, num_inference_steps=2, output_type="pt",
-                         generator=torch.Generator().manual_seed(0)).images
+                         generator=torch.Generator().manual_seed(0), secure_mode=False).images
         # same draws in the same order; the input conversion may differ in the last float bit, which can move a
         # pixel across an 8-bit rounding boundary
         diff = (got - quantize(ref)).abs()
         assert float(diff.max()) <= 1 / 255 + 1e-6 and float((diff > 0).float().mean()) < 0.01
     d = method.describe(1.0)
+    assert d["guarantee"] == "none (reproducible noise)" and d["parameters"]["noise_source"] == "seeded"
+    assert DiffusionMethod(dummy_pipe, attributes=attrs).describe(1.0)["guarantee"] == "formal"  # the default
     assert d["neighbouring_relation"].startswith("attribute-neighbours")
     assert set(d["parameters"]["sigmas"]) == set(attrs)
     latent = DiffusionMethod(dummy_pipe, name="latent", scope="latent", attributes=attrs, num_inference_steps=2)

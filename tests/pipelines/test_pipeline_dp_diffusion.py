@@ -239,3 +239,78 @@ def test_post_processing_keeps_released_coordinates_in_public_bounds(dummy_pipe,
     assert torch.allclose(a_clip, torch.maximum(torch.minimum(a_raw, bounds), -bounds), atol=1e-5)
     with pytest.raises(ValueError, match="post_processing"):
         dummy_pipe.apply_privacy_noise(z, epsilon=1.0, post_processing="round")
+
+
+# ----------------------------------------------------------------------- behaves like every diffusers pipeline
+def test_callback_on_step_end_sees_every_step_and_can_replace_and_stop(dummy_pipe, dummy_images):
+    seen = []
+
+    def record(pipe, i, t, kwargs):
+        assert set(kwargs) == {"latents", "noise_pred"} and kwargs["latents"].shape == dummy_images.shape
+        seen.append((i, int(t)))
+        return kwargs
+
+    _call(dummy_pipe, dummy_images, num_inference_steps=4, callback_on_step_end=record,
+          callback_on_step_end_tensor_inputs=["latents", "noise_pred"])
+    assert seen == [(i, int(t)) for i, t in enumerate(dummy_pipe.scheduler.timesteps)] and len(seen) == 4
+
+    def grey_at_the_end(pipe, i, t, kwargs):  # a returned sample replaces the pipeline's
+        return {"latents": torch.zeros_like(kwargs["latents"])} if i == 3 else kwargs
+
+    out = _call(dummy_pipe, dummy_images, num_inference_steps=4, callback_on_step_end=grey_at_the_end)
+    assert np.array_equal(out.images, np.full_like(out.images, 0.5))
+
+    calls = []
+
+    def stop_after_first(pipe, i, t, kwargs):
+        calls.append(i)
+        pipe._interrupt = True
+        return kwargs
+
+    _call(dummy_pipe, dummy_images, num_inference_steps=4, callback_on_step_end=stop_after_first)
+    assert calls == [0]
+    with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
+        _call(dummy_pipe, dummy_images, callback_on_step_end=record, callback_on_step_end_tensor_inputs=["x0"])
+
+
+def test_output_type_latent_returns_the_protected_latents(dummy_pipe, dummy_images):
+    out = _call(dummy_pipe, dummy_images, epsilon=math.inf, output_type="latent")
+    assert torch.equal(out.images, dummy_pipe.encode(dummy_images))  # mechanism off: the latents themselves
+    noisy = _call(dummy_pipe, dummy_images, epsilon=1.0, output_type="latent")
+    assert noisy.images.shape == out.images.shape and noisy.guarantee == "formal" and noisy.sigmas["dark_skin"] > 0
+    assert not torch.equal(noisy.images, out.images)
+
+
+def test_the_registered_scheduler_step_is_what_runs(dummy_components, dummy_images):
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    class CountingDDIM(DDIMScheduler):
+        calls = 0
+
+        def step(self, *args, **kwargs):
+            CountingDDIM.calls += 1
+            return super().step(*args, **kwargs)
+
+    components = dict(dummy_components)
+    components["scheduler"] = CountingDDIM.from_config(dummy_components["scheduler"].config)
+    pipe = DPDiffusionPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    _call(pipe, dummy_images, num_inference_steps=3)
+    assert CountingDDIM.calls == 3
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(ValueError, match="scheduler must be a DDIMScheduler"):
+        _call(pipe, dummy_images)
+
+
+def test_model_cpu_offload_runs_and_gives_the_same_output(dummy_images):
+    from dpd_test_components import get_dummy_components
+
+    plain = DPDiffusionPipeline(**get_dummy_components())
+    plain.set_progress_bar_config(disable=True)
+    ref = _call(plain, dummy_images, secure_mode=False).images
+    offloaded = DPDiffusionPipeline(**get_dummy_components())  # the same weights (seeded), with accelerate's hooks
+    offloaded.set_progress_bar_config(disable=True)
+    offloaded.enable_model_cpu_offload(device="cpu")
+    assert str(offloaded._execution_device).startswith("cpu")
+    got = _call(offloaded, dummy_images, secure_mode=False).images
+    assert np.array_equal(got, ref)

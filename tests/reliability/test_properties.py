@@ -438,7 +438,12 @@ def test_pipeline_call_every_valid_combination_works(pipe, kwargs):
     eps, delta = kwargs["epsilon"], kwargs["delta"]
     assert out.delta == delta and out.epsilon == eps
     assert set(out.sigmas) == set(kwargs["attributes"])
-    assert out.guarantee == ("formal" if kwargs["stochastic_code"] == "random" else "heuristic")
+    secure = kwargs.get("secure_mode", True)
+    assert out.noise_source == ("csprng" if secure else "seeded")
+    if not secure:  # seeded noise can be replayed: never a formal (or heuristic) guarantee
+        assert out.guarantee == "none (reproducible noise)"
+    else:
+        assert out.guarantee == ("formal" if kwargs["stochastic_code"] == "random" else "heuristic")
     if math.isinf(eps):
         assert out.noise_multiplier == 0.0 and all(s == 0.0 for s in out.sigmas.values())
     else:  # rounded towards privacy: the reported multiplier never gives more than the requested epsilon
@@ -540,7 +545,7 @@ def test_ledger_valid_charges_compose_exactly_or_are_refused_whole(ledger, multi
 
 # ---------------------------------------------------------------------------------------------------- protect
 PROTECT_FIELDS = ("epsilon", "delta", "attributes", "weights", "scope", "stochastic_code", "num_inference_steps",
-                  "batch_size", "seed", "limit", "secure_mode", "source", "output_dir", "image_column", "split")
+                  "batch_size", "insecure_seed", "limit", "source", "output_dir", "image_column", "split")
 
 
 @pytest.mark.parametrize("field", PROTECT_FIELDS)
@@ -562,9 +567,8 @@ def test_protect_config_rejects_each_invalid_field_before_writing(pipe, tmp_path
         "stochastic_code": st.text(max_size=6).filter(lambda s: s not in ("random", "inverted")),
         "num_inference_steps": st.one_of(st.integers(max_value=0), st.floats(), st.booleans(), st.none()),
         "batch_size": st.one_of(st.integers(max_value=0), st.floats(), st.booleans(), st.none()),
-        "seed": st.one_of(st.floats(), st.none(), st.text(max_size=3), st.booleans()),
+        "insecure_seed": st.one_of(st.floats(), st.text(max_size=3), st.booleans()),  # None: the CSPRNG default
         "limit": st.one_of(st.integers(max_value=-1), st.floats(), st.text(max_size=3)),
-        "secure_mode": st.one_of(st.integers(), st.text(max_size=3), st.none()),
         "source": st.one_of(st.just(""), st.none(), st.integers()),
         "output_dir": st.one_of(st.just(""), st.none(), st.integers()),
         "image_column": st.one_of(st.just(""), st.none(), st.integers()),
