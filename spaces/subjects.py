@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import itertools
 import logging
 import math
 import os
@@ -108,16 +107,17 @@ def face_code_probes(features: np.ndarray) -> List[bytes]:
     offset = t - cells  # in [-0.5, 0.5)
     margin = (0.5 - np.abs(offset)) * LEVEL_STEP  # distance to the nearest cell boundary, in levels
     neighbour = cells + np.where(offset >= 0, 1, -1)
-    uncertain = [int(i) for i in np.argsort(margin, kind="stable")[:MAX_PROBED] if margin[i] < PROBE_MARGIN]
-    subsets = sorted(itertools.chain.from_iterable(itertools.combinations(uncertain, k)
-                                                   for k in range(len(uncertain) + 1)),
-                     key=lambda s: (sum(margin[i] for i in s), len(s)))
-    probes = []
-    for subset in subsets:
-        code = cells.copy()
-        code[list(subset)] = neighbour[list(subset)]
-        probes.append(code.astype(np.int8).tobytes())
-    return probes
+    uncertain = np.array([i for i in np.argsort(margin, kind="stable")[:MAX_PROBED] if margin[i] < PROBE_MARGIN],
+                         dtype=np.int64)
+    k = len(uncertain)
+    moves = (np.arange(2 ** k)[:, None] >> np.arange(k)[None, :]) & 1  # (2^k, k): which uncertain numbers move
+    cost = moves @ margin[uncertain] if k else np.zeros(1)
+    order = np.lexsort((moves.sum(axis=1), cost))  # least summed margin first, then fewest moved; code first
+    codes = np.repeat(cells[None, :], 2 ** k, axis=0)  # (2^k, n)
+    if k:
+        codes[:, uncertain] = np.where(moves == 1, neighbour[uncertain][None, :], cells[uncertain][None, :])
+    codes = codes[order].astype(np.int8)
+    return [row.tobytes() for row in codes]
 
 
 # ---------------------------------------------------------------------------------------------------- the keyer

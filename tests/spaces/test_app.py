@@ -365,7 +365,7 @@ def encoded(image: np.ndarray, fmt: str = "PNG", scale: float = 1.0, quality: in
     if scale != 1.0:
         pil = pil.resize((round(pil.width * scale), round(pil.height * scale)), PIL.Image.LANCZOS)
     buf = io.BytesIO()
-    pil.save(buf, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    pil.save(buf, format=fmt, **({"quality": quality} if fmt == "JPEG" else {"compress_level": 1}))
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
 
 
