@@ -47,7 +47,6 @@ from images import (  # noqa: E402
     BROWSER_SIDE, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, MIN_UPLOAD_SIDE, decode_original, image_to_data_url,
     synthfaces_samples, upscale_for_display)
 from layout import build_page  # noqa: E402
-from report import fmt as _fmt  # noqa: E402
 from session import VERDICT_LABELS, DPSpace, NoiseSourceError, SubjectSession, View  # noqa: E402
 from subjects import (  # noqa: E402
     LEDGER_FILE, SECRET_FILE, SubjectKeyer, face_features, load_or_create_secret, open_space_ledger)

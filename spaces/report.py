@@ -39,7 +39,7 @@ def release_figures(r: dict, *, releases_here: Sequence[float], releases_total: 
         f"| ε of this image | **{fmt(r['epsilon'])}** |",
         f"| δ | {r['delta']:.1e} |",
         f"| guarantee | {guarantee}: ({fmt(r['epsilon'])}, {r['delta']:.0e})-DP for {r['neighbouring_relation']} |",
-        f"| noise source | OS CSPRNG |",
+        "| noise source | OS CSPRNG |",
         f"| noise multiplier | {fmt(r['noise_multiplier'])} (diffusion strength {fmt(r['strength'], 3)}) |",
         f"| noise std per attribute | {sigmas} |",
         f"| budget shares | {weights} |",

@@ -6,6 +6,10 @@ shared by every session, reload and re-upload of that picture; a session only re
 working on, the epsilon search and the image shown. Every release is charged to the subject's ledger by the
 pipeline *before* anything is generated (one ``BEGIN IMMEDIATE`` transaction, so concurrent sessions and processes
 can never together overspend); "accept" ends the session, not the budget.
+
+A face's *first* release resolves its subject and charges it under a lock, so that two encodings of one new
+picture released at the same moment cannot start two subjects. That lock is per process (the Space runs one);
+releases of a face already in the ledger need no lock.
 """
 
 from __future__ import annotations

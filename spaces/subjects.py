@@ -101,6 +101,12 @@ def face_code_probes(features: np.ndarray) -> List[bytes]:
 
     A probe moves a subset of the (at most ``MAX_PROBED``) numbers within ``PROBE_MARGIN`` of a cell boundary into
     the neighbouring cell; probes are ordered by the summed margin of the numbers they move.
+
+    Args:
+        features (`np.ndarray`): (n,) numbers on the 0-255 scale, as from `face_features`.
+
+    Returns:
+        `list[bytes]`: between 1 and ``2 ** MAX_PROBED`` codes, each n int8 cell indices.
     """
     t = np.asarray(features, dtype=np.float64) / LEVEL_STEP
     cells = np.floor(t + 0.5).astype(np.int64)  # cell centres on multiples of LEVEL_STEP
@@ -152,7 +158,12 @@ class SubjectKeyer:
         return self.candidates(original)[0]
 
     def resolve(self, original: np.ndarray, known: Collection[str]) -> str:
-        """The first candidate already in ``known`` (the ledger's subjects), else the face's own id."""
+        """The face's subject: the first candidate already in ``known``, else the face's own (new) id.
+
+        Args:
+            original (`np.ndarray`): (H, W, 3) uint8, as returned by `images.decode_original`.
+            known (`Collection[str]`): the ledger's subjects (``ledger.subjects()``).
+        """
         known = known if isinstance(known, (set, frozenset)) else set(known)
         candidates = self.candidates(original)
         return next((c for c in candidates if c in known), candidates[0])

@@ -445,6 +445,36 @@ class TestOneBudgetPerFace:
         assert len(shown) == len(space.ledger.history(sid)) == 3 and len(views) == 6
         assert space.ledger.spent(sid) <= 2.0
 
+    def test_two_processes_on_one_face_cannot_overspend(self, dummy_pipe, tmp_path):
+        """Two Space processes (forked, each with its own `DPSpace` and ledger connection on the same folder)."""
+        import multiprocessing
+
+        if "fork" not in multiprocessing.get_all_start_methods():
+            pytest.skip("needs the fork start method")
+        ctx = multiprocessing.get_context("fork")
+        url = encoded(face(seed=4, size=128))
+        make_space(dummy_pipe, tmp_path, budget_epsilon=2.0)  # creates the ledger and the secret
+        start = ctx.Event()
+
+        def user():
+            space = make_space(dummy_pipe, tmp_path, budget_epsilon=2.0)
+            start.wait(30)
+            shown = sum(space.protect(url, ATTRS, None, 1.0, None).level == "info" for _ in range(3))
+            raise SystemExit(10 + shown)
+
+        procs = [ctx.Process(target=user) for _ in range(2)]
+        for p in procs:
+            p.start()
+        start.set()
+        for p in procs:
+            p.join(60)
+        from dpdiffusion.privacy.ledger import PrivacyLedger
+
+        ledger = PrivacyLedger(tmp_path / "ledger.sqlite")
+        (sid,) = ledger.subjects()
+        assert sum(p.exitcode - 10 for p in procs) == len(ledger.history(sid)) == 3
+        assert ledger.spent(sid) <= 2.0
+
     def test_noise_not_from_the_csprng_is_never_shown(self, dummy_components, tmp_path):
         from dpdiffusion import DPDiffusionPipeline
 
