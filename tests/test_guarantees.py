@@ -560,7 +560,7 @@ def test_promise_space_uploads_are_size_limited_and_never_stored(dummy_pipe, tmp
     original = np.random.default_rng(7).integers(0, 256, (48, 48, 3), dtype=np.uint8)
     url = app.image_to_data_url(original)
     png = base64.b64decode(url.split(",", 1)[1])
-    config = app.SpaceConfig(budget_epsilon=5.0, num_inference_steps=1, secure_mode=False)
+    config = app.SpaceConfig(budget_epsilon=5.0, num_inference_steps=1)
     space_dir = tmp_path / "space"
     space_dir.mkdir()
     space = app.DPSpace(dummy_pipe, ledger=PrivacyLedger(space_dir / "ledger.sqlite", budget_epsilon=5.0,

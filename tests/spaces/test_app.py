@@ -1,7 +1,8 @@
-"""The Space (spaces/app.py, spaces/controller.py): the epsilon controller, the pure handlers, the feedback dataset,
-and one smoke test of the served app through `gradio_client`.
+"""The Space (spaces/): the epsilon controller, the pure handlers, one budget per face on every path (sessions,
+accepts, re-encodings, concurrent sessions, restarts), the feedback dataset, and one smoke test of the served app
+through `gradio_client`. The face hash and its secret: tests/spaces/test_subjects.py.
 
-Everything runs on the 16 px dummy pipeline of tests/conftest.py with 2 DDIM steps.
+Everything runs on the 16 px dummy pipeline of tests/conftest.py with 2 DDIM steps, with a real `PrivacyLedger`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import importlib.util
 import io
 import json
 import math
+import re
 import sys
 import threading
 import time
@@ -38,7 +40,8 @@ def load_space_module():
 
 
 app = load_space_module()
-from controller import VERDICTS, EpsilonController  # noqa: E402  (spaces/ is on sys.path once app is loaded)
+import images as space_images  # noqa: E402  (spaces/ is on sys.path once app is loaded)
+from controller import VERDICTS, EpsilonController  # noqa: E402
 
 ATTRS = ["dark_skin", "long_hair"]
 
@@ -62,7 +65,7 @@ def face(seed: int = 0, size: int = 64) -> np.ndarray:
 def make_space(pipe, tmp_path, *, budget_epsilon=3.0, **kwargs):
     from dpdiffusion.privacy.ledger import PrivacyLedger
 
-    config = app.SpaceConfig(budget_epsilon=budget_epsilon, num_inference_steps=2, secure_mode=False, **kwargs)
+    config = app.SpaceConfig(budget_epsilon=budget_epsilon, num_inference_steps=2, **kwargs)
     ledger = PrivacyLedger(tmp_path / "ledger.sqlite", budget_epsilon=config.budget_epsilon, delta=config.delta)
     feedback = app.FeedbackLog(tmp_path / "feedback")
     return app.DPSpace(pipe, ledger=ledger, feedback=feedback, config=config, model_name="dummy")
@@ -172,7 +175,7 @@ class TestDecodeOriginal:
         huge.save(buf, format="PNG")
         with pytest.raises(ValueError, match="megapixels"):
             app.decode_original("data:image/png;base64," + base64.b64encode(buf.getvalue()).decode())
-        monkeypatch.setattr(app, "MAX_UPLOAD_BYTES", 1000)
+        monkeypatch.setattr(space_images, "MAX_UPLOAD_BYTES", 1000)
         with pytest.raises(ValueError, match="larger than the limit"):
             app.decode_original(app.image_to_data_url(np.random.default_rng(0).integers(0, 255, (64, 64, 3),
                                                                                       dtype=np.uint8)))
@@ -227,7 +230,8 @@ class TestHandlers:
         assert third.session.subject_id == sid and len(space.ledger.history(sid)) == 3
         records = space.feedback_log.records()
         assert [(r["verdict"], r["epsilon"]) for r in records] == [("more_privacy", 1.0), ("more_privacy", 0.5)]
-        assert records[0]["session_id"] == sid and records[0]["attributes"] == ATTRS
+        assert records[0]["session_id"] == first.session.session_id != sid  # never the ledger's subject id
+        assert records[0]["attributes"] == ATTRS
         assert records[0]["weights"] == [1.0, 1.0] and records[0]["budget_epsilon"] == 3.0
         assert records[0]["spent_epsilon"] == pytest.approx(1.0, rel=1e-6)
         # the stored image is the protected image that was judged, at the model's resolution
@@ -257,9 +261,13 @@ class TestHandlers:
         assert "2" in done.report and f"{spent:.4g}" in done.report
         assert space.ledger.spent(view.session.subject_id) == spent  # accept charges nothing
         assert [r["verdict"] for r in space.feedback_log.records()] == ["more_privacy", "accept"]
-        assert space.feedback("more_privacy", done.session).level == "refused"
-        assert space.protect(img, ATTRS, None, 1.0, done.session).level == "refused"  # same face: no fresh budget
-        other = space.protect(face(seed=5), ATTRS, None, 1.0, done.session)  # another face: a new subject
+        assert space.feedback("more_privacy", done.session).level == "refused"  # the session has ended
+        # "accept" ends the session, not the budget: the same face starts a new session on the same subject
+        again = space.protect(img, ATTRS, None, 1.0, done.session)
+        assert again.level == "info" and again.session.subject_id == done.session.subject_id
+        assert again.session.session_id != done.session.session_id and again.session.releases == 1
+        assert space.ledger.spent(again.session.subject_id) > spent and len(space.ledger.subjects()) == 1
+        other = space.protect(face(seed=5), ATTRS, None, 1.0, again.session)  # another face: a new subject
         assert other.level == "info" and other.session.subject_id != done.session.subject_id
 
     def test_same_face_keeps_its_subject_and_the_relation_is_enforced(self, dummy_pipe, tmp_path):
@@ -293,14 +301,6 @@ class TestHandlers:
         assert space.feedback("more_privacy", None).level == "refused"
         with pytest.raises(ValueError, match="verdict"):
             space.feedback("maybe", None)
-
-    def test_users_have_their_own_subjects_and_budgets(self, dummy_pipe, tmp_path):
-        space = make_space(dummy_pipe, tmp_path)
-        a = space.protect(face(seed=1), ATTRS, None, 2.0, None)
-        b = space.protect(face(seed=1), ATTRS, None, 1.0, None)  # the same picture in another session
-        assert a.session.subject_id != b.session.subject_id
-        assert space.ledger.spent(a.session.subject_id) == pytest.approx(2.0)
-        assert space.ledger.spent(b.session.subject_id) == pytest.approx(1.0)
 
     def test_feedback_dataset_loads_with_datasets_and_never_holds_the_original(self, dummy_pipe, tmp_path):
         datasets = pytest.importorskip("datasets")
@@ -345,7 +345,7 @@ class TestHandlers:
 
     def test_build_demo_has_the_page_and_the_privacy_statement(self, dummy_pipe, tmp_path):
         demo = app.build_demo(dummy_pipe, ledger_dir=tmp_path / "l", feedback_dir=tmp_path / "f",
-                              budget_epsilon=3.0, num_inference_steps=2, secure_mode=False)
+                              budget_epsilon=3.0, num_inference_steps=2)
         assert isinstance(demo, gr.Blocks)
         config = demo.get_config_file()
         ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
@@ -356,6 +356,194 @@ class TestHandlers:
         assert "8 MB" in note["props"]["value"] and "16.8 megapixels" in note["props"]["value"]
         api = {d.get("api_name") for d in config["dependencies"]}
         assert {"protect", "more_privacy", "more_detail", "accept", "sample"} <= api
+
+
+# ------------------------------------------------------------------------------------------------ one budget per face
+def encoded(image: np.ndarray, fmt: str = "PNG", scale: float = 1.0, quality: int = 90) -> str:
+    """``image`` as the page would send it after the person re-saved it: another format and/or size."""
+    pil = PIL.Image.fromarray(image)
+    if scale != 1.0:
+        pil = pil.resize((round(pil.width * scale), round(pil.height * scale)), PIL.Image.LANCZOS)
+    buf = io.BytesIO()
+    pil.save(buf, format=fmt, **({"quality": quality} if fmt == "JPEG" else {"compress_level": 1}))
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _paths_to_face_a(space, a: np.ndarray, b: np.ndarray, first):
+    """Every way the review found to reach face A again, each a fresh attempt at epsilon 1 (name, view)."""
+    yield "A, B, A in one session", space.protect(encoded(a), ATTRS, None, 1.0,
+                                                  space.protect(encoded(b), ATTRS, None, 1.0, first.session).session)
+    yield "A in a second session", space.protect(encoded(a), ATTRS, None, 1.0, None)
+    done = space.feedback("accept", first.session) if first.session.protected is not None else first
+    yield "A after accept", space.protect(encoded(a), ATTRS, None, 1.0, done.session)
+    yield "A as JPEG q90", space.protect(encoded(a, "JPEG"), ATTRS, None, 1.0, None)
+    yield "A at 2x", space.protect(encoded(a, scale=2.0), ATTRS, None, 1.0, None)
+    yield "A at 0.75x, JPEG", space.protect(encoded(a, "JPEG", scale=0.75), ATTRS, None, 1.0, None)
+
+
+class TestOneBudgetPerFace:
+    """The review's bypass: a new subject per face change, session, accept or re-encoding gave A a fresh budget."""
+
+    def test_every_path_to_a_face_charges_its_one_subject(self, dummy_pipe, tmp_path):
+        space = make_space(dummy_pipe, tmp_path, budget_epsilon=50.0)
+        a, b = face(seed=0, size=128), face(seed=1, size=128)
+        first = space.protect(encoded(a), ATTRS, None, 1.0, None)
+        sid_a = first.session.subject_id
+        for name, view in _paths_to_face_a(space, a, b, first):
+            assert view.level == "info", (name, view.status)
+            assert view.session.subject_id == sid_a, name
+        sid_b = next(s for s in space.ledger.subjects() if s != sid_a)
+        assert set(space.ledger.subjects()) == {sid_a, sid_b}
+        history = space.ledger.history(sid_a)
+        assert len(history) == 7 and len(space.ledger.history(sid_b)) == 1
+        one = PrivacyLedgerFor(tmp_path, history[0].noise_multiplier, times=7)
+        assert space.ledger.spent(sid_a) == pytest.approx(one, rel=1e-12)  # all seven composed on A's budget
+        assert re.fullmatch(r"[0-9a-f]{64}", sid_a)  # opaque: a hex HMAC-SHA256
+
+    def test_a_spent_budget_is_refused_on_every_path(self, dummy_pipe, tmp_path):
+        space = make_space(dummy_pipe, tmp_path, budget_epsilon=1.5)  # two releases at epsilon 1 compose to 1.47
+        a, b = face(seed=0, size=128), face(seed=1, size=128)
+        first = space.protect(encoded(a), ATTRS, None, 1.0, None)
+        sid_a = first.session.subject_id
+        views = dict(_paths_to_face_a(space, a, b, first))
+        assert views["A, B, A in one session"].level == "info"  # the second release of A still fits
+        for name, view in list(views.items())[1:]:
+            assert view.level == "refused", name
+            assert "over its budget of 1.5" in view.status and "nothing was charged" in view.status, name
+        assert len(space.ledger.history(sid_a)) == 2
+        assert space.ledger.spent(sid_a) == pytest.approx(1.4652, abs=1e-4)
+        # and once more, every path refused now that A is spent, whatever session it comes from
+        fresh = space.protect(encoded(b), ATTRS, None, 0.5, None)
+        for name, view in _paths_to_face_a(space, a, b, fresh):
+            if name != "A, B, A in one session":
+                assert view.level == "refused", name
+        assert len(space.ledger.history(sid_a)) == 2 and len(space.ledger.subjects()) == 2
+
+    @pytest.mark.parametrize("variants", [("PNG", "PNG"), ("PNG", "JPEG")])
+    def test_concurrent_sessions_on_one_face_cannot_overspend(self, dummy_pipe, tmp_path, variants):
+        space = make_space(dummy_pipe, tmp_path, budget_epsilon=2.0)  # fits three releases at epsilon 1
+        a = face(seed=3, size=128)
+        urls = [encoded(a, fmt) for fmt in variants]
+        barrier, views, errors = threading.Barrier(2), [], []
+
+        def user(url):
+            try:
+                barrier.wait()
+                for _ in range(3):
+                    views.append(space.protect(url, ATTRS, None, 1.0, None))  # a fresh session each time
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=user, args=(u,)) for u in urls]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors
+        (sid,) = space.ledger.subjects()  # both users, both encodings: one subject
+        shown = [v for v in views if v.level == "info"]
+        assert len(shown) == len(space.ledger.history(sid)) == 3 and len(views) == 6
+        assert space.ledger.spent(sid) <= 2.0
+
+    def test_two_processes_on_one_face_cannot_overspend(self, dummy_pipe, tmp_path):
+        """Two Space processes (forked, each with its own `DPSpace` and ledger connection on the same folder)."""
+        import multiprocessing
+
+        if "fork" not in multiprocessing.get_all_start_methods():
+            pytest.skip("needs the fork start method")
+        ctx = multiprocessing.get_context("fork")
+        url = encoded(face(seed=4, size=128))
+        make_space(dummy_pipe, tmp_path, budget_epsilon=2.0)  # creates the ledger and the secret
+        start = ctx.Event()
+
+        def user():
+            space = make_space(dummy_pipe, tmp_path, budget_epsilon=2.0)
+            start.wait(30)
+            shown = sum(space.protect(url, ATTRS, None, 1.0, None).level == "info" for _ in range(3))
+            raise SystemExit(10 + shown)
+
+        procs = [ctx.Process(target=user) for _ in range(2)]
+        for p in procs:
+            p.start()
+        start.set()
+        for p in procs:
+            p.join(60)
+        from dpdiffusion.privacy.ledger import PrivacyLedger
+
+        ledger = PrivacyLedger(tmp_path / "ledger.sqlite")
+        (sid,) = ledger.subjects()
+        assert sum(p.exitcode - 10 for p in procs) == len(ledger.history(sid)) == 3
+        assert ledger.spent(sid) <= 2.0
+
+    def test_noise_not_from_the_csprng_is_never_shown(self, dummy_components, tmp_path):
+        from dpdiffusion import DPDiffusionPipeline
+
+        calls = []
+
+        class SeededPipe(DPDiffusionPipeline):  # a pipeline that reports reproducible noise
+            def __call__(self, *args, **kwargs):
+                calls.append(kwargs["secure_mode"])
+                out = super().__call__(*args, **kwargs)
+                out.noise_source = "seeded"
+                return out
+
+        pipe = SeededPipe(**dummy_components)
+        pipe.set_progress_bar_config(disable=True)
+        space = make_space(pipe, tmp_path)
+        view = space.protect(face(), ATTRS, None, 1.0, None)
+        assert calls == [True]  # the Space always asks for CSPRNG noise
+        assert view.level == "refused" and "noise_source='seeded'" in view.status
+        assert view.protected is None and view.session.protected is None
+
+    def test_secure_mode_cannot_be_switched_off(self, dummy_pipe, tmp_path):
+        with pytest.raises(ValueError, match="secure_mode must be True"):
+            app.SpaceConfig(secure_mode=False)
+        with pytest.raises(ValueError, match="secure_mode must be True"):
+            app.build_demo(dummy_pipe, ledger_dir=tmp_path / "l", feedback_dir=tmp_path / "f", secure_mode=False)
+
+
+def PrivacyLedgerFor(tmp_path, noise_multiplier: float, *, times: int) -> float:
+    """What a fresh ledger says ``times`` releases at ``noise_multiplier`` compose to (the oracle of one subject)."""
+    from dpdiffusion.privacy.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(tmp_path / "oracle.sqlite", budget_epsilon=1e6, delta=1e-5)
+    for _ in range(times):
+        ledger.charge("x", noise_multiplier=noise_multiplier, attributes=tuple(ATTRS))
+    return ledger.spent("x")
+
+
+class TestRestarts:
+    def test_secret_is_private_and_a_restart_keeps_the_subjects(self, dummy_pipe, tmp_path):
+        kw = dict(ledger_dir=tmp_path / "ledger", feedback_dir=tmp_path / "feedback", num_inference_steps=2)
+        first = app.build_demo(dummy_pipe, budget_epsilon=3.0, **kw).dp_space
+        secret = tmp_path / "ledger" / app.SECRET_FILE
+        assert secret.is_file() and (secret.stat().st_mode & 0o777) == 0o600 and len(secret.read_bytes()) == 32
+        a = face(seed=2, size=128)
+        v1 = first.protect(encoded(a), ATTRS, None, 1.0, None)
+        second = app.build_demo(dummy_pipe, **kw).dp_space  # a restart (budget unset: the ledger's)
+        assert second.ledger.path == first.ledger.path and second.config.budget_epsilon == 3.0
+        v2 = second.protect(encoded(a, "JPEG"), ATTRS, None, 1.0, None)
+        assert v2.session.subject_id == v1.session.subject_id
+        assert len(second.ledger.history(v2.session.subject_id)) == 2
+        assert sorted(p.name for p in (tmp_path / "ledger").iterdir() if not p.name.startswith("ledger.sqlite-")) \
+            == [app.LEDGER_FILE, app.SECRET_FILE]  # one ledger for the Space folder
+
+    def test_restarting_with_another_budget_is_refused(self, dummy_pipe, tmp_path, monkeypatch):
+        kw = dict(ledger_dir=tmp_path / "ledger", feedback_dir=tmp_path / "feedback", num_inference_steps=2)
+        app.build_demo(dummy_pipe, budget_epsilon=3.0, **kw)
+        with pytest.raises(ValueError, match=r"budget_epsilon=5 differs from the Space ledger's 3"):
+            app.build_demo(dummy_pipe, budget_epsilon=5.0, **kw)
+        monkeypatch.setenv(app.ENV_BUDGET, "8")
+        with pytest.raises(ValueError, match=rf"{app.ENV_BUDGET}=8 differs .* Set {app.ENV_BUDGET} to 3"):
+            app.build_demo(dummy_pipe, **kw)
+        with pytest.raises(ValueError, match=r"delta=0.001 differs"):
+            app.build_demo(dummy_pipe, budget_epsilon=3.0, delta=1e-3, **kw)
+        monkeypatch.setenv(app.ENV_BUDGET, "3")
+        assert app.build_demo(dummy_pipe, **kw).dp_space.ledger.budget_epsilon == 3.0
+
+    def test_the_secret_never_sits_in_the_feedback_folder(self, dummy_pipe, tmp_path):
+        with pytest.raises(ValueError, match="ledger_dir .* must not be inside feedback_dir"):
+            app.build_demo(dummy_pipe, ledger_dir=tmp_path / "f" / "ledger", feedback_dir=tmp_path / "f")
 
 
 # ------------------------------------------------------------------------------------------------ served app
@@ -377,7 +565,7 @@ def test_smoke_launch_and_gradio_client(dummy_components, tmp_path, monkeypatch)
     gradio_tmp = tmp_path / "gradio"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(gradio_tmp))
     demo = app.build_demo(pipe, ledger_dir=tmp_path / "ledger", feedback_dir=tmp_path / "feedback",
-                          budget_epsilon=3.0, num_inference_steps=2, secure_mode=False)
+                          budget_epsilon=3.0, num_inference_steps=2)
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     try:
         alice = Client(demo.local_url, verbose=False, download_files=str(tmp_path / "client-a"))

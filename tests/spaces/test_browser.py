@@ -285,7 +285,7 @@ def served(dummy_pipe, tmp_path, monkeypatch):
         pipe, steps = DPDiffusionPipeline.from_pretrained(name, use_safetensors=True), 25
         pipe.set_progress_bar_config(disable=True)
     demo = app.build_demo(pipe, ledger_dir=tmp_path / "ledger", feedback_dir=tmp_path / "feedback",
-                          budget_epsilon=3.0, start_epsilon=1.0, num_inference_steps=steps, secure_mode=False,
+                          budget_epsilon=3.0, start_epsilon=1.0, num_inference_steps=steps,
                           model_name=name)
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     browser = Browser(CHROMIUM)
@@ -298,7 +298,8 @@ def served(dummy_pipe, tmp_path, monkeypatch):
 
 def test_feedback_round_in_the_browser(served, tmp_path):
     """Upload a face, Protect, press "more privacy" twice: epsilon and the budget shown fall each time; then a
-    fresh page whose next release would exceed the budget is refused, and the ledger does not change."""
+    fresh page with the same picture continues the same face's budget: a release that would exceed it is refused
+    (the ledger does not change), a cheap one is charged to the same subject."""
     app, demo, browser = served
     from dpdiffusion.data.synthfaces import make_synthfaces_arrays
 
@@ -327,22 +328,25 @@ def test_feedback_round_in_the_browser(served, tmp_path):
     records = demo.dp_space.feedback_log.records()
     assert [(r["verdict"], r["epsilon"]) for r in records] == [("more_privacy", 1.0), ("more_privacy", 0.5)]
 
-    # 2. budget exhaustion, refused in the browser: a fresh page (a new subject) starts at epsilon 2 of 3
+    # 2. a fresh page with the same picture is the same face: no fresh budget. Epsilon 2.9 on its own would fit a
+    # new subject's budget of 3; composed with the three releases above it does not, so it is refused
     load_page_and_upload(browser, demo.local_url, upload)
-    set_number(browser, "dp-start-epsilon", 2.0)
+    set_number(browser, "dp-start-epsilon", 2.9)
+    before = (ledger.history(subject), ledger.spent(subject), len(demo.dp_space.feedback_log.records()))
     browser.click("#dp-protect")
-    wait_for_status(browser, "First protected image at ε=2")
-    (new_subject,) = set(ledger.subjects()) - {subject}
-    before = (ledger.history(new_subject), ledger.spent(new_subject), len(demo.dp_space.feedback_log.records()))
-    shown = (number(browser, "dp-epsilon"), number(browser, "dp-budget-left"))
-    browser.click("#dp-more-detail")  # epsilon 4 on its own is over the budget of 3
     text = wait_for_status(browser, "Refused")
     assert "exceed" in text and "nothing was charged" in text
-    assert (ledger.history(new_subject), ledger.spent(new_subject),
-            len(demo.dp_space.feedback_log.records())) == before
-    assert (number(browser, "dp-epsilon"), number(browser, "dp-budget-left")) == shown == (2.0, 1.0)
+    assert ledger.subjects() == [subject]
+    assert (ledger.history(subject), ledger.spent(subject), len(demo.dp_space.feedback_log.records())) == before
     shot = browser.screenshot(ARTIFACTS / "space_budget_refused.png")
     print(f"screenshot of the refused release: {shot}")
+    # ... while a cheap release on the fresh page is charged to the same face
+    set_number(browser, "dp-start-epsilon", 0.5)
+    browser.click("#dp-protect")
+    wait_for_status(browser, "First protected image at ε=0.5")
+    assert ledger.subjects() == [subject] and len(ledger.history(subject)) == 4
+    assert number(browser, "dp-budget-left") == pytest.approx(ledger.remaining(subject), rel=1e-3)
+    assert number(browser, "dp-budget-left") < budgets[2]
 
     # 3. the upload never reached the server's disk (Gradio's cache, the ledger, the feedback)
     raw = upload.read_bytes()

@@ -1,0 +1,149 @@
+"""The Space's settings: `SpaceConfig`, its environment variables, where its files live, and the model loader.
+
+Environment variables (read by `spaces/app.py`'s `build_demo` and `main`):
+
+| variable | meaning |
+|---|---|
+| ``DPDIFFUSION_SPACE_MODEL`` | pipeline folder or Hub repo id (default: the embedded ``DEFAULT_MODEL``) |
+| ``DPDIFFUSION_SPACE_DIR`` | the Space folder: its one ledger, the subject secret and the feedback |
+| ``DPDIFFUSION_FEEDBACK_REPO`` | Hub dataset repo for the feedback (needs ``HF_TOKEN`` or a saved token) |
+| ``DPDIFFUSION_SPACE_BUDGET_EPSILON`` | epsilon budget per face; fixed once the Space's ledger exists |
+| ``DPDIFFUSION_SPACE_START_EPSILON`` | default first epsilon |
+| ``DPDIFFUSION_SPACE_STEPS`` | DDIM steps per release |
+| ``DPDIFFUSION_SPACE_TORCH_THREADS`` | torch threads |
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+logger = logging.getLogger(__name__)
+
+ENV_MODEL = "DPDIFFUSION_SPACE_MODEL"
+ENV_DIR = "DPDIFFUSION_SPACE_DIR"
+ENV_FEEDBACK_REPO = "DPDIFFUSION_FEEDBACK_REPO"
+ENV_BUDGET = "DPDIFFUSION_SPACE_BUDGET_EPSILON"
+ENV_START = "DPDIFFUSION_SPACE_START_EPSILON"
+ENV_STEPS = "DPDIFFUSION_SPACE_STEPS"
+ENV_THREADS = "DPDIFFUSION_SPACE_TORCH_THREADS"
+
+SESSION_TTL_S = 2 * 3600  # the session's memory (with the original's pixels) is dropped after this
+DEFAULT_BUDGET_EPSILON = 5.0  # the budget of a new Space's ledger when none is configured
+DEFAULT_DELTA = 1e-5
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """Settings of one app instance (shared by all its users).
+
+    Args:
+        budget_epsilon (`float`): total epsilon each face (subject) may spend over all of its releases, in all
+            sessions; must equal the budget stored in the Space's ledger.
+        delta (`float`): delta of every release and of the ledger's accounting.
+        start_epsilon (`float`): epsilon of a session's first release (the person may change it).
+        num_inference_steps (`int`): DDIM steps of each release.
+        step_factor (`float`), min_epsilon (`float`), max_epsilon (`float`): the `EpsilonController`'s settings.
+        secure_mode (`bool`): must be `True`: the Space draws its privacy noise from the OS CSPRNG, always. It is
+            never a research tool; seeded (reproducible) noise has no place in it.
+        num_samples (`int`), sample_seed (`int`), sample_size (`int`): the SynthFaces samples offered.
+        max_concurrent_releases (`int`): releases generated at once; the rest wait in the queue (with progress).
+
+    Raises:
+        ValueError: a setting out of range, or ``secure_mode=False``.
+    """
+
+    budget_epsilon: float = DEFAULT_BUDGET_EPSILON
+    delta: float = DEFAULT_DELTA
+    start_epsilon: float = 1.0
+    num_inference_steps: int = 25
+    step_factor: float = 2.0
+    min_epsilon: float = 0.01
+    max_epsilon: float = 100.0
+    secure_mode: bool = True
+    num_samples: int = 12
+    sample_seed: int = 2024
+    sample_size: int = 128
+    max_concurrent_releases: int = 1
+
+    def __post_init__(self):
+        if self.secure_mode is not True:
+            raise ValueError(f"secure_mode must be True in the Space (its privacy noise always comes from the OS "
+                             f"CSPRNG; seeded noise is for research with the library), got "
+                             f"secure_mode={self.secure_mode!r}")
+        if not 0.0 < self.budget_epsilon < math.inf:
+            raise ValueError(f"budget_epsilon must be finite and > 0, got budget_epsilon={self.budget_epsilon}")
+        if not 0.0 < self.delta < 1.0:
+            raise ValueError(f"delta must be in (0, 1), got delta={self.delta}")
+        if not self.min_epsilon <= self.start_epsilon <= self.max_epsilon:
+            raise ValueError(f"start_epsilon must be in [{self.min_epsilon}, {self.max_epsilon}], "
+                             f"got start_epsilon={self.start_epsilon}")
+        if not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an int >= 1, got {self.num_inference_steps!r}")
+        if self.max_concurrent_releases < 1:
+            raise ValueError(f"max_concurrent_releases must be >= 1, got {self.max_concurrent_releases}")
+
+
+def default_space_dir() -> Path:
+    """``$DPDIFFUSION_SPACE_DIR``, else ``/data/dpdiffusion-space`` on a Space with persistent storage, else
+    ``~/.cache/dpdiffusion/space``."""
+    if os.environ.get(ENV_DIR):
+        return Path(os.environ[ENV_DIR])
+    if Path("/data").is_dir() and os.access("/data", os.W_OK):
+        return Path("/data/dpdiffusion-space")
+    return Path.home() / ".cache" / "dpdiffusion" / "space"
+
+
+def env_float(name: str, default: Optional[float]) -> Optional[float]:
+    """The float in environment variable ``name``, else ``default``.
+
+    Raises:
+        ValueError: the variable is set but is not a number (the message names the variable).
+    """
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {name}={raw!r}") from None
+
+
+def hub_token() -> Optional[str]:
+    """``$HF_TOKEN``, else the token saved by ``huggingface-cli login``, else `None`."""
+    token = os.environ.get("HF_TOKEN")
+    if token:
+        return token
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:  # pragma: no cover - no token store
+        return None
+
+
+def load_pipeline(model: Optional[str] = None):
+    """The pipeline named by ``model``, ``$DPDIFFUSION_SPACE_MODEL``, or the embedded ``DEFAULT_MODEL``.
+
+    Returns:
+        `tuple`: ``(pipe, model_name)``.
+
+    Raises:
+        ValueError: no model named and the embedded default is not installed.
+        OSError: the model has no safetensors weights (pickled weights are never loaded).
+    """
+    from dpdiffusion import DPDiffusionPipeline
+    from dpdiffusion.models.default import DEFAULT_MODEL, default_model_available
+
+    model = model or os.environ.get(ENV_MODEL)
+    if not model:
+        if not default_model_available():
+            raise ValueError(f"the embedded default model is not installed at {DEFAULT_MODEL}; train it with "
+                             f"scripts/train_default_models.py --install or set {ENV_MODEL} to a pipeline")
+        model = DEFAULT_MODEL
+    pipe = DPDiffusionPipeline.from_pretrained(model, use_safetensors=True)  # never unpickle weights
+    return pipe, model
