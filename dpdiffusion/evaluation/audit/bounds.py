@@ -163,7 +163,7 @@ def max_certifiable_epsilon(num_trials: int, *, delta: float = 0.0, alpha: float
     It is the bound of a perfect attack (0 false positives, 0 false negatives on the ``n`` evaluation trials, see
     `evaluation_trials`), in closed form (Clopper-Pearson upper end at 0 errors: ``p = 1 - (alpha/2)^(1/n)``):
 
-        eps_max = log(((alpha/2)^(1/n) - delta) / (1 - (alpha/2)^(1/n)))      (0 when (alpha/2)^(1/n) <= delta).
+        eps_max = max(0, log(((alpha/2)^(1/n) - delta) / (1 - (alpha/2)^(1/n))))   (0 when (alpha/2)^(1/n) <= delta).
 
     Args:
         num_trials (`int`): trials per world given to the audit (before the selection/evaluation split), >= 4.
@@ -190,7 +190,7 @@ def max_certifiable_epsilon(num_trials: int, *, delta: float = 0.0, alpha: float
     n = evaluation_trials(num_trials, selection_fraction=selection_fraction)
     log_q = math.log(alpha / 2.0) / n  # log of (alpha/2)^(1/n); the error-rate bound is p = 1 - q
     q, p = math.exp(log_q), -math.expm1(log_q)
-    return math.log((q - delta) / p) if q > delta else 0.0
+    return max(0.0, math.log((q - delta) / p)) if q > delta else 0.0  # never below 0, as `epsilon_from_rates`
 
 
 def trials_needed(epsilon: float, *, delta: float = 0.0, alpha: float = 0.05, selection_fraction: float = 0.5) -> int:

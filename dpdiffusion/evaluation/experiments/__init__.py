@@ -27,7 +27,7 @@ setting), ``audits`` (the empirical privacy audits), ``report`` (claims, tables,
 (``run_paper_experiments``).
 """
 
-from .audits import _audit_dp_pix, _audit_pixel_gaussian, run_audits
+from .audits import _audit_dp_pix, _audit_pixel_gaussian, run_audits, warn_unrefutable
 from .common import _DEFAULTS, AUDIT_EPSILONS, PAPER_EPSILONS, QUICK_EPSILONS, _fmt, _jsonable, _seed_for
 from .data import EvaluationData, load_evaluation_data
 from .report import check_claims, render_markdown, write_outputs
@@ -35,4 +35,4 @@ from .settings import _evaluate_setting
 from .sweep import run_paper_experiments
 
 __all__ = ["PAPER_EPSILONS", "QUICK_EPSILONS", "AUDIT_EPSILONS", "run_paper_experiments", "load_evaluation_data",
-           "EvaluationData", "run_audits", "check_claims", "render_markdown", "write_outputs"]
+           "EvaluationData", "run_audits", "warn_unrefutable", "check_claims", "render_markdown", "write_outputs"]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
 from ..leakage import dp_accuracy_bound
 from .common import _f, _fmt, _jsonable
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["check_claims", "render_markdown", "write_outputs"]
 
@@ -54,18 +57,29 @@ def check_claims(results: dict, *, epsilon: float = 1.0) -> dict:
             gap = 100.0 * (ours["utility"]["mean_accuracy"] - other["utility"]["mean_accuracy"])
             claims[f"utility_gain_vs_{base}_points"] = gap
             claims[f"beats_{base}_by_15_points"] = bool(gap >= 15.0)
-    worst = []
-    for method, per_eps in results.get("audit", {}).items():
-        for eps, entry in per_eps.items():
-            for kind, v in entry.items():
-                if isinstance(v, dict) and v.get("covered_by_claim"):
-                    worst.append({"method": method, "epsilon": float(eps), "audit": kind,
-                                  "epsilon_lower_bound": v["epsilon_lower_bound"], "exceeds": v["exceeds_claim"]})
-    if worst:
-        claims["audit_never_exceeds_claim"] = bool(not any(w["exceeds"] for w in worst))
-        claims["audit_max_ratio_lower_bound_to_claim"] = max(w["epsilon_lower_bound"] / w["epsilon"] for w in worst)
-        claims["audit_exceeding"] = [w for w in worst if w["exceeds"]]
+    claims.update(_audit_claims(results.get("audit", {})))
     return claims
+
+
+def _audit_claims(audit: dict) -> dict:
+    """Covered audits: none above its claim, and each able to refute it (max certifiable >= 2x the claim)."""
+    worst = [{"method": method, "epsilon": _claim_of(v, eps), "audit": kind,
+              "epsilon_lower_bound": v["epsilon_lower_bound"], "exceeds": v["exceeds_claim"],
+              "max_certifiable_epsilon": v["max_certifiable_epsilon"], "can_refute": _can_refute(v, eps)}
+             for method, eps, kind, v in _audit_rows(audit) if v.get("covered_by_claim")]
+    if not worst:
+        return {}
+    weak = [{k: w[k] for k in ("method", "epsilon", "audit", "max_certifiable_epsilon")} for w in worst
+            if not w["can_refute"]]
+    if weak:
+        logger.warning("%d covered audit(s) cannot certify twice their claim and so cannot fail: %s", len(weak),
+                       ", ".join(f"{w['method']} {w['audit']} at epsilon {w['epsilon']:g} (max "
+                                 f"{w['max_certifiable_epsilon']:.2f})" for w in weak))
+    return {"audit_never_exceeds_claim": bool(not any(w["exceeds"] for w in worst)),
+            "audit_max_ratio_lower_bound_to_claim": max(w["epsilon_lower_bound"] / w["epsilon"] for w in worst),
+            "audit_exceeding": [w for w in worst if w["exceeds"]],
+            "audit_all_can_refute_claim": not weak,
+            "audit_cannot_refute_claim": weak}
 
 
 def _table(results: dict) -> list[str]:
@@ -96,15 +110,39 @@ def _table(results: dict) -> list[str]:
     return lines
 
 
-def _audit_table(audit: dict) -> list[str]:
-    lines = ["| method | claimed epsilon | audit (relation) | covered by the claim | eps lower bound (95% CP) | "
-             "point estimate | trials/world | max certifiable |", "|---|---|---|---|---|---|---|---|"]
+def _claim_of(v: dict, eps_key) -> float:
+    """The epsilon an audit row tested (a decoded audit may test a smaller claim than its sweep epsilon)."""
+    return float(v["claimed_epsilon"]) if v.get("claimed_epsilon") is not None else float(eps_key)
+
+
+def _can_refute(v: dict, eps_key) -> bool:
+    """``max_certifiable_epsilon >= REFUTATION_FACTOR * claim`` (computed for rows written before the field)."""
+    if v.get("can_refute_claim") is not None:
+        return bool(v["can_refute_claim"])
+    from ..audit import REFUTATION_FACTOR
+
+    return bool(v["max_certifiable_epsilon"] >= REFUTATION_FACTOR * _claim_of(v, eps_key))
+
+
+def _audit_rows(audit: dict):
     for method, per_eps in audit.items():
         for eps, entry in per_eps.items():
             for kind, v in entry.items():
-                lines.append(f"| {method} | {eps} | {kind} | {'yes' if v['covered_by_claim'] else 'no'} | "
-                             f"{v['epsilon_lower_bound']:.3f} | {_f(v['epsilon_point'])} | {v['trials_per_world']} | "
-                             f"{v['max_certifiable_epsilon']:.2f} |")
+                if isinstance(v, dict):
+                    yield method, eps, kind, v
+
+
+def _audit_table(audit: dict) -> list[str]:
+    lines = ["| method | claimed epsilon | audit (relation) | covered by the claim | eps lower bound (95% CP) | "
+             "point estimate | trials/world | max certifiable | can refute the claim (max >= 2x claim) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for method, eps, kind, v in _audit_rows(audit):
+        claim = _fmt(round(_claim_of(v, eps), 6))
+        if v.get("requested_epsilon") is not None:
+            claim += f" (sweep epsilon {_fmt(v['requested_epsilon'])})"
+        lines.append(f"| {method} | {claim} | {kind} | {'yes' if v['covered_by_claim'] else 'no'} | "
+                     f"{v['epsilon_lower_bound']:.3f} | {_f(v['epsilon_point'])} | {v['trials_per_world']} | "
+                     f"{v['max_certifiable_epsilon']:.2f} | {'yes' if _can_refute(v, eps) else 'NO'} |")
     return lines
 
 
@@ -191,7 +229,11 @@ def render_markdown(results: dict) -> str:
         lines += ["", "## Empirical privacy audit", "",
                   "Threshold tests on the released output; threshold chosen on one half of the trials, bound "
                   "(two-sided 95% Clopper-Pearson per error rate) on the other half. Rows 'covered by the claim: yes' "
-                  "use the method's own neighbouring relation and must stay below the claimed epsilon.", "",
+                  "use the method's own neighbouring relation and must stay below the claimed epsilon. 'max "
+                  "certifiable' is the bound a perfect attack would reach with the row's trials (the audit's "
+                  "resolution); a row can fail only if it is at least twice the claim ('can refute'), and a row "
+                  "marked NO is no evidence for its claim. Decoded audits, a decode per trial, test the largest "
+                  "claim their trials can refute when the sweep epsilon is above it.", "",
                   *_audit_table(results["audit"])]
     lines += ["", "## Figures", ""]
     captions = {"privacy_utility": "Privacy-utility trade-off", "leakage_vs_epsilon": "Leakage vs epsilon",

@@ -77,8 +77,11 @@ def run_paper_experiments(
         delta (`float`): delta of every (epsilon, delta) claim.
         classifier_epochs (`int`): epochs of every attacker/utility ResNet.
         audit_epsilons (`list[float]`): epsilons audited (those also in ``epsilons`` or not: audits are cheap).
-        audit_trials (`int`): trials per world of each latent/pixel audit.
-        audit_decoded_trials (`int`): trials per world of the audits through the decoder (0 skips them).
+        audit_trials (`int`): trials per world of each latent/pixel audit (default 24,000: they certify up to
+            epsilon 8.09, twice the largest default audited epsilon; see `trials_needed`).
+        audit_decoded_trials (`int`): trials per world of the audits through the decoder (0 skips them; default
+            100, 0 with ``quick``). Above the largest claim they can refute (1.28 for 100) the decoded release is
+            audited at that claim, and the row says so.
         audit_pairs (`int`): counterfactual pairs in the image-pair audits.
         dp_pix_cell_size (`int`), dp_pix_m (`int`): DP-Pix's cell size b and neighbourhood m.
         pixel_l2_sensitivity (`float`, *optional*): Delta of the pixel Gaussian (default: SynthFaces counterfactual
