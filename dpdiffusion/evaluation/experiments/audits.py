@@ -117,8 +117,8 @@ def _decoded_claim(kw: dict, decoded_trials: int) -> tuple[dict, dict]:
     if claim <= 0 or kw["epsilon"] <= claim:
         return kw, {}
     note = (f"{decoded_trials} decoded trials per world certify at most epsilon = {top:.2f}, too few to refute "
-            f"epsilon = {_fmt(kw['epsilon'])}: the decoded release is audited at epsilon = {claim:g}, the largest claim "
-            f"they can refute (a factor {audit_lib.REFUTATION_FACTOR:g}); the latent audits above cover "
+            f"epsilon = {_fmt(kw['epsilon'])}: the decoded release is audited at epsilon = {claim:g}, the largest "
+            f"claim they can refute (a factor {audit_lib.REFUTATION_FACTOR:g}); the latent audits above cover "
             f"epsilon = {_fmt(kw['epsilon'])}")
     return {**kw, "epsilon": claim}, {"requested_epsilon": kw["epsilon"], "note": note}
 
