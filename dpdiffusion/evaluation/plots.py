@@ -112,14 +112,16 @@ def plot_audit(audit: dict, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     top = 1.0
     for method, per_eps in audit.items():
-        pts = []
+        best: dict = {}  # claim tested -> largest bound (a decoded row may test a smaller claim than its sweep epsilon)
         for eps, entry in per_eps.items():
-            covered = [v for v in entry.values() if isinstance(v, dict) and v.get("covered_by_claim")]
-            if covered:
-                pts.append((float(eps), max(v["epsilon_lower_bound"] for v in covered)))
-        if not pts:
+            for v in entry.values():
+                if isinstance(v, dict) and v.get("covered_by_claim"):
+                    claim = float(v["claimed_epsilon"]) if v.get("claimed_epsilon") is not None else float(eps)
+                    claim = round(claim, 6)
+                    best[claim] = max(best.get(claim, 0.0), v["epsilon_lower_bound"])
+        if not best:
             continue
-        pts.sort()
+        pts = sorted(best.items())
         top = max(top, max(p[0] for p in pts))
         color, marker = _STYLE.get(method, ("black", "."))
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color,

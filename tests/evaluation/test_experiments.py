@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dpdiffusion.evaluation.audit import REFUTATION_FACTOR, largest_refutable_claim, max_certifiable_epsilon
 from dpdiffusion.evaluation.experiments import check_claims, render_markdown, run_paper_experiments
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,10 +80,17 @@ def test_audit_covers_every_formal_method_and_stays_below_claims(sweep):
             "image_pairs_protected_coordinates_latent", "image_pairs_full_latent"} <= set(ours)
     for method, per_eps in audit.items():
         for entry in per_eps.values():
-            for v in entry.values():
+            for kind, v in entry.items():
                 if v["covered_by_claim"]:
                     assert v["epsilon_lower_bound"] <= v["claimed_epsilon"], method
+                decoded = kind.endswith("_decoded")
+                # TINY: 200 trials per world certify 3.28 >= 2 x 1; 8 decoded trials certify nothing
+                assert v["max_certifiable_epsilon"] == pytest.approx(
+                    max_certifiable_epsilon(8 if decoded else 200, delta=v["delta"]), rel=1e-9), (method, kind)
+                assert v["can_refute_claim"] is (not decoded), (method, kind)
     assert results["claims"]["audit_never_exceeds_claim"] is True
+    assert results["claims"]["audit_all_can_refute_claim"] is False
+    assert {w["audit"] for w in results["claims"]["audit_cannot_refute_claim"]} == {"formal_worst_case_decoded"}
 
 
 def test_markdown_table_and_claims(sweep):
@@ -91,6 +99,8 @@ def test_markdown_table_and_claims(sweep):
     assert md == render_markdown(results) + "\n"
     assert results["table_md"] in md
     assert "| dpdiffusion | 1 |" in md and "| dp_pix | 1 |" in md and "| blur | none (quality of eps=1) |" in md
+    assert "| max certifiable | can refute the claim (max >= 2x claim) |" in md
+    assert "| formal_worst_case_latent | yes | " in md and " | 100 | 3.28 | yes |" in md and " | 4 | 0.00 | NO |" in md
     assert md.count("Command: `pytest tiny sweep`") >= 5  # every figure with its command
     claims = check_claims(results)
     assert (out / ".protected-cache").is_dir()  # decoded settings kept for resuming
@@ -213,3 +223,35 @@ def test_no_utility_augment_uses_the_attacker_and_the_plain_clean_reference(tmp_
     assert row["utility_without_augmentation"] == row["utility"]
     assert "utility_ratio_mean_without_augmentation" not in results["claims"]
     assert "(the attacker itself)" in (out / "results.md").read_text()
+
+
+def test_default_audit_trials_can_refute_every_default_claim():
+    """The sweep's and the demo's default audits state what they can certify: 24,000 trials per world certify 8.09,
+    at least twice every default audited epsilon; 100 decoded trials certify 2.57, so decoded claims above 1.28 are
+    tested at 1.28 instead (and the row says so)."""
+    from dpdiffusion.evaluation.experiments import _DEFAULTS, AUDIT_EPSILONS
+    from dpdiffusion.evaluation.experiments.audits import _decoded_claim
+
+    for quick in (False, True):
+        top = max_certifiable_epsilon(_DEFAULTS[quick]["audit_trials"], delta=1e-5)
+        assert top >= REFUTATION_FACTOR * max(AUDIT_EPSILONS), (quick, top)
+    decoded = _DEFAULTS[False]["audit_decoded_trials"]
+    assert max_certifiable_epsilon(decoded, delta=1e-5) == pytest.approx(2.5696, abs=1e-4)
+    assert largest_refutable_claim(decoded, delta=1e-5) == 1.28
+    kw = dict(attributes=["dark_skin"], delta=1e-5, alpha=0.05)
+    assert _decoded_claim({**kw, "epsilon": 1.0}, decoded) == ({**kw, "epsilon": 1.0}, {})
+    changed, note = _decoded_claim({**kw, "epsilon": 4.0}, decoded)
+    assert changed["epsilon"] == 1.28 and note["requested_epsilon"] == 4.0 and "at most epsilon = 2.57" in note["note"]
+
+
+def test_unrefutable_audit_configurations_are_logged(caplog):
+    import logging
+
+    from dpdiffusion.evaluation.experiments import warn_unrefutable
+
+    with caplog.at_level(logging.WARNING, logger="dpdiffusion.evaluation.experiments"):
+        msgs = warn_unrefutable([0.5, 1.0, 4.0, math.inf], delta=1e-5, num_trials=20000, decoded_trials=100)
+    assert len(msgs) == 2 and all(m in caplog.text for m in msgs)
+    assert "audit_trials=20000 certifies at most epsilon = 7.9" in msgs[0] and "21997 trials" in msgs[0]
+    assert "audit_decoded_trials=100" in msgs[1] and "audited at epsilon = 1.28" in msgs[1]
+    assert warn_unrefutable([0.5, 1.0, 4.0], delta=1e-5, num_trials=24000, decoded_trials=0) == []

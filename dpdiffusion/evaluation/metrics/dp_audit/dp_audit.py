@@ -21,8 +21,9 @@ Args:
     claimed_epsilon (`float`, *optional*): the epsilon claimed (sets exceeds_claim).
     alpha (`float`, *optional*, defaults to 0.05), seed (`int`, *optional*, defaults to 0).
 Returns:
-    epsilon_lower_bound, epsilon_point, threshold, direction, fpr, fnr, trials_per_world, max_certifiable_epsilon,
-    delta, alpha, claimed_epsilon, exceeds_claim.
+    epsilon_lower_bound, epsilon_point, threshold, direction, fpr, fnr, trials_per_world, max_certifiable_epsilon
+    (the bound a perfect attack would reach with these trials), delta, alpha, claimed_epsilon, exceeds_claim,
+    can_refute_claim (max_certifiable_epsilon >= 2 x claimed_epsilon: only then can the audit fail).
 Examples:
     >>> import evaluate, numpy as np
     >>> from dpdiffusion.evaluation.metrics import metric_path
@@ -31,8 +32,8 @@ Examples:
     >>> s = np.concatenate([rng.normal(0, 1, 2000), rng.normal(1, 1, 2000)])
     >>> w = [0] * 2000 + [1] * 2000
     >>> r = audit.compute(predictions=s, references=w, delta=1e-5, claimed_epsilon=10.0)
-    >>> 0 < r["epsilon_lower_bound"] < 10, r["exceeds_claim"]
-    (True, False)
+    >>> 0 < r["epsilon_lower_bound"] < 10, r["exceeds_claim"], r["can_refute_claim"]  # 1000 trials certify <= 5.6
+    (True, False, False)
 """
 
 _CITATION = """
