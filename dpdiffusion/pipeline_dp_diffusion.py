@@ -29,7 +29,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .data.images import images_to_tensor, tensor_to_output
 from .models.attribute_directions import AttributeDirections
-from .models.diffae import ddim_decode, ddim_invert
+from .models.diffae import _is_official, ddim_decode, ddim_invert
+from .models.diffae_encoder import DiffAESemanticEncoder
+from .models.diffae_unet import DiffAEUNet2DModel
 from .models.semantic_encoder import SemanticEncoder
 from .privacy import mechanism
 from .privacy.accounting import gaussian_epsilon
@@ -103,16 +105,18 @@ class DPDiffusionPipeline(DiffusionPipeline):
     r"""Protect sensitive attributes of face images with calibrated noise in a diffusion autoencoder's latent.
 
     Args:
-        unet (`UNet2DModel`): the conditional decoder (``class_embed_type="identity"``).
-        encoder (`SemanticEncoder`): ``x -> z`` and ``z -> condition``.
+        unet (`UNet2DModel` or `DiffAEUNet2DModel`): the conditional decoder (``class_embed_type="identity"``), or the
+            official DiffAE architecture (converted by ``scripts/convert_diffae_checkpoint.py``), which decodes and
+            inverts with the official sampler (``dpdiffusion.models.diffae_sampler``).
+        encoder (`SemanticEncoder` or `DiffAESemanticEncoder`): ``x -> z`` and ``z -> condition``.
         scheduler (`DDIMScheduler`): the noise schedule; decoding and inversion share its grid.
         attribute_directions (`AttributeDirections`): directions, centre and public clip bounds.
     """
 
     model_cpu_offload_seq = "encoder->unet"
 
-    def __init__(self, unet: UNet2DModel, encoder: SemanticEncoder, scheduler: DDIMScheduler,
-                 attribute_directions: AttributeDirections):
+    def __init__(self, unet: UNet2DModel | DiffAEUNet2DModel, encoder: SemanticEncoder | DiffAESemanticEncoder,
+                 scheduler: DDIMScheduler, attribute_directions: AttributeDirections):
         super().__init__()
         self.register_modules(unet=unet, encoder=encoder, scheduler=scheduler,
                               attribute_directions=attribute_directions)
@@ -279,6 +283,8 @@ class DPDiffusionPipeline(DiffusionPipeline):
         return ddim_invert(self.unet, self.scheduler, x0, self.encoder.condition(z), num_inference_steps)
 
     def _guidance(self, guidance_scale, stochastic_code) -> float:
+        if guidance_scale is None and _is_official(self.unet):  # the official renderer: no semantic guidance
+            return 1.0
         if guidance_scale is None:  # inversion is exact only for the plain conditional trajectory
             return 1.0 if isinstance(stochastic_code, str) and stochastic_code == "inverted" else DEFAULT_GUIDANCE_SCALE
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not (
