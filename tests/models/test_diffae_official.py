@@ -219,6 +219,26 @@ def test_official_grid_and_bad_configurations_raise():
             configs_from_hyper_parameters({**hp, field: value})
 
 
+def test_diffusers_ddim_scheduler_is_close_but_not_the_official_sampler(converted):
+    """Why ``diffae_sampler`` exists: ``DDIMScheduler`` (clip_sample, use_clipped_model_output) on the same grid
+    differs only by its float32 ``alphas_cumprod`` when N divides T; the official N = 3 grid it cannot express."""
+    from diffusers import DDIMScheduler
+
+    name, _, pipe, _, x_t, ref = converted
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(10)
+    x = x_t
+    with torch.no_grad():
+        for t in sched.timesteps:
+            eps = pipe.unet(x, t.expand(x.shape[0]), cond=ref["z"]).sample
+            x = sched.step(eps, t, x, eta=0.0, use_clipped_model_output=True).prev_sample
+    diff = _maxdiff(x, ref["decoded_10"])
+    print(f"{name}: DDIMScheduler, 10 steps: max |x0 - official| = {diff:.3g}")
+    assert diff < 1e-3
+    sched.set_timesteps(3)
+    assert sched.timesteps.tolist() != official_timesteps(1000, 3)[::-1]
+
+
 def test_privacy_oracles_on_a_converted_pipeline(converted):
     """epsilon = inf is plain encode/decode bit for bit; finite epsilon reports its figures; the formal latent audit
     and the decoded-release audit stay below the claim."""
