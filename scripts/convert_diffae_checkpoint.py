@@ -9,7 +9,8 @@ The folder holds ``model_index.json`` (``DiffAEUNet2DModel``, ``DiffAESemanticEn
 assumptions, the clip quantile). Load it with ``DPDiffusionPipeline.from_pretrained(OUTPUT)``.
 
 The official files are PyTorch pickles; they are read with ``torch.load(weights_only=True)`` (tensors and plain
-containers only, no code execution).
+containers only, no code execution). Should a file hold other objects, ``--allow-pickle`` loads it fully: only for
+files you trust (unpickling can run code).
 """
 
 from __future__ import annotations
@@ -55,9 +56,13 @@ CC BY-NC-SA 4.0 for the dataset; CelebA-HQ attributes: non-commercial research) 
   centre = `conds_mean`, clip bound C_i = the {clip_quantile} quantile of |a_i| over `conds`, fixed at conversion
   time and public; never computed from an image being protected.
 
-## Privacy
+## Privacy: what is protected and what is not
 The mechanism is unchanged: the released attribute coordinates are clipped to [-C_i, C_i] and noised by the calibrated
-Gaussian mechanism (`DPDiffusionPipeline`); the guarantee is for attribute-neighbours in this model's latent space.
+Gaussian mechanism (`DPDiffusionPipeline`); the guarantee is for attribute-neighbours in this model's latent space
+(latents that differ only in the protected coordinates).
+- Protected: the coordinates of the attributes named at release time (with `scope="latent"`, the whole latent).
+- Not protected: the residual (identity, pose, expression, ...), non-linear read-outs of an attribute from it, and,
+  with `stochastic_code="inverted"`, everything the inverted code carries (`guarantee="heuristic"`).
 {subset_note}
 """
 
@@ -69,12 +74,19 @@ SUBSET_NOTE = (
     "the residual: reconvert with `--attributes` listing the protected attributes first.")
 
 
-def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def _load(path: Path, allow_pickle: bool = False) -> dict:
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path} holds objects other than tensors and plain containers ({err}); pass "
+                         f"--allow-pickle (allow_pickle=True) only if you trust the file") from None
 
 
 def convert(checkpoint: Path, latent_stats: Path, output: Path, *, classifier: Path | None = None,
-            attributes: list[str] | None = None, clip_quantile: float = 0.95, name: str | None = None) -> Path:
+            attributes: list[str] | None = None, clip_quantile: float = 0.95, name: str | None = None,
+            allow_pickle: bool = False) -> Path:
     """Convert and save; returns ``output``. See the module docstring."""
     from dpdiffusion import DPDiffusionPipeline
     from dpdiffusion.models.diffae_conversion import (ASSUMED_ENUM_DEFAULTS, CELEBA_HQ_ATTRIBUTES,
@@ -82,19 +94,19 @@ def convert(checkpoint: Path, latent_stats: Path, output: Path, *, classifier: P
                                                       attribute_directions_from_latents,
                                                       configs_from_hyper_parameters, convert_models)
 
-    ckpt = _load(checkpoint)
+    ckpt = _load(checkpoint, allow_pickle)
     if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ValueError(f"--checkpoint must be an official Lightning checkpoint with 'state_dict' and "
                          f"'hyper_parameters', got keys {sorted(ckpt)} in {checkpoint}")
     hparams = dict(ckpt["hyper_parameters"])
     unet, encoder, scheduler = convert_models(ckpt["state_dict"], hparams)
-    stats = _load(latent_stats)
+    stats = _load(latent_stats, allow_pickle)
     missing = [k for k in ("conds", "conds_mean", "conds_std") if k not in stats]
     if missing:
         raise ValueError(f"--latent-stats must hold conds, conds_mean and conds_std, missing {missing}")
     conds = stats["conds"].float()
     if classifier is not None:
-        cls_sd = _load(classifier)
+        cls_sd = _load(classifier, allow_pickle)
         cls_sd = cls_sd.get("state_dict", cls_sd)
         if "ema_classifier.weight" not in cls_sd:
             raise ValueError(f"--classifier must hold ema_classifier.weight/bias, got keys {sorted(cls_sd)[:8]}")
@@ -110,6 +122,9 @@ def convert(checkpoint: Path, latent_stats: Path, output: Path, *, classifier: P
                       f"(`ema_classifier` over latents normalised by `conds_mean`/`conds_std`), names and order as "
                       f"stored in `attributes`.")
         subset_note = SUBSET_NOTE
+        if attributes is None:
+            logger.info("directions in the official order: protecting a prefix of %s... is exact in the official "
+                        "logits; pass --attributes to put the protected ones first", list(dirs.names[:3]))
     else:
         if attributes:
             raise ValueError("--attributes needs --classifier")
@@ -153,12 +168,14 @@ def main(argv=None) -> int:
     parser.add_argument("--clip-quantile", type=float, default=0.95,
                         help="quantile of |a_i| over the training latents used as the public clip bound (0, 1]")
     parser.add_argument("--output", type=Path, required=True, help="pipeline folder to write")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load the official files with full unpickling (only for files you trust)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     attributes = [a.strip() for a in args.attributes.split(",")] if args.attributes else None
     try:
         out = convert(args.checkpoint, args.latent_stats, args.output, classifier=args.classifier,
-                      attributes=attributes, clip_quantile=args.clip_quantile)
+                      attributes=attributes, clip_quantile=args.clip_quantile, allow_pickle=args.allow_pickle)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -191,6 +191,24 @@ def test_attribute_order_puts_the_protected_attribute_first(tmp_path):
     assert _maxdiff(a[:, 0].double(), (logits - b[i]) / (w[i] / s).norm()) < 1e-4
 
 
+def test_generic_diffusion_pipeline_loader_resolves_the_classes(converted):
+    from diffusers import DiffusionPipeline
+
+    _, out, *_ = converted
+    pipe = DiffusionPipeline.from_pretrained(out, custom_pipeline=str(ROOT / "pipelines" / "dp_diffusion"),
+                                             trust_remote_code=True, use_safetensors=True)
+    assert type(pipe).__name__ == "DPDiffusionPipeline" and isinstance(pipe.unet, DiffAEUNet2DModel)
+
+
+def test_bad_attribute_order_and_missing_files_raise(tmp_path):
+    name = "tiny32"
+    with pytest.raises(ValueError, match="attribute_order"):
+        CONVERT.convert(FIX / name / "last.ckpt", FIX / name / "latent.ckpt", tmp_path / "p",
+                        classifier=FIX / name / "cls.ckpt", attributes=["Male", "Not_An_Attribute"])
+    with pytest.raises(ValueError, match="hyper_parameters"):
+        CONVERT.convert(FIX / name / "latent.ckpt", FIX / name / "latent.ckpt", tmp_path / "q")
+
+
 def test_convert_script_end_to_end(tmp_path):
     name = "tiny16_conv_resample"
     cmd = [sys.executable, str(ROOT / "scripts" / "convert_diffae_checkpoint.py"),
@@ -201,9 +219,14 @@ def test_convert_script_end_to_end(tmp_path):
     assert {"model_index.json", "README.md", "conversion.json", "unet", "encoder", "scheduler",
             "attribute_directions"} <= {p.name for p in (tmp_path / "out").iterdir()}
     assert json.loads((tmp_path / "out" / "conversion.json").read_text())["weights"] == "ema_model"
-    bad = subprocess.run(cmd[:-1] + [str(tmp_path / "bad"), "--clip-quantile", "1.5"], capture_output=True,
-                         text=True, timeout=120)
-    assert bad.returncode == 2 and "clip_quantile must be in (0, 1]" in bad.stderr
+
+
+def test_convert_script_reports_bad_arguments(tmp_path, capsys):
+    name = "tiny16_conv_resample"
+    code = CONVERT.main(["--checkpoint", str(FIX / name / "last.ckpt"), "--latent-stats", str(FIX / name / "latent.ckpt"),
+                         "--classifier", str(FIX / name / "cls.ckpt"), "--output", str(tmp_path / "bad"),
+                         "--clip-quantile", "1.5"])
+    assert code == 2 and "clip_quantile must be in (0, 1]" in capsys.readouterr().err
 
 
 def test_official_grid_and_bad_configurations_raise():
