@@ -274,6 +274,12 @@ def test_privacy_oracles_on_a_converted_pipeline(converted):
     out = pipe(images, attributes=attrs, epsilon=math.inf, num_inference_steps=2, output_type="np", generator=g())
     plain = pipe.decode(pipe.encode(images), num_inference_steps=2, generator=g(), output_type="np")
     assert (out.images == plain).all()
+    inverted = pipe(images, attributes=attrs, epsilon=math.inf, stochastic_code="inverted", num_inference_steps=3,
+                    output_type="pt")  # __call__ inverts with the official ddim_reverse_sample_loop too
+    z = pipe.encode(images)
+    by_stages = pipe.decode(z, stochastic_code=pipe.invert(x, z=z, num_inference_steps=3), num_inference_steps=3,
+                            output_type="pt")
+    assert inverted.guarantee == "heuristic" and torch.equal(inverted.images, by_stages)
     noisy = pipe(images, attributes=attrs, epsilon=1.0, num_inference_steps=2, output_type="np", generator=g())
     assert noisy.guarantee == "formal" and set(noisy.sigmas) == set(attrs) and noisy.epsilon <= 1.0
     assert not (noisy.images == plain).all()
