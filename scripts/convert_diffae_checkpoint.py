@@ -142,7 +142,8 @@ def convert(checkpoint: Path, latent_stats: Path, output: Path, *, classifier: P
     card = CARD.format(
         name=name or hparams.get("name") or output.name, clip_quantile=clip_quantile,
         attributes=json.dumps(list(dirs.names)), checkpoint=checkpoint.name, latent_stats=latent_stats.name,
-        arch=json.dumps({k: hparams.get(k) for k in arch_keys if k in hparams}), enums=json.dumps(ASSUMED_ENUM_DEFAULTS),
+        arch=json.dumps({k: hparams.get(k) for k in arch_keys if k in hparams}),
+        enums=json.dumps(ASSUMED_ENUM_DEFAULTS),
         T=scheduler.config.num_train_timesteps, directions=directions, n_conds=conds.shape[0], subset_note=subset_note,
         latent_net=(" The latent DPM (`latent_net.*`) was not converted."
                     if any(k.startswith("ema_model.latent_net.") for k in ckpt["state_dict"]) else ""))

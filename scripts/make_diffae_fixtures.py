@@ -3,7 +3,8 @@
 The official implementation (``phizaz/diffae``) is not part of this project: pass the path of a checkout of it with
 ``--official-code``; it is imported from there only. Usage (see ``tests/fixtures/diffae/README.md``)::
 
-    python scripts/make_diffae_fixtures.py --official-code /tmp/diffae-official --output tests/fixtures/diffae [--ffhq256]
+    python scripts/make_diffae_fixtures.py --official-code /tmp/diffae-official \
+        --output tests/fixtures/diffae [--ffhq256]
 
 For each small configuration it writes the official-format files (``<name>/last.ckpt``: a Lightning-style
 ``{"state_dict": {"model.*", "ema_model.*"}, "hyper_parameters": TrainConfig.as_dict_jsonable()}``,

@@ -8,7 +8,8 @@ eta = 0):
   ``N`` steps (``s = T // N`` whenever ``N`` divides ``T``); respaced ``abar_i`` (i = 0 .. N-1) with
   ``abar_prev_0 = 1`` and ``abar_next_{N-1} = 0``; the network sees the original index ``t_i = i * s``.
 - decode (``ddim_sample_loop``), i = N-1 .. 0:
-  ``x0 = clip(sqrt(1/abar_i) x - sqrt(1/abar_i - 1) eps, -1, 1)``, ``eps' = (sqrt(1/abar_i) x - x0) / sqrt(1/abar_i - 1)``,
+  ``x0 = clip(sqrt(1/abar_i) x - sqrt(1/abar_i - 1) eps, -1, 1)``,
+  ``eps' = (sqrt(1/abar_i) x - x0) / sqrt(1/abar_i - 1)``,
   ``x <- sqrt(abar_prev_i) x0 + sqrt(1 - abar_prev_i) eps'``.
 - invert (``ddim_reverse_sample_loop``), i = 0 .. N-1: the same ``x0``/``eps'`` at ``(x, t_i)``, then
   ``x <- sqrt(abar_next_i) x0 + sqrt(1 - abar_next_i) eps'``; the last step lands on ``abar = 0``, so ``x_T = eps'``.
@@ -41,7 +42,8 @@ def official_timesteps(num_train_timesteps: int, num_inference_steps: int) -> li
             code raises too; e.g. N = 1, or N = 400 with T = 1000).
     """
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be an integer >= 1, got num_inference_steps={num_inference_steps!r}")
+        raise ValueError(
+            f"num_inference_steps must be an integer >= 1, got num_inference_steps={num_inference_steps!r}")
     for stride in range(1, num_train_timesteps):
         if len(range(0, num_train_timesteps, stride)) == num_inference_steps:
             return list(range(0, num_train_timesteps, stride))

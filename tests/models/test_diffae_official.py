@@ -223,8 +223,8 @@ def test_convert_script_end_to_end(tmp_path):
 
 def test_convert_script_reports_bad_arguments(tmp_path, capsys):
     name = "tiny16_conv_resample"
-    code = CONVERT.main(["--checkpoint", str(FIX / name / "last.ckpt"), "--latent-stats", str(FIX / name / "latent.ckpt"),
-                         "--classifier", str(FIX / name / "cls.ckpt"), "--output", str(tmp_path / "bad"),
+    code = CONVERT.main(["--checkpoint", str(FIX / name / "last.ckpt"),
+                         "--latent-stats", str(FIX / name / "latent.ckpt"), "--classifier", str(FIX / name / "cls.ckpt"), "--output", str(tmp_path / "bad"),
                          "--clip-quantile", "1.5"])
     assert code == 2 and "clip_quantile must be in (0, 1]" in capsys.readouterr().err
 
