@@ -322,3 +322,14 @@ def CONVERT_DIRS(d):  # placeholder directions for the FFHQ256 pipeline (no clas
     from dpdiffusion.models.attribute_directions import AttributeDirections
 
     return AttributeDirections(attribute_names=["pc_1"], latent_dim=d)
+
+
+def test_semantic_guidance_is_off_by_default_and_optional(converted):
+    """The official renderer has no guidance: the default for a DiffAE UNet is 1 (the official sampler exactly);
+    an explicit scale > 1 guides towards ``z`` relative to the public centre latent (post-processing)."""
+    _, _, pipe, _, x_t, ref = converted
+    kw = dict(stochastic_code=x_t, num_inference_steps=3, output_type="pt")
+    default = pipe.decode(ref["z"], **kw)
+    assert torch.equal(default, pipe.decode(ref["z"], guidance_scale=1.0, **kw))
+    guided = pipe.decode(ref["z"], guidance_scale=3.0, **kw)
+    assert torch.isfinite(guided).all() and not torch.equal(guided, default)
