@@ -15,6 +15,8 @@ _LAZY = {
     "DEFAULT_MODEL": "dpdiffusion.models.default",
     "load_pipeline": "dpdiffusion.models.default",
     "SemanticEncoder": "dpdiffusion.models.semantic_encoder",
+    "DiffAEUNet2DModel": "dpdiffusion.models.diffae_unet",
+    "DiffAESemanticEncoder": "dpdiffusion.models.diffae_encoder",
     "AttributeDirections": "dpdiffusion.models.attribute_directions",
     "PrivacySpec": "dpdiffusion.privacy.spec",
     "PrivacyLedger": "dpdiffusion.privacy.ledger",
@@ -44,6 +46,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .data.synthfaces import make_synthfaces, render_counterfactual
     from .models.attribute_directions import AttributeDirections
     from .models.default import DEFAULT_MODEL, load_pipeline
+    from .models.diffae_encoder import DiffAESemanticEncoder
+    from .models.diffae_unet import DiffAEUNet2DModel
     from .models.semantic_encoder import SemanticEncoder
     from .pipeline_dp_diffusion import DPDiffusionPipeline, DPDiffusionPipelineOutput
     from .privacy.accounting import gaussian_epsilon, gaussian_sigma

@@ -34,7 +34,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .data.images import images_to_tensor, tensor_to_output
 from .models.attribute_directions import AttributeDirections
-from .models.diffae import ddim_invert, predict_noise
+from .models.diffae import _is_official, ddim_decode, ddim_invert, predict_noise
+from .models.diffae_encoder import DiffAESemanticEncoder
+from .models.diffae_unet import DiffAEUNet2DModel
 from .models.semantic_encoder import SemanticEncoder
 from .privacy import mechanism
 from .privacy.accounting import gaussian_epsilon
@@ -112,8 +114,10 @@ class DPDiffusionPipeline(DiffusionPipeline):
     r"""Protect sensitive attributes of face images with calibrated noise in a diffusion autoencoder's latent.
 
     Args:
-        unet (`UNet2DModel`): the conditional decoder (``class_embed_type="identity"``).
-        encoder (`SemanticEncoder`): ``x -> z`` and ``z -> condition``.
+        unet (`UNet2DModel` or `DiffAEUNet2DModel`): the conditional decoder (``class_embed_type="identity"``), or the
+            official DiffAE architecture (converted by ``scripts/convert_diffae_checkpoint.py``), which decodes and
+            inverts with the official sampler (``dpdiffusion.models.diffae_sampler``).
+        encoder (`SemanticEncoder` or `DiffAESemanticEncoder`): ``x -> z`` and ``z -> condition``.
         scheduler (`DDIMScheduler`): the noise schedule; decoding and inversion share its grid.
         attribute_directions (`AttributeDirections`): directions, centre and public clip bounds.
     """
@@ -123,8 +127,8 @@ class DPDiffusionPipeline(DiffusionPipeline):
     # noise predicted at this step
     _callback_tensor_inputs = ["latents", "noise_pred"]
 
-    def __init__(self, unet: UNet2DModel, encoder: SemanticEncoder, scheduler: DDIMScheduler,
-                 attribute_directions: AttributeDirections):
+    def __init__(self, unet: UNet2DModel | DiffAEUNet2DModel, encoder: SemanticEncoder | DiffAESemanticEncoder,
+                 scheduler: DDIMScheduler, attribute_directions: AttributeDirections):
         super().__init__()
         self.register_modules(unet=unet, encoder=encoder, scheduler=scheduler,
                               attribute_directions=attribute_directions)
@@ -319,6 +323,8 @@ class DPDiffusionPipeline(DiffusionPipeline):
         return ddim_invert(self.unet, self.scheduler, x0, self.encoder.condition(z), num_inference_steps)
 
     def _guidance(self, guidance_scale, stochastic_code) -> float:
+        if guidance_scale is None and _is_official(self.unet):  # the official renderer: no semantic guidance
+            return 1.0
         if guidance_scale is None:  # inversion is exact only for the plain conditional trajectory
             return 1.0 if isinstance(stochastic_code, str) and stochastic_code == "inverted" else DEFAULT_GUIDANCE_SCALE
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not (
@@ -416,6 +422,15 @@ class DPDiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"stochastic_code must be 'random', 'inverted' or a tensor, got {stochastic_code!r}")
         z = z.to(device=device, dtype=self.unet.dtype)
         center = self.attribute_directions.center.to(device=device, dtype=self.unet.dtype)[None]  # (1, d)
+        if _is_official(self.unet):  # the official respaced grid, which DDIMScheduler cannot express (diffae_sampler)
+            if callback_on_step_end is not None:
+                raise ValueError("callback_on_step_end is not supported with the official DiffAE sampler "
+                                 f"({type(self.unet).__name__}); pass callback_on_step_end=None")
+            with self.progress_bar(total=num_inference_steps, disable=not progress) as bar:
+                x0 = ddim_decode(self.unet, self.scheduler, x_t, self.encoder.condition(z), num_inference_steps,
+                                 guidance_scale=scale, guidance_cond=self.encoder.condition(center),
+                                 callback=lambda i: bar.update())
+            return tensor_to_output(x0, output_type)
         x0 = self._denoise(x_t, self.encoder.condition(z), self.encoder.condition(center), scale, num_inference_steps,
                            progress=progress, callback_on_step_end=callback_on_step_end,
                            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)

@@ -14,6 +14,10 @@ Sections:
 * ``data_parallel``: ``protect`` throughput with 1 single-thread process, 2 single-thread processes
   (``accelerate launch --num_processes 2``) and 1 process using 2 threads, on the same images.
 * ``unlearning``: ``scripts/benchmark_unlearning.py``'s speed-ups of first/second-order unlearning over retraining.
+* ``diffae``: the official Diffusion Autoencoder architecture as converted by ``scripts/convert_diffae_checkpoint.py``
+  (``--diffae-config ffhq256``: the official FFHQ256 model, 168 M parameters; ``tiny32``: the test fixture), with
+  weights seeded from parameter names (speed does not depend on their values): wall time of ``pipe(...)`` over the
+  floor of its network evaluations (one encoder pass and one UNet call per official DDIM step), and images/s.
 
 Every figure is measured by this script in this run; nothing is copied from elsewhere.
 """
@@ -78,6 +82,76 @@ def bench_pipeline(pipe, *, batch_size: int, steps: int, repeats: int = 3) -> di
     return {"batch_size": batch_size, "num_inference_steps": steps, "semantic_guidance": guided, "floor_s": min(t_floor),
             "pipeline_s": min(t_full), "pipeline_over_floor": min(t_full) / min(t_floor),
             "images_per_s": batch_size / min(t_full)}
+
+
+def diffae_pipeline(config: str = "ffhq256"):
+    """A converted-format ``DPDiffusionPipeline`` of the official DiffAE architecture with seeded random weights."""
+    import importlib.util
+
+    from dpdiffusion import DPDiffusionPipeline
+    from dpdiffusion.models.diffae_conversion import (attribute_directions_from_latents,
+                                                      configs_from_hyper_parameters, convert_models)
+    from dpdiffusion.models.diffae_encoder import DiffAESemanticEncoder
+    from dpdiffusion.models.diffae_unet import DiffAEUNet2DModel
+
+    fixtures = ROOT / "tests" / "fixtures" / "diffae"
+    if config == "ffhq256":
+        hparams = json.loads((fixtures / "ffhq256" / "hyper_parameters.json").read_text())
+    elif config == "tiny32":
+        hparams = torch.load(fixtures / "tiny32" / "last.ckpt", weights_only=True)["hyper_parameters"]
+    else:
+        raise ValueError(f"diffae config must be 'ffhq256' or 'tiny32', got config={config!r}")
+    spec = importlib.util.spec_from_file_location("make_diffae_fixtures", ROOT / "scripts" / "make_diffae_fixtures.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    unet_cfg, enc_cfg, _ = configs_from_hyper_parameters(hparams)
+    shapes = {k: tuple(v.shape) for k, v in DiffAEUNet2DModel(**unet_cfg).state_dict().items()}
+    shapes.update({f"encoder.{k}": tuple(v.shape) for k, v in DiffAESemanticEncoder(**enc_cfg).state_dict().items()})
+    state = {f"ema_model.{k}": v for k, v in make.seeded_state_dict(shapes).items()}
+    unet, encoder, scheduler = convert_models(state, hparams)
+    conds = torch.randn(512, encoder.config.latent_dim, generator=torch.Generator().manual_seed(0))
+    dirs = attribute_directions_from_latents(conds, conds.mean(0))
+    return DPDiffusionPipeline(unet=unet, encoder=encoder, scheduler=scheduler, attribute_directions=dirs)
+
+
+def bench_diffae(pipe, *, batch_size: int, steps: int, repeats: int = 2) -> dict:
+    from dpdiffusion.models.diffae_sampler import official_timesteps
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(batch_size, 3, pipe.image_size, pipe.image_size, generator=g)
+    x = pipe.preprocess(images)
+    grid = official_timesteps(pipe.scheduler.config.num_train_timesteps, steps)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def floor():
+        with torch.no_grad():
+            z = pipe.encoder(x)
+            xt = torch.randn_like(x)
+            for t in grid:
+                pipe.unet(xt, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device), cond=z)
+        sync()
+
+    def full():
+        pipe(images, attributes=["pc_1"], epsilon=1.0, num_inference_steps=steps,
+             generator=torch.Generator(device).manual_seed(0), output_type="np")
+        sync()
+
+    floor()
+    full()  # warm-up
+    t_floor, t_full = [], []
+    for _ in range(repeats):  # interleaved, best of N
+        s = time.perf_counter(); floor(); t_floor.append(time.perf_counter() - s)
+        s = time.perf_counter(); full(); t_full.append(time.perf_counter() - s)
+    return {"image_size": pipe.image_size, "parameters": sum(p.numel() for p in pipe.unet.parameters()) +
+            sum(p.numel() for p in pipe.encoder.parameters()), "device": device, "batch_size": batch_size,
+            "num_inference_steps": steps, "floor_s": min(t_floor), "pipeline_s": min(t_full),
+            "pipeline_over_floor": min(t_full) / min(t_floor), "images_per_s": batch_size / min(t_full)}
 
 
 def _make_dataset(n: int, folder: Path) -> Path:
@@ -160,6 +234,10 @@ def main(argv=None) -> int:
     parser.add_argument("--parallel-images", type=int, default=128, help="Images of the data-parallel section.")
     parser.add_argument("--unlearning-args", nargs=argparse.REMAINDER, default=[],
                         help="Arguments passed to scripts/benchmark_unlearning.py.")
+    parser.add_argument("--diffae-config", default="ffhq256", choices=["ffhq256", "tiny32"],
+                        help="Architecture of the diffae section (official FFHQ256 or the tiny test fixture).")
+    parser.add_argument("--diffae-batch-size", type=int, default=1, help="Batch of the diffae section.")
+    parser.add_argument("--diffae-steps", type=int, default=10, help="Official DDIM steps of the diffae section.")
     parser.add_argument("--out", default=None, help="Also write the JSON here.")
     args = parser.parse_args(argv)
 
@@ -178,6 +256,9 @@ def main(argv=None) -> int:
                                                           model=args.model)
         if "unlearning" in args.sections:
             result["unlearning"] = bench_unlearning(args.unlearning_args)
+        if "diffae" in args.sections:
+            result["diffae"] = {"config": args.diffae_config, **bench_diffae(
+                diffae_pipeline(args.diffae_config), batch_size=args.diffae_batch_size, steps=args.diffae_steps)}
     text = json.dumps(result, indent=2, default=str)
     print(text)
     if args.out:
@@ -197,6 +278,12 @@ def main(argv=None) -> int:
         d = result["data_parallel"]
         print(f"| 2 single-thread processes / 1 single-thread process | {d['speedup_2proc_over_1proc']:.2f}x | >= 1.6x |")
         print(f"| 2 single-thread processes / 1 process with 2 threads | {d['speedup_2proc_over_1proc_2threads']:.2f}x | |")
+    if "diffae" in result:
+        d = result["diffae"]
+        print(f"| DiffAE {d['config']} ({d['image_size']} px, {d['parameters'] / 1e6:.2f} M params, {d['device']}): "
+              f"pipeline time / encoder+UNet floor | {d['pipeline_over_floor']:.3f} | <= 1.15 |")
+        print(f"| DiffAE {d['config']} images/s ({d['num_inference_steps']} steps, batch {d['batch_size']}) | "
+              f"{d['images_per_s']:.3f} | |")
     if "unlearning" in result:
         rows = result["unlearning"]["table"]["rows"]
         ref = rows["retrain"]

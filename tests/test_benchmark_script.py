@@ -33,3 +33,15 @@ def test_benchmark_prints_json_and_table(tmp_path, capsys):
     for needle in ("pipeline time / UNet+encoder floor", "peak RSS ratio 16 / 8", "first_order: speed-up vs retrain",
                    "first_order: test accuracy - retrain's"):
         assert needle in printed, needle
+
+
+def test_benchmark_diffae_section_on_the_tiny_official_architecture(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "bench.json"
+    assert module.main(["--sections", "diffae", "--diffae-config", "tiny32", "--diffae-batch-size", "1",
+                        "--diffae-steps", "2", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())["diffae"]
+    assert d["config"] == "tiny32" and d["image_size"] == 32 and d["pipeline_over_floor"] > 0
+    assert "DiffAE tiny32 (32 px" in capsys.readouterr().out

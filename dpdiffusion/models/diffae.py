@@ -13,6 +13,10 @@ Decoding walks the grid down (t_k -> t_k - T/n, the last step to ``final_alpha_c
 same pairs up, evaluating ``eps(x_prev, t_k)`` in place of the unknown ``eps(x_{t_k}, t_k)``. Pairing diffusers'
 ``DDIMInverseScheduler`` naively with ``DDIMScheduler`` uses different grids and final alphas (DESIGN.md section 4),
 which is why both directions live here, on one grid.
+
+``ddim_decode``/``ddim_invert`` given a ``DiffAEUNet2DModel`` (the official DiffAE architecture, converted from the
+official checkpoints) run the official respaced sampler of ``dpdiffusion.models.diffae_sampler`` instead, so that a
+converted pipeline reproduces the official renderer.
 """
 
 from __future__ import annotations
@@ -90,6 +94,14 @@ def ddim_pairs(scheduler: DDIMScheduler, num_inference_steps: int) -> list[tuple
     return out
 
 
+def _is_official(unet) -> bool:
+    """Whether ``unet`` is the official DiffAE architecture (``DiffAEUNet2DModel``), which samples as the official
+    code does (``dpdiffusion.models.diffae_sampler``) instead of on this module's grid."""
+    from .diffae_unet import DiffAEUNet2DModel
+
+    return isinstance(unet, DiffAEUNet2DModel)
+
+
 def _ddim_update(x: torch.Tensor, eps: torch.Tensor, a_from: float, a_to: float) -> torch.Tensor:
     x0 = (x - (1.0 - a_from) ** 0.5 * eps) / a_from**0.5
     return a_to**0.5 * x0 + (1.0 - a_to) ** 0.5 * eps
@@ -130,6 +142,11 @@ def ddim_decode(
     conditioning; ``s > 1`` strengthens what ``z`` says relative to the average face. It reads only ``z`` and public
     values, so it is post-processing of a release.
     """
+    if _is_official(unet):  # the official DiffAE architecture runs the official respaced sampler
+        from .diffae_sampler import diffae_ddim_decode
+
+        return diffae_ddim_decode(unet, scheduler, x_T, cond, num_inference_steps, guidance_scale=guidance_scale,
+                                  guidance_cond=guidance_cond, callback=callback)
     if guidance_scale != 1.0 and guidance_cond is None:
         raise ValueError("guidance_cond (the condition of the centre latent) is needed when guidance_scale != 1")
     x = x_T
@@ -151,6 +168,10 @@ def ddim_invert(
     callback: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM inversion ``x_0 -> x_T`` on exactly the decoding grid (the stochastic code of DiffAE)."""
+    if _is_official(unet):
+        from .diffae_sampler import diffae_ddim_invert
+
+        return diffae_ddim_invert(unet, scheduler, x_0, cond, num_inference_steps, callback=callback)
     x = x_0
     for i, (t, a_t, a_prev) in enumerate(reversed(ddim_pairs(scheduler, num_inference_steps))):
         x = _ddim_update(x, _eps(unet, x, t, cond), a_prev, a_t)

@@ -1,0 +1,188 @@
+"""Convert the official Diffusion Autoencoder checkpoints (``phizaz/diffae``) into a ``DPDiffusionPipeline`` folder.
+
+    python scripts/convert_diffae_checkpoint.py --checkpoint checkpoints/ffhq256_autoenc/last.ckpt \
+        --latent-stats checkpoints/ffhq256_autoenc/latent.pkl \
+        --classifier checkpoints/ffhq256_autoenc_cls/last.ckpt --output ffhq256-dp
+
+The folder holds ``model_index.json`` (``DiffAEUNet2DModel``, ``DiffAESemanticEncoder``, ``DDIMScheduler``,
+``AttributeDirections``), safetensors weights and a model card (``README.md``: source, licence, what was converted,
+assumptions, the clip quantile). Load it with ``DPDiffusionPipeline.from_pretrained(OUTPUT)``.
+
+The official files are PyTorch pickles; they are read with ``torch.load(weights_only=True)`` (tensors and plain
+containers only, no code execution). Should a file hold other objects, ``--allow-pickle`` loads it fully: only for
+files you trust (unpickling can run code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger("convert_diffae_checkpoint")
+
+CARD = """---
+library_name: dpdiffusion
+license: mit
+tags: [diffusion-autoencoder, differential-privacy, faces, dpdiffusion]
+base_model_source: https://github.com/phizaz/diffae
+converted_weights: ema_model
+clip_quantile: {clip_quantile}
+attributes: {attributes}
+---
+
+# {name}: official Diffusion Autoencoder weights for `DPDiffusionPipeline`
+
+Converted from the official checkpoints of *Diffusion Autoencoders: Toward a Meaningful and Decodable
+Representation* (Preechakul et al., CVPR 2022; code and weights: https://github.com/phizaz/diffae, MIT licence,
+Copyright (c) 2021 VISTEC). The weights keep the original licence; check the terms of the training data (FFHQ:
+CC BY-NC-SA 4.0 for the dataset; CelebA-HQ attributes: non-commercial research) before any use.
+
+## What was converted
+- `unet` (`DiffAEUNet2DModel`) and `encoder` (`DiffAESemanticEncoder`): the **EMA** weights (`ema_model.*`) of
+  `{checkpoint}`, as the official renderer uses them; the non-EMA weights (`model.*`) were ignored.{latent_net}
+- architecture from its `hyper_parameters`: `{arch}`.
+- enum-valued fields are not stored in the checkpoint; assumed official defaults: `{enums}`.
+- `scheduler`: `DDIMScheduler` with the official linear betas (T = {T}); decoding and inversion run the official
+  respaced DDIM sampler (`dpdiffusion.models.diffae_sampler`: `space_timesteps(T, "ddimN")`, eta 0, x0 clipped to
+  [-1, 1]; `num_inference_steps` must be a step count the official grid allows, e.g. a divisor of T).
+  The official code renders with fp16 autocast on CUDA; this pipeline computes in the dtype it is loaded in.
+- `attribute_directions`: {directions}
+- public centre and clip bounds from `{latent_stats}` (`conds`: the semantic latents of {n_conds} training images):
+  centre = `conds_mean`, clip bound C_i = the {clip_quantile} quantile of |a_i| over `conds`, fixed at conversion
+  time and public; never computed from an image being protected.
+
+## Privacy: what is protected and what is not
+The mechanism is unchanged: the released attribute coordinates are clipped to [-C_i, C_i] and noised by the calibrated
+Gaussian mechanism (`DPDiffusionPipeline`); the guarantee is for attribute-neighbours in this model's latent space
+(latents that differ only in the protected coordinates).
+- Protected: the coordinates of the attributes named at release time (with `scope="latent"`, the whole latent).
+- Not protected: the residual (identity, pose, expression, ...), non-linear read-outs of an attribute from it, and,
+  with `stochastic_code="inverted"`, everything the inverted code carries (`guarantee="heuristic"`).
+{subset_note}
+"""
+
+SUBSET_NOTE = (
+    "Directions are the official classifier's logit directions in z-space, orthonormalised (QR) in the stored order "
+    "(`attributes` above). For a protected set that is a *prefix* of that order, the official logits of the set are an "
+    "invertible affine function of the protected coordinates (`logit - b = diag(||w'||) R^T a`) and do not depend on "
+    "the residual; the first attribute's coordinate is `(logit - b) / ||w'||`. For other sets part of a logit stays in "
+    "the residual: reconvert with `--attributes` listing the protected attributes first.")
+
+
+def _load(path: Path, allow_pickle: bool = False) -> dict:
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path} holds objects other than tensors and plain containers ({err}); pass "
+                         f"--allow-pickle (allow_pickle=True) only if you trust the file") from None
+
+
+def convert(checkpoint: Path, latent_stats: Path, output: Path, *, classifier: Path | None = None,
+            attributes: list[str] | None = None, clip_quantile: float = 0.95, name: str | None = None,
+            allow_pickle: bool = False) -> Path:
+    """Convert and save; returns ``output``. See the module docstring."""
+    from dpdiffusion import DPDiffusionPipeline
+    from dpdiffusion.models.diffae_conversion import (ASSUMED_ENUM_DEFAULTS, CELEBA_HQ_ATTRIBUTES,
+                                                      attribute_directions_from_classifier,
+                                                      attribute_directions_from_latents,
+                                                      configs_from_hyper_parameters, convert_models)
+
+    ckpt = _load(checkpoint, allow_pickle)
+    if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise ValueError(f"--checkpoint must be an official Lightning checkpoint with 'state_dict' and "
+                         f"'hyper_parameters', got keys {sorted(ckpt)} in {checkpoint}")
+    hparams = dict(ckpt["hyper_parameters"])
+    unet, encoder, scheduler = convert_models(ckpt["state_dict"], hparams)
+    stats = _load(latent_stats, allow_pickle)
+    missing = [k for k in ("conds", "conds_mean", "conds_std") if k not in stats]
+    if missing:
+        raise ValueError(f"--latent-stats must hold conds, conds_mean and conds_std, missing {missing}")
+    conds = stats["conds"].float()
+    if classifier is not None:
+        cls_sd = _load(classifier, allow_pickle)
+        cls_sd = cls_sd.get("state_dict", cls_sd)
+        if "ema_classifier.weight" not in cls_sd:
+            raise ValueError(f"--classifier must hold ema_classifier.weight/bias, got keys {sorted(cls_sd)[:8]}")
+        mean = cls_sd.get("conds_mean", stats["conds_mean"]).reshape(-1)
+        std = cls_sd.get("conds_std", stats["conds_std"]).reshape(-1)
+        if not (torch.allclose(mean, stats["conds_mean"].reshape(-1)) and
+                torch.allclose(std, stats["conds_std"].reshape(-1))):
+            logger.warning("the classifier's conds_mean/conds_std differ from --latent-stats; using the classifier's")
+        dirs = attribute_directions_from_classifier(
+            cls_sd["ema_classifier.weight"], cls_sd["ema_classifier.bias"], mean, std, conds,
+            attribute_names=CELEBA_HQ_ATTRIBUTES, attribute_order=attributes, clip_quantile=clip_quantile)
+        directions = (f"{len(dirs.names)} CelebA-HQ attributes of the official linear classifier `{classifier}` "
+                      f"(`ema_classifier` over latents normalised by `conds_mean`/`conds_std`), names and order as "
+                      f"stored in `attributes`.")
+        subset_note = SUBSET_NOTE
+        if attributes is None:
+            logger.info("directions in the official order: protecting a prefix of %s... is exact in the official "
+                        "logits; pass --attributes to put the protected ones first", list(dirs.names[:3]))
+    else:
+        if attributes:
+            raise ValueError("--attributes needs --classifier")
+        dirs = attribute_directions_from_latents(conds, stats["conds_mean"], clip_quantile=clip_quantile)
+        directions = "no classifier given: one placeholder direction (`pc_1`, the first principal axis of `conds`)."
+        subset_note = ""
+    pipe = DPDiffusionPipeline(unet=unet, encoder=encoder, scheduler=scheduler, attribute_directions=dirs)
+    output.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(output, safe_serialization=True)
+    unet_cfg, enc_cfg, _ = configs_from_hyper_parameters(hparams)
+    arch_keys = ("img_size", "net_ch", "net_ch_mult", "net_attn", "net_beatgans_attn_head",
+                 "net_beatgans_embed_channels", "style_ch", "net_enc_channel_mult", "net_enc_pool",
+                 "net_num_res_blocks", "net_enc_num_res_blocks", "net_beatgans_resnet_two_cond",
+                 "net_resblock_updown", "T", "beta_scheduler")
+    card = CARD.format(
+        name=name or hparams.get("name") or output.name, clip_quantile=clip_quantile,
+        attributes=json.dumps(list(dirs.names)), checkpoint=checkpoint.name, latent_stats=latent_stats.name,
+        arch=json.dumps({k: hparams.get(k) for k in arch_keys if k in hparams}),
+        enums=json.dumps(ASSUMED_ENUM_DEFAULTS),
+        T=scheduler.config.num_train_timesteps, directions=directions, n_conds=conds.shape[0], subset_note=subset_note,
+        latent_net=(" The latent DPM (`latent_net.*`) was not converted."
+                    if any(k.startswith("ema_model.latent_net.") for k in ckpt["state_dict"]) else ""))
+    (output / "README.md").write_text(card)
+    (output / "conversion.json").write_text(json.dumps({
+        "source": "https://github.com/phizaz/diffae", "checkpoint": checkpoint.name, "latent_stats": latent_stats.name,
+        "classifier": classifier.name if classifier else None, "weights": "ema_model", "clip_quantile": clip_quantile,
+        "attributes": list(dirs.names), "assumed_enum_defaults": ASSUMED_ENUM_DEFAULTS, "unet": unet_cfg,
+        "encoder": enc_cfg}, indent=1, default=list))
+    return output
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="official last.ckpt (Lightning)")
+    parser.add_argument("--latent-stats", type=Path, required=True,
+                        help="official latent.ckpt / latent.pkl: conds, conds_mean, conds_std of the training set")
+    parser.add_argument("--classifier", type=Path, default=None,
+                        help="official *_autoenc_cls checkpoint (ema_classifier over normalised latents)")
+    parser.add_argument("--attributes", default=None,
+                        help="comma-separated CelebA-HQ names to keep, in QR order (protected ones first); "
+                             "default: all 40 in the official order")
+    parser.add_argument("--clip-quantile", type=float, default=0.95,
+                        help="quantile of |a_i| over the training latents used as the public clip bound (0, 1]")
+    parser.add_argument("--output", type=Path, required=True, help="pipeline folder to write")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load the official files with full unpickling (only for files you trust)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    attributes = [a.strip() for a in args.attributes.split(",")] if args.attributes else None
+    try:
+        out = convert(args.checkpoint, args.latent_stats, args.output, classifier=args.classifier,
+                      attributes=attributes, clip_quantile=args.clip_quantile, allow_pickle=args.allow_pickle)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
