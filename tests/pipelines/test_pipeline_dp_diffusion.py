@@ -80,10 +80,12 @@ def test_seeded_mode_same_generator_same_output_other_seed_differs_and_says_so(d
 
 
 def test_default_release_is_csprng_formal_and_not_reproducible_from_its_generator(dummy_pipe, dummy_images):
-    """The attacker's view: same input, same generator (x_T is the same), so only the privacy noise can differ."""
-    a = _call(dummy_pipe, dummy_images, epsilon=1.0, generator=_g(3))
-    b = _call(dummy_pipe, dummy_images, epsilon=1.0, generator=_g(3))
-    replay = _call(dummy_pipe, dummy_images, epsilon=1.0, generator=_g(3), secure_mode=False)
+    """The attacker's view: same input, same generator (x_T is the same), so only the privacy noise can differ.
+    Epsilon 50: at small epsilon most noisy coordinates are clamped to a public bound, so two independent releases of
+    a small batch coincide with a few per cent probability."""
+    a = _call(dummy_pipe, dummy_images, epsilon=50.0, generator=_g(3))
+    b = _call(dummy_pipe, dummy_images, epsilon=50.0, generator=_g(3))
+    replay = _call(dummy_pipe, dummy_images, epsilon=50.0, generator=_g(3), secure_mode=False)
     assert (a.noise_source, a.guarantee) == ("csprng", "formal")
     assert not np.array_equal(a.images, b.images) and not np.array_equal(a.images, replay.images)
 
