@@ -124,7 +124,7 @@ def _default_protected(privacy: dict, n_changed: int, method: str) -> str:
         f"the images the model now reflects were released with ({eps}, {privacy['delta']:g})-differential privacy "
         f"({privacy['guarantee']} guarantee) for the neighbouring relation `{privacy['neighbouring_relation']}`.\n"
         f"- The original (unprotected) versions of those images, to the extent that `{method}` unlearning "
-        "approximates retraining on the revised data (see the evaluation: membership inference on the originals)."
+        "approximates retraining on the revised data (see the evaluation below for what this run measured)."
     )
 
 
@@ -140,7 +140,7 @@ def _default_not_protected(privacy: dict, method: str) -> str:
             "images can remain in the weights; only retraining removes them exactly.\n"
         )
         + "- Correlations between the protected attributes and the labels that the remaining training data still "
-        "carry: the model may still infer a protected attribute from them (see the probe accuracy)."
+        "carry: the model may still infer a protected attribute from them."
     )
 
 
@@ -178,7 +178,8 @@ def build_unlearned_model_card(
 
     `repo_id=None` (a local folder that is not pushed) names the model after nothing invented: the usage snippet
     loads the folder. `card_info` may give `base_model` (a Hub id, set only when the input was one),
-    `base_model_path` (where the base model's own card is read for its `license`), `datasets` (Hub dataset ids),
+    `base_model_path` (where the base model's own card is read for its `license`), `license` (given: no look-up),
+    `datasets` (Hub dataset ids),
     `processor_source`, `label_kind` and `label_columns`.
     """
     privacy = _check_privacy(privacy)
@@ -206,7 +207,7 @@ def build_unlearned_model_card(
         if summary.get(key) is not None:
             unlearning[key] = summary[key]
     base_model = info.get("base_model")
-    license_ = _base_model_license(info.get("base_model_path") or base_model)
+    license_ = info["license"] if "license" in info else _base_model_license(info.get("base_model_path") or base_model)
     datasets_ = [str(d) for d in (info.get("datasets") or [])]
     flat = _flat_metrics(metrics, method)
     model_name = repo_id.split("/")[-1] if repo_id else "unlearned-classifier"
