@@ -159,7 +159,8 @@ def as_source(data: Any, name: str, *, transform: Callable | None = None, label_
         if label_spec is not None:
             missing = [c for c in label_spec.columns if c not in cols]
             if missing:
-                raise ValueError(f"{name} has no label columns {missing}; available columns: {cols}")
+                raise ValueError(f"{name} has no label columns {missing} (label_column / label_columns); "
+                                 f"available columns: {cols}")
             labels = label_spec.labels(data.select_columns(label_spec.columns)[:])
         else:
             lab_col = next((k for k in _LABEL_KEYS if k in cols), None)

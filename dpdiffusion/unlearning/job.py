@@ -169,9 +169,8 @@ def run_unlearn_job(config: UnlearnConfig, *, progress: bool = True) -> Path:
         model.config.problem_type = spec.problem_type
     transform = make_transform(processor)
 
-    multi = spec.problem_type == "multi_label_classification"
-    original = load_attribute_dataset(config.original, image_column=config.image_column,
-                                      attribute_columns=spec.columns if multi else [])
+    # label values are read (and checked) by the LabelSpec; the loader only finds the columns
+    original = load_attribute_dataset(config.original, image_column=config.image_column, attribute_columns=[])
     orig_all = as_source(original, "original", transform=transform, label_spec=spec, image_column=config.image_column)
     revised_dir = Path(config.revised)
     idx, files, privacy = _read_revised_records(revised_dir)
@@ -220,8 +219,7 @@ def run_unlearn_job(config: UnlearnConfig, *, progress: bool = True) -> Path:
             b = _decisions(_predict(retrained.model, train_set, config.batch_size, device), problem_type)
             metrics["agreement_with_retrained"] = float((a == b).float().mean())
         if config.held_out is not None:
-            held = load_attribute_dataset(config.held_out, image_column=config.image_column,
-                                          attribute_columns=spec.columns if multi else [])
+            held = load_attribute_dataset(config.held_out, image_column=config.image_column, attribute_columns=[])
             held_src = as_source(held, "held_out", transform=transform, label_spec=spec,
                                  image_column=config.image_column)
 

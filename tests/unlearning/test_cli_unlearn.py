@@ -91,6 +91,7 @@ def test_cli_unlearns_a_hub_vit_with_bounded_open_files_and_pushes(vit_setup, tm
             ["unlearn", "--classifier", str(s / "vit"), "--original", str(s / "src"), "--revised", str(s / "protected"),
              "--label-column", "species", "--output-dir", str(out), "--method", "second_order",
              "--batch-size", "16", "--hessian-samples", "32", "--last-k-blocks", "1", "--compare-retrain", "true",
+             "--mixed-precision", "bf16",
              "--epochs", "1", "--held-out", str(s / "held"), "--dataset-ids", "me/protected-faces",
              "--push-to-hub", "me/vit-unlearned", "--no-progress"],
             _env(tmp_path, HF_ENDPOINT=hub_api.url, HF_HUB_OFFLINE="0", HF_TOKEN="hf_fake"))
@@ -130,14 +131,25 @@ def test_cli_unlearns_a_hub_vit_with_bounded_open_files_and_pushes(vit_setup, tm
     assert {p["label"] for p in preds} == {"cat", "dog"}
 
 
-def test_cli_without_processor_or_image_size_is_one_clear_line(tmp_path):
+def test_cli_without_processor_or_image_size_is_one_clear_line(tmp_path, capsys):
+    from dpdiffusion.cli import main
     from dpdiffusion.training.classifier import build_classifier
 
     clf = tmp_path / "clf"
     build_classifier(2, image_size=16, label_names=["a", "b"]).save_pretrained(clf)
     src = tmp_path / "src"
     _folder(src, 2, 0, ["a", "b"])
-    res = _run_limited(["unlearn", "--classifier", str(clf), "--original", str(src), "--revised", str(src),
-                        "--label-columns", "a", "b", "--output-dir", str(tmp_path / "o")], _env(tmp_path))
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert "--image-size" in res.stderr and not (tmp_path / "o").exists()
+    args = ["unlearn", "--classifier", str(clf), "--original", str(src), "--revised", str(src), "--output-dir",
+            str(tmp_path / "o")]
+    for extra, needle in [(["--label-columns", "a", "b"], "--image-size"),
+                          (["--label-columns", "a", "b", "--image-size", "16", "--mixed-precision", "fp8"],
+                           "mixed_precision"),
+                          (["--label-column", "a", "--image-size", "16"], "--label-columns"),
+                          (["--label-columns", "a", "b", "--image-size", "16"], "no label columns ['a', 'b']"),
+                          (["--label-columns", "a", "b", "--image-size", "16", "--last-k-blocks", "-1"],
+                           "last_k_blocks")]:
+        with pytest.raises(SystemExit) as exc:
+            main(args + extra)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and needle in err and "Traceback" not in err, (extra, err)
+    assert not (tmp_path / "o").exists()
