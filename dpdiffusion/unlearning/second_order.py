@@ -13,7 +13,9 @@ The linear system is solved by conjugate gradients with curvature-vector product
 `torch.func.jvp(torch.func.grad(L))` (forward-over-reverse) on `functional_call` of the model for the exact
 Hessian, or J^T H_f J v for the generalised Gauss-Newton matrix (`curvature="gauss_newton"`, the default of
 `unlearn`: positive semi-definite, so CG is well posed on a non-convex network, and equal to H at an
-interpolating minimum). Trained networks have a few large curvature eigenvalues and a bulk near 0, so the
+interpolating minimum). Forward-mode AD has no rule for the fused attention kernels, so `unlearn` computes these
+products inside `core.differentiable_attention` (SDPA on its math backend, other attention implementations
+switched to eager, all restored afterwards). Trained networks have a few large curvature eigenvalues and a bulk near 0, so the
 undamped influence step is dominated by nearly flat directions and overshoots: the single step leaves the region
 where the quadratic model holds. The damping is therefore scaled to the spectrum: lambda = `damping_ratio` *
 lambda_max, lambda_max from power iteration. This bounds the condition number of `C + lambda I` by

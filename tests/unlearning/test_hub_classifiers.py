@@ -214,3 +214,60 @@ def test_resnet_with_default_processor_equals_legacy_scaling():
                 image_processor=processor, train_set=(rev, y), hessian_samples=4, cg_iters=2, power_iters=2,
                 progress=False)
     assert r.extra["update_norm"] > 0 and r.damping > 0
+
+
+def _other_architectures():
+    import transformers as T
+
+    return {
+        "deit": lambda: T.DeiTForImageClassification(T.DeiTConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
+            patch_size=8, num_labels=2)),
+        "swin": lambda: T.SwinForImageClassification(T.SwinConfig(
+            image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[2, 2], window_size=4, num_labels=2)),
+        "efficientnet": lambda: T.EfficientNetForImageClassification(T.EfficientNetConfig(
+            image_size=32, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=128, num_labels=2)),
+        "mobilenet_v2": lambda: T.MobileNetV2ForImageClassification(T.MobileNetV2Config(
+            image_size=32, depth_multiplier=0.1, num_labels=2)),
+    }
+
+
+@pytest.mark.parametrize("arch", ["deit", "swin", "efficientnet", "mobilenet_v2"])
+def test_first_and_second_order_run_on_other_hub_architectures(arch):
+    torch.manual_seed(0)
+    model = _other_architectures()[arch]().eval()
+    g = torch.Generator().manual_seed(0)
+    x, xr = torch.randn(6, 3, 32, 32, generator=g), torch.randn(6, 3, 32, 32, generator=g)
+    y = torch.tensor([0, 1, 0, 1, 1, 0])
+    for method in ("first_order", "second_order"):
+        r = unlearn(model, (x, y), (xr, y), method=method, train_set=(xr, y), hessian_samples=6, cg_iters=2,
+                    power_iters=2, progress=False)
+        assert np.isfinite(r.extra["update_norm"]), (arch, method)
+        if arch != "efficientnet":  # the untrained tiny EfficientNet outputs constant logits: nothing to unlearn
+            assert r.extra["update_norm"] > 0, (arch, method)
+
+
+def test_differentiable_attention_switches_fused_implementations_and_restores():
+    from types import SimpleNamespace
+
+    class TimmLikeAttention(torch.nn.Module):
+        fused_attn = True
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = SimpleNamespace(_attn_implementation="flash_attention_2")
+            self.attn = TimmLikeAttention()
+            self.calls = []
+
+        def set_attn_implementation(self, impl):
+            self.calls.append(impl)
+            self.config._attn_implementation = impl
+
+    model = Model()
+    with differentiable_attention(model):
+        assert model.config._attn_implementation == "eager" and model.attn.fused_attn is False
+        q = torch.randn(1, 2, 4, 8, requires_grad=True)
+        out = torch.func.jvp(lambda t: torch.nn.functional.scaled_dot_product_attention(t, t, t), (q,), (q,))
+        assert torch.isfinite(out[1]).all()
+    assert model.calls == ["eager", "flash_attention_2"] and model.attn.fused_attn is True
