@@ -240,7 +240,7 @@ def build_unlearned_model_card(
         card_data=card_data,
         template_dir=template_dir,
         model_name=model_name,
-        repo_id=repo_id or "path/to/this/folder",
+        repo_id=repo_id or info.get("local_path") or "path/to/this/folder",
         base_model=base_model or info.get("base_model_path"),
         license=license_,
         datasets=datasets_,
@@ -339,12 +339,15 @@ def write_unlearned_model(
     Returns:
         The folder `Path`.
     """
+    folder = Path(folder)
+    info = dict(card_info or {})
+    if not repo_id:
+        info.setdefault("local_path", f"./{folder.name}")  # the card of an unpushed folder names no invented id
     card = build_unlearned_model_card(model, repo_id, result=result, privacy=privacy, metrics=metrics, cost=cost,
-                                      command=command, card_info=card_info)
+                                      command=command, card_info=info)
     summary = result.summary() if hasattr(result, "summary") else dict(result)
     record = {"repo_id": repo_id, "unlearning": summary, "privacy": _check_privacy(privacy), "metrics": dict(metrics),
               "cost": dict(cost), **({"card_info": dict(card_info)} if card_info else {})}
-    folder = Path(folder)
     _write_folder(folder, model, card, record, image_processor)
     return folder
 

@@ -131,6 +131,24 @@ def test_cli_unlearns_a_hub_vit_with_bounded_open_files_and_pushes(vit_setup, tm
     assert {p["label"] for p in preds} == {"cat", "dog"}
 
 
+def test_cli_dry_run_card_names_no_invented_repo(vit_setup, tmp_path, capsys):
+    """Without --push-to-hub: no `local/<dir>` id, no base_model for a local folder, metrics only as computed."""
+    from huggingface_hub import ModelCard
+
+    from dpdiffusion.cli import main
+
+    s = vit_setup
+    out = tmp_path / "dry"
+    main(["unlearn", "--classifier", str(s / "vit"), "--original", str(s / "src"), "--revised", str(s / "protected"),
+          "--label-column", "species", "--output-dir", str(out), "--method", "first_order", "--no-progress"])
+    card = ModelCard.load(out / "README.md")
+    assert "local/" not in card.content and "base_model" not in card.data.to_dict()
+    assert 'pipeline("image-classification", model="./dry")' in card.text
+    assert {r.metric_name for r in card.data.eval_results} == {
+        "accuracy_revised_before", "accuracy_revised_after", "unlearning_seconds", "wall_seconds"}
+    assert "agreement_with_retrained" not in card.text and "mia_auc" not in card.text
+
+
 def test_cli_without_processor_or_image_size_is_one_clear_line(tmp_path, capsys):
     from dpdiffusion.cli import main
     from dpdiffusion.training.classifier import build_classifier

@@ -271,3 +271,18 @@ def test_differentiable_attention_switches_fused_implementations_and_restores():
         out = torch.func.jvp(lambda t: torch.nn.functional.scaled_dot_product_attention(t, t, t), (q,), (q,))
         assert torch.isfinite(out[1]).all()
     assert model.calls == ["eager", "flash_attention_2"] and model.attn.fused_attn is True
+
+
+def test_unlearn_by_folder_uses_the_saved_processor_and_finetune_preprocesses(tmp_path):
+    model, processor = tiny_vit()
+    model.save_pretrained(tmp_path / "vit")
+    processor.save_pretrained(tmp_path / "vit")
+    orig, rev = pil_images(4, 0), pil_images(4, 1)
+    y = torch.tensor([0, 1, 1, 0])
+    a = unlearn(str(tmp_path / "vit"), (orig, y), (rev, y), tau=1e-2, progress=False)
+    b = unlearn(model, (orig, y), (rev, y), image_processor=processor, tau=1e-2, progress=False)
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        torch.testing.assert_close(p, q)
+    ft = unlearn(model, (orig, y), (rev, y), method="finetune", image_processor=processor, train_set=(rev, y),
+                 epochs=1, batch_size=4, progress=False)
+    assert any(not torch.equal(p, q) for p, q in zip(ft.model.parameters(), model.parameters()))
