@@ -312,7 +312,8 @@ class RevisedTrainSource:
         rev_pos = [i for i, j in enumerate(rows.tolist()) if j in self.where]
         if not rev_pos:
             return self.original.batch(rows)
-        orig_pos = [i for i in range(len(rows)) if i not in set(rev_pos)]
+        revised_here = set(rev_pos)
+        orig_pos = [i for i in range(len(rows)) if i not in revised_here]
         x_r, _ = self.revised.batch(torch.tensor([self.where[int(rows[i])] for i in rev_pos]))
         parts_x = torch.empty((len(rows), *x_r.shape[1:]), dtype=x_r.dtype)
         parts_x[rev_pos] = x_r

@@ -286,3 +286,14 @@ def test_unlearn_by_folder_uses_the_saved_processor_and_finetune_preprocesses(tm
     ft = unlearn(model, (orig, y), (rev, y), method="finetune", image_processor=processor, train_set=(rev, y),
                  epochs=1, batch_size=4, progress=False)
     assert any(not torch.equal(p, q) for p, q in zip(ft.model.parameters(), model.parameters()))
+
+
+def test_revised_train_source_substitutes_the_changed_rows():
+    from dpdiffusion.unlearning.data import RevisedTrainSource, TensorSource
+
+    t = make_transform(None)
+    orig = TensorSource(torch.zeros(6, 3, 4, 4), torch.arange(6), t)
+    rev = TensorSource(torch.ones(2, 3, 4, 4) * torch.tensor([1.0, 2.0])[:, None, None, None], torch.tensor([1, 4]), t)
+    train = RevisedTrainSource(orig, rev, [1, 4])
+    x, y = train.batch(torch.tensor([0, 1, 4, 5]))
+    assert x[:, 0, 0, 0].tolist() == [0.0, 1.0, 2.0, 0.0] and y.tolist() == [0, 1, 4, 5] and len(train) == 6
