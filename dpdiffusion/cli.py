@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .unlearning.job import UnlearnConfig
 
-    p = sub.add_parser("unlearn", help="Unlearn a classifier against a protected dataset; write/push it with a model card.")
+    p = sub.add_parser("unlearn", help="Unlearn any transformers image classifier (with its image processor) against "
+                                       "a protected dataset; write/push it as a complete Hub model with its card.")
     add_dataclass_arguments(p, UnlearnConfig)
     p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     p.set_defaults(func=cmd_unlearn)

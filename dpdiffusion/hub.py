@@ -23,11 +23,42 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from huggingface_hub import HfApi, ModelCard, ModelCardData
+import os
+import shutil
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MODEL_CARDS_DIR", "render_model_card", "build_unlearned_model_card", "push_unlearned_model"]
+__all__ = ["MODEL_CARDS_DIR", "render_model_card", "build_unlearned_model_card", "push_unlearned_model",
+           "write_unlearned_model"]
+
+# what each figure of an unlearning run means, for the card: only the figures a run computed are described
+METRIC_DESCRIPTIONS = {
+    "changed_pairs": "number of training images that were replaced by their protected revision",
+    "training_rows": "size of the training set after revision",
+    "accuracy_revised_before": "accuracy of the original classifier on the revised (protected) training images",
+    "accuracy_revised_after": "accuracy of the unlearned classifier on the revised (protected) training images",
+    "agreement_with_retrained": "fraction of the revised training set on which the unlearned and the retrained "
+                                "model predict the same labels",
+    "mia_auc": "ROC AUC of a loss-threshold membership-inference attack separating the original images of the "
+               "revised examples from held-out images (0.5: no signal; compare with the retrained model)",
+    "mia_auc_retrained": "the same attack against the model retrained from scratch on the revised data",
+    "unlearning_seconds": "wall-clock seconds of the unlearning update",
+    "retrain_seconds": "wall-clock seconds of retraining from scratch on the revised data",
+    "speedup_vs_retrain": "retraining time divided by unlearning time",
+    "wall_seconds": "wall-clock seconds of the whole job (loading, unlearning, evaluation)",
+    # columns of a `compare_unlearning` table
+    "seconds": "wall-clock seconds of the method",
+    "test_accuracy": "accuracy on held-out test images",
+    "l2_to_retrained": "L2 parameter distance to the model retrained from scratch on the revised data",
+    "prob_distance_to_retrained": "mean distance of predicted probabilities to the retrained model's",
+    "probe_accuracy": "accuracy of a linear probe for the protected attribute on the penultimate features",
+}
+METRIC_TYPES = {"accuracy_revised_before": "accuracy", "accuracy_revised_after": "accuracy",
+                "agreement_with_retrained": "agreement", "mia_auc": "roc_auc", "mia_auc_retrained": "roc_auc",
+                "test_accuracy": "accuracy", "unlearning_seconds": "wall_time", "retrain_seconds": "wall_time",
+                "wall_seconds": "wall_time", "seconds": "wall_time", "speedup_vs_retrain": "speedup"}
 
 # the repository's model_cards/ (dpdiffusion/model_cards links to it, so that wheels carry the templates too)
 MODEL_CARDS_DIR = Path(__file__).resolve().parent / "model_cards"
@@ -93,7 +124,7 @@ def _default_protected(privacy: dict, n_changed: int, method: str) -> str:
         f"the images the model now reflects were released with ({eps}, {privacy['delta']:g})-differential privacy "
         f"({privacy['guarantee']} guarantee) for the neighbouring relation `{privacy['neighbouring_relation']}`.\n"
         f"- The original (unprotected) versions of those images, to the extent that `{method}` unlearning "
-        "approximates retraining on the revised data (see the evaluation: membership inference on the originals)."
+        "approximates retraining on the revised data (see the evaluation below for what this run measured)."
     )
 
 
@@ -109,7 +140,7 @@ def _default_not_protected(privacy: dict, method: str) -> str:
             "images can remain in the weights; only retraining removes them exactly.\n"
         )
         + "- Correlations between the protected attributes and the labels that the remaining training data still "
-        "carry: the model may still infer a protected attribute from them (see the probe accuracy)."
+        "carry: the model may still infer a protected attribute from them."
     )
 
 
@@ -141,8 +172,16 @@ def build_unlearned_model_card(
     command: str | None = None,
     template_name: str = "unlearned_classifier",
     template_dir: str | Path | None = None,
+    card_info: Mapping[str, Any] | None = None,
 ) -> ModelCard:
-    """The model card of an unlearned classifier (see `push_unlearned_model` for the arguments)."""
+    """The model card of an unlearned classifier (see `push_unlearned_model` for the arguments).
+
+    `repo_id=None` (a local folder that is not pushed) names the model after nothing invented: the usage snippet
+    loads the folder. `card_info` may give `base_model` (a Hub id, set only when the input was one),
+    `base_model_path` (where the base model's own card is read for its `license`), `license` (given: no look-up),
+    `datasets` (Hub dataset ids),
+    `processor_source`, `label_kind` and `label_columns`.
+    """
     privacy = _check_privacy(privacy)
     if "seconds" not in cost or "retrain_seconds" not in cost:
         raise ValueError(f"cost must have keys 'seconds' and 'retrain_seconds', got {sorted(cost)}")
@@ -163,20 +202,51 @@ def build_unlearned_model_card(
             unlearning[key] = float(summary[key]) if key != "n_train" else int(summary[key])
     config = getattr(model, "config", None)
     label_names = [str(v) for v in getattr(config, "id2label", {}).values()] if config is not None else []
+    info = dict(card_info or {})
+    for key in ("updated_modules", "problem_type"):
+        if summary.get(key) is not None:
+            unlearning[key] = summary[key]
+    base_model = info.get("base_model")
+    license_ = info["license"] if "license" in info else _base_model_license(info.get("base_model_path") or base_model)
+    datasets_ = [str(d) for d in (info.get("datasets") or [])]
+    flat = _flat_metrics(metrics, method)
+    model_name = repo_id.split("/")[-1] if repo_id else "unlearned-classifier"
+    dataset_name = f"revised training images ({flat.get('changed_pairs', n_changed)} protected)"
+    eval_results = [
+        EvalResult(task_type="image-classification", dataset_type=datasets_[-1] if datasets_ else "imagefolder",
+                   dataset_name=dataset_name, dataset_split="train", metric_type=METRIC_TYPES.get(k, k),
+                   metric_name=k, metric_value=float(v))
+        for k, v in flat.items() if k not in ("changed_pairs", "training_rows")
+    ]
+    tags = ["dp", "differential-privacy", "machine-unlearning", "dpdiffusion", "image-classification"]
+    model_type = getattr(config, "model_type", None)
+    if model_type:
+        tags.append(str(model_type))
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-classification",
-        license="apache-2.0",
-        tags=["dp", "differential-privacy", "machine-unlearning", "dpdiffusion", "image-classification"],
+        license=license_,
+        base_model=base_model,
+        datasets=datasets_ or None,
+        tags=tags,
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results or None,
         privacy={k: privacy[k] for k in PRIVACY_KEYS},
         unlearning=unlearning,
     )
+    described = [k for k in _metric_keys(metrics) if k in METRIC_DESCRIPTIONS]
     return render_model_card(
         template_name,
         card_data=card_data,
         template_dir=template_dir,
-        model_name=repo_id.split("/")[-1],
-        repo_id=repo_id,
+        model_name=model_name,
+        repo_id=repo_id or info.get("local_path") or "path/to/this/folder",
+        base_model=base_model or info.get("base_model_path"),
+        license=license_,
+        datasets=datasets_,
+        processor_source=info.get("processor_source"),
+        label_kind=info.get("label_kind") or getattr(config, "problem_type", None),
+        label_columns=info.get("label_columns") or [],
         architecture=type(model).__name__,
         num_parameters=f"{sum(p.numel() for p in model.parameters()):,}",
         label_names=label_names or ["-"],
@@ -187,16 +257,99 @@ def build_unlearned_model_card(
         what_is_protected=privacy.get("what_is_protected") or _default_protected(privacy, n_changed, method),
         what_is_not_protected=privacy.get("what_is_not_protected") or _default_not_protected(privacy, method),
         metrics_table=_metrics_table(metrics),
+        metric_descriptions={k: METRIC_DESCRIPTIONS[k] for k in described},
         cost=cost_text,
         command=command or " ".join(shlex.quote(a) for a in sys.argv),
     )
 
 
-def _write_folder(folder: Path, model: Any, card: ModelCard, record: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)  # config.json + model.safetensors
-    card.save(folder / "README.md")
-    (folder / "unlearning.json").write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+def _metric_keys(metrics: Mapping[str, Any]) -> list[str]:
+    if "rows" in metrics and "columns" in metrics:
+        return list(metrics["columns"])
+    return list(metrics)
+
+
+def _flat_metrics(metrics: Mapping[str, Any], method: str) -> dict[str, float]:
+    """Numeric figures of the run for the `model-index`: a flat dict as is, or the method's row of a table."""
+    if "rows" in metrics and "columns" in metrics:
+        row = metrics["rows"].get(method) or {}
+        items = {c: row.get(c) for c in metrics["columns"]}
+    else:
+        items = dict(metrics)
+    return {k: float(v) for k, v in items.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+
+
+def _base_model_license(name_or_path: str | None) -> str | None:
+    """The `license` of the base model's own card (local folder, or the Hub when reachable); None if unknown."""
+    if not name_or_path:
+        return None
+    try:
+        path = Path(os.path.expanduser(str(name_or_path)))
+        if path.is_dir():
+            readme = path / "README.md"
+            return ModelCard.load(readme).data.license if readme.is_file() else None
+        return ModelCard.load(str(name_or_path)).data.license
+    except Exception as err:  # noqa: BLE001 - offline, no card, malformed card: the license stays unknown
+        logger.info("license of the base model %s not found: %s", name_or_path, err)
+        return None
+
+
+def _write_folder(folder: Path, model: Any, card: ModelCard, record: dict, image_processor: Any = None) -> None:
+    """Write the folder completely in a sibling temporary folder, then move it into place (never half-written)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)  # config.json + model.safetensors
+        if image_processor is not None:
+            image_processor.save_pretrained(tmp)  # preprocessor_config.json
+        card.save(tmp / "README.md")
+        (tmp / "unlearning.json").write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            old.rmdir()
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_unlearned_model(
+    model: Any,
+    folder: str | Path,
+    *,
+    repo_id: str | None = None,
+    result: Any,
+    privacy: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    cost: Mapping[str, Any],
+    command: str | None = None,
+    image_processor: Any = None,
+    card_info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a complete Hub model folder: weights, config, `preprocessor_config.json`, card, `unlearning.json`.
+
+    See `push_unlearned_model` for the arguments; `repo_id` is only used in the card (None: not pushed).
+
+    Returns:
+        The folder `Path`.
+    """
+    folder = Path(folder)
+    info = dict(card_info or {})
+    if not repo_id:
+        info.setdefault("local_path", f"./{folder.name}")  # the card of an unpushed folder names no invented id
+    card = build_unlearned_model_card(model, repo_id, result=result, privacy=privacy, metrics=metrics, cost=cost,
+                                      command=command, card_info=info)
+    summary = result.summary() if hasattr(result, "summary") else dict(result)
+    record = {"repo_id": repo_id, "unlearning": summary, "privacy": _check_privacy(privacy), "metrics": dict(metrics),
+              "cost": dict(cost), **({"card_info": dict(card_info)} if card_info else {})}
+    _write_folder(folder, model, card, record, image_processor)
+    return folder
 
 
 def push_unlearned_model(
@@ -212,13 +365,19 @@ def push_unlearned_model(
     dry_run_dir: str | Path | None = None,
     command: str | None = None,
     commit_message: str | None = None,
+    image_processor: Any = None,
+    card_info: Mapping[str, Any] | None = None,
+    folder: str | Path | None = None,
+    endpoint: str | None = None,
 ):
     """Save an unlearned classifier with its model card, and upload it (or write the folder only).
 
-    The folder holds `config.json` + `model.safetensors` (`save_pretrained`), `README.md` (the model card
-    rendered from `model_cards/unlearned_classifier.md`: front matter with `library_name: transformers`, tags
-    `dp` / `machine-unlearning`, and `privacy` {epsilon, delta, guarantee, neighbouring_relation, attributes} and
-    `unlearning` {method, ...} keys), and `unlearning.json` (the same figures, machine-readable).
+    The folder holds `config.json` + `model.safetensors` (`save_pretrained`), `preprocessor_config.json` (when
+    `image_processor` is given, so that `pipeline("image-classification", model=...)` works on it), `README.md`
+    (the model card rendered from `model_cards/unlearned_classifier.md`: front matter with `library_name:
+    transformers`, tags `dp` / `machine-unlearning`, `base_model`, `datasets`, the base model's `license`, a
+    `model-index` of the figures in `metrics`, and `privacy` {epsilon, delta, guarantee, neighbouring_relation,
+    attributes} and `unlearning` {method, ...} keys), and `unlearning.json` (the same figures, machine-readable).
 
     Args:
         model: the unlearned `transformers` model.
@@ -226,13 +385,19 @@ def push_unlearned_model(
         result (`UnlearningResult` or `dict`): the unlearning run (method, n_changed, tau, damping, ...).
         privacy (`dict`): `epsilon`, `delta`, `guarantee` (`"formal"`, `"heuristic"` or `"none"`),
             `neighbouring_relation`, `attributes`; optional `what_is_protected` / `what_is_not_protected` texts.
-        metrics (`dict`): a `compare_unlearning` table or a flat `{metric: value}` dict.
-        cost (`dict`): `seconds` (unlearning) and `retrain_seconds` (retraining from scratch).
+        metrics (`dict`): a `compare_unlearning` table or a flat `{metric: value}` dict of figures the run
+            computed (only these appear in the card).
+        cost (`dict`): `seconds` (unlearning) and `retrain_seconds` (retraining from scratch, or None).
         token (`str`, *optional*): Hub token; the local login by default.
         private (`bool`): create the repository as private.
         dry_run_dir (`str` or `Path`, *optional*): write the exact folder to upload here and return its path,
             without any network access.
         command (`str`, *optional*): the command that produced the model (default: this process's argv).
+        image_processor (*optional*): the `AutoImageProcessor` the model was unlearned with.
+        card_info (`dict`, *optional*): `base_model`, `base_model_path`, `datasets`, ... (see
+            `build_unlearned_model_card`).
+        folder (`str` or `Path`, *optional*): an already written folder (`write_unlearned_model`) to upload as is.
+        endpoint (`str`, *optional*): the Hub endpoint (default: `HF_ENDPOINT` or huggingface.co).
 
     Returns:
         The folder `Path` with `dry_run_dir`, else the `huggingface_hub.CommitInfo` of the upload.
@@ -242,24 +407,18 @@ def push_unlearned_model(
     """
     if not isinstance(repo_id, str) or not repo_id.strip() or repo_id.count("/") > 1:
         raise ValueError(f"repo_id must be 'namespace/name' or 'name', got repo_id={repo_id!r}")
-    card = build_unlearned_model_card(
-        model, repo_id, result=result, privacy=privacy, metrics=metrics, cost=cost, command=command
-    )
+    write = dict(repo_id=repo_id, result=result, privacy=privacy, metrics=metrics, cost=cost, command=command,
+                 image_processor=image_processor, card_info=card_info)
     summary = result.summary() if hasattr(result, "summary") else dict(result)
-    record = {"repo_id": repo_id, "unlearning": summary, "privacy": _check_privacy(privacy), "metrics": dict(metrics),
-              "cost": dict(cost)}
     if dry_run_dir is not None:
-        folder = Path(dry_run_dir)
-        _write_folder(folder, model, card, record)
-        logger.info("dry run: wrote the upload folder to %s", folder)
-        return folder
-    api = HfApi(token=token)
+        out = write_unlearned_model(model, dry_run_dir, **write)
+        logger.info("dry run: wrote the upload folder to %s", out)
+        return out
+    api = HfApi(token=token, **({"endpoint": endpoint} if endpoint else {}))
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    message = commit_message or f"Upload {summary.get('method', 'unlearned')} unlearned classifier"
+    if folder is not None:
+        return api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=message)
     with tempfile.TemporaryDirectory() as tmp:
-        _write_folder(Path(tmp), model, card, record)
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=tmp,
-            repo_type="model",
-            commit_message=commit_message or f"Upload {summary.get('method', 'unlearned')} unlearned classifier",
-        )
+        out = write_unlearned_model(model, Path(tmp) / "upload", **write)
+        return api.upload_folder(repo_id=repo_id, folder_path=str(out), repo_type="model", commit_message=message)

@@ -23,6 +23,14 @@ Setup (what makes the comparison meaningful):
 Prints one JSON document and a Markdown table; `--out DIR` also writes `results.json` and `table.md`.
 
     python scripts/benchmark_unlearning.py --num-train 5000 --frac-changed 0.3 --epochs 20 --out bench-out
+
+`--arch vit` runs the same comparison on a small ViT (SDPA attention, patch 4; the ViT row of the README's table):
+targets are a first-order speed-up over retraining >= 20x and a second-order one >= 5x (ResNet: 50x / 10x), with
+test accuracy within 1 point of the retrained model's. `--memory-scaling 1000 10000` additionally runs the
+`dpdiffusion unlearn` job as a subprocess on SynthFaces image folders of each size (30 % revised) and records its
+peak resident memory (`scripts/_maxrss.py`): the job streams, so the peak should stay flat (ratio <= 1.10).
+
+    python scripts/benchmark_unlearning.py --arch vit --num-train 2000 --epochs 10 --memory-scaling 1000 10000
 """
 
 from __future__ import annotations
@@ -30,6 +38,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,6 +61,22 @@ from dpdiffusion.unlearning import unlearn
 
 LABELS = ("smiling", "eyeglasses", "wearing_hat")
 PROTECTED = "dark_skin"
+# speed-up targets over retraining, per architecture (first order, second order)
+SPEEDUP_TARGETS = {"resnet": {"first_order": 50, "second_order": 10}, "vit": {"first_order": 20, "second_order": 5}}
+
+
+def build_vit(num_labels: int, *, image_size: int, seed: int, label_names: list[str]):
+    """A small ViT (hidden 64, 4 layers, 4 heads, patch 4, SDPA attention), multi-label, seeded."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+                       image_size=image_size, patch_size=4, num_labels=num_labels,
+                       id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
+                       problem_type="multi_label_classification", attn_implementation="sdpa")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ViTForImageClassification(config)
+    return model.eval()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,8 +112,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-threads", type=int, default=1,
                    help="torch CPU threads (tiny models gain nothing from more, and oversubscribed cores stall)")
     p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("--arch", choices=tuple(SPEEDUP_TARGETS), default="resnet",
+                   help="classifier: the project's small ResNet, or a small ViT with SDPA attention")
+    p.add_argument("--memory-scaling", type=int, nargs="*", default=None, metavar="N",
+                   help="also measure the peak memory of the `dpdiffusion unlearn` job on N-image folders (e.g. 1000 "
+                        "10000)")
+    p.add_argument("--skip-comparison", action="store_true", help="only run --memory-scaling")
     args = p.parse_args(argv)
-    if args.num_train < 100:
+    if args.memory_scaling is not None and any(n < 10 for n in args.memory_scaling):
+        p.error(f"--memory-scaling sizes must be >= 10, got {args.memory_scaling}")
+    if args.num_train < 100 and not args.skip_comparison:
         p.error(f"--num-train must be >= 100, got {args.num_train}")
     if not 0 < args.frac_changed <= 1:
         p.error(f"--frac-changed must be in (0, 1], got {args.frac_changed}")
@@ -123,12 +159,80 @@ def make_data(args) -> dict:
     }
 
 
+def _write_job_inputs(folder: Path, n: int, args) -> tuple[Path, Path, Path]:
+    """SynthFaces as the job reads them: an image folder with label metadata, a protect-style revised folder
+    (30 % of the rows, `metadata.jsonl` with index and privacy figures) and an untrained classifier."""
+    import PIL.Image
+
+    rng = np.random.default_rng(args.seed)
+    params = sample_face_params(n, seed=args.seed)
+    src, rev = folder / "original", folder / "revised"
+    (rev / "images").mkdir(parents=True)
+    src.mkdir()
+    changed = set(rng.permutation(n)[: max(1, int(0.3 * n))].tolist())
+    with open(src / "metadata.jsonl", "w") as meta, open(rev / "metadata.jsonl", "w") as rmeta:
+        for start in range(0, n, 500):  # render in chunks: the generator itself stays small too
+            sub = {k: v[start : start + 500] for k, v in params.items()}
+            images = render_faces(sub, image_size=args.image_size)
+            flipped = render_faces(counterfactual_params(sub, PROTECTED, value=~sub[PROTECTED]),
+                                   image_size=args.image_size)
+            for j in range(len(images)):
+                i = start + j
+                PIL.Image.fromarray(images[j]).save(src / f"{i}.png")
+                meta.write(json.dumps({"file_name": f"{i}.png", **{a: bool(sub[a][j]) for a in LABELS}}) + "\n")
+                if i in changed:
+                    PIL.Image.fromarray(flipped[j]).save(rev / "images" / f"{i}.png")
+                    rmeta.write(json.dumps({"index": i, "file_name": f"images/{i}.png", "epsilon": 1.0,
+                                            "delta": 1e-5, "guarantee": "formal",
+                                            "neighbouring_relation": "attribute-neighbours",
+                                            "attributes": [PROTECTED]}) + "\n")
+    clf = folder / "classifier"
+    build = build_vit if args.arch == "vit" else build_classifier
+    build(len(LABELS), image_size=args.image_size, seed=args.seed, label_names=list(LABELS)).save_pretrained(clf)
+    return clf, src, rev
+
+
+def memory_scaling(args) -> dict:
+    """Peak resident memory of `dpdiffusion unlearn --method first_order` on folders of each size."""
+    script = Path(__file__).resolve().parent / "_maxrss.py"
+    rows = {}
+    for n in args.memory_scaling:
+        with tempfile.TemporaryDirectory() as tmp:
+            clf, src, rev = _write_job_inputs(Path(tmp), n, args)
+            env = {**os.environ, "HF_DATASETS_CACHE": str(Path(tmp) / "cache"), "HF_HUB_OFFLINE": "1",
+                   "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": str(max(args.num_threads, 1))}
+            cmd = [sys.executable, str(script), sys.executable, "-m", "dpdiffusion.cli", "unlearn",
+                   "--classifier", str(clf), "--original", str(src), "--revised", str(rev), "--label-columns",
+                   *LABELS, "--image-size", str(args.image_size), "--method", "first_order", "--batch-size", "64",
+                   "--hessian-samples", str(args.hessian_samples), "--output-dir", str(Path(tmp) / "out"),
+                   "--no-progress"]
+            t0 = time.perf_counter()
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if res.returncode != 0:
+                raise RuntimeError(f"unlearn job on {n} images failed: {res.stderr[-2000:]}")
+            kib = int(res.stdout.strip().splitlines()[-1].split()[-1])
+            rows[n] = {"peak_rss_mib": kib / 1024, "seconds": time.perf_counter() - t0}
+            print(f"memory scaling: {n} images -> peak RSS {kib / 1024:.1f} MiB", flush=True)
+    peaks = [r["peak_rss_mib"] for r in rows.values()]
+    ratio = max(peaks) / min(peaks)
+    return {"arch": args.arch, "rows": rows, "peak_ratio": ratio, "flat_within_10pct": ratio <= 1.10}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
     torch.manual_seed(args.seed)
+    memory = memory_scaling(args) if args.memory_scaling else None
+    if args.skip_comparison:
+        report = {"args": {k_: (str(v) if isinstance(v, Path) else v) for k_, v in vars(args).items()},
+                  "memory_scaling": memory}
+        print(json.dumps(report, indent=1, default=float))
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "results.json").write_text(json.dumps(report, indent=1, default=float))
+        return report
     accelerator = make_accelerator()
     t0 = time.perf_counter()
     data = make_data(args)
@@ -139,7 +243,8 @@ def main(argv=None) -> dict:
                   progress=args.progress)
 
     def fresh_model():
-        return build_classifier(len(LABELS), image_size=args.image_size, seed=args.seed, label_names=list(LABELS))
+        build = build_vit if args.arch == "vit" else build_classifier
+        return build(len(LABELS), image_size=args.image_size, seed=args.seed, label_names=list(LABELS))
 
     t0 = time.perf_counter()
     original = train_classifier(fresh_model(), torch.from_numpy(data["train_images"]), y, **recipe)
@@ -193,9 +298,10 @@ def main(argv=None) -> dict:
     checks = {}
     for m in ("first_order", "second_order"):
         r = rows[m]
+        target = SPEEDUP_TARGETS[args.arch][m]
         checks[m] = {
-            "speedup_target": 50 if m == "first_order" else 10,
-            "speedup_ok": (r["speedup_vs_retrain"] or 0) >= (50 if m == "first_order" else 10),
+            "speedup_target": target,
+            "speedup_ok": (r["speedup_vs_retrain"] or 0) >= target,
             "test_accuracy_within_1pt": abs(r["test_accuracy"] - ref["test_accuracy"]) <= 0.01,
             "mia_auc_within_0.03": abs(r["mia_auc"] - ref["mia_auc"]) <= 0.03,
             "closer_than_original_l2": r["l2_to_retrained"] < rows["original"]["l2_to_retrained"],
@@ -211,6 +317,8 @@ def main(argv=None) -> dict:
         "table": table,
         "unlearning": {name: r.summary() for name, r in results.items()} | {"retrain": retrained.summary()},
         "checks": checks,
+        "arch": args.arch,
+        "memory_scaling": memory,
     }
     print(json.dumps(report, indent=1, default=float))
     print(format_table(table))

@@ -6,7 +6,8 @@ import copy
 import logging
 import math
 import time
-from typing import Any, Callable
+import os
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -17,12 +18,15 @@ from .core import (
     FlatParameters,
     Objective,
     UnlearningResult,
-    as_image_label_pair,
+    as_source,
     changed_gradient_sum,
-    check_aligned,
+    check_sources_aligned,
+    describe_parameters,
+    differentiable_attention,
     hessian_subsample,
     select_parameters,
 )
+from .data import LabelSpec, TensorSource, load_classifier, make_transform, materialise
 from .first_order import first_order_step, line_search_tau
 from .second_order import CURVATURES, second_order_step
 
@@ -32,11 +36,15 @@ __all__ = ["unlearn"]
 
 
 def unlearn(
-    model: torch.nn.Module,
+    model: torch.nn.Module | str,
     original: Any,
     revised: Any,
     *,
     method: str = "first_order",
+    image_processor: Any = None,
+    label_column: str | None = None,
+    label_columns: Sequence[str] | None = None,
+    image_column: str | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     tau: float | None = None,
     batch_size: int = 64,
@@ -78,11 +86,26 @@ def unlearn(
     statistics, which the approximate methods leave unchanged). Under Accelerate, example sums are sharded
     across processes and all-reduced, so the result is the same on 1 or N processes.
 
+    First- and second-order updates run with attention made differentiable twice over (SDPA on its math backend,
+    other implementations switched to eager for the update; see `core.differentiable_attention`), so they work on
+    ViT, DeiT, Swin and other attention models whatever their `attn_implementation`.
+
     Args:
-        model (`torch.nn.Module`): a trained `transformers` image classifier (not modified unless `inplace`).
+        model (`torch.nn.Module` or `str`): a trained `transformers` image classifier (not modified unless
+            `inplace`), or a folder / Hub repo id loaded with `AutoModelForImageClassification` (its
+            `AutoImageProcessor` is then used unless `image_processor` is given).
         original, revised: the changed examples before and after revision, aligned row by row: `(images, labels)`
-            tensors/arrays, a dict, a `torch.utils.data.Dataset` or a `datasets.Dataset`.
+            tensors/arrays, a dict, a `torch.utils.data.Dataset` or a `datasets.Dataset` (read lazily, one batch
+            at a time).
         method (`str`): one of `"first_order"`, `"second_order"`, `"finetune"`, `"retrain"`.
+        image_processor (`transformers.BaseImageProcessor`, *optional*): preprocessing of PIL / uint8 images,
+            applied exactly (resize, crop, normalisation); float `(N, 3, H, W)` images are taken as pixel values.
+            Without one, uint8 images are scaled to [-1, 1] as they are (the project's own classifiers).
+        label_column (`str`, *optional*): for `datasets.Dataset` inputs, the single-label column (class names of
+            `config.label2id` or integer ids).
+        label_columns (`Sequence[str]`, *optional*): for `datasets.Dataset` inputs, one 0/1 column per output,
+            named as in `config.id2label` (multi-label).
+        image_column (`str`, *optional*): image column of `datasets.Dataset` inputs (default: `image`/`img`/...).
         loss_fn (`Callable`, *optional*): `loss_fn(logits, labels) -> (B,)` per-example losses; defaults to the
             training loss for `model.config.problem_type`.
         tau (`float`, *optional*): first-order step on the raw gradient-difference sum, > 0.
@@ -107,7 +130,7 @@ def unlearn(
         `UnlearningResult` with the model, wall-clock seconds and the hyperparameters used.
 
     Raises:
-        ValueError: for an unknown `method`, misaligned `original`/`revised` (lengths, shapes, labels), a missing
+        ValueError: for an unknown `method`, label columns that do not match the model, misaligned `original`/`revised` (lengths, shapes, labels), a missing
             `train_set`, or out-of-range `tau`, `damping`, `batch_size`, `cg_iters`, `hessian_samples`,
             `last_k_blocks`, `n_train`, `epochs`.
     """
@@ -133,16 +156,20 @@ def unlearn(
     if epochs is not None and int(epochs) < 1:
         raise ValueError(f"epochs must be >= 1, got epochs={epochs}")
 
-    orig, rev = check_aligned(original, revised)
-    n_changed = len(orig[0])
-    train = as_image_label_pair(train_set, "train_set") if train_set is not None else None
-    if train is not None and tuple(train[0].shape[1:]) != tuple(orig[0].shape[1:]):
-        raise ValueError(
-            f"train_set images must have the shape of the changed images {tuple(orig[0].shape[1:])}, "
-            f"got {tuple(train[0].shape[1:])}"
-        )
+    if isinstance(model, (str, os.PathLike)):
+        model, loaded_processor = load_classifier(str(model))
+        image_processor = image_processor if image_processor is not None else loaded_processor
+    spec = None
+    if label_column is not None or label_columns:
+        spec = LabelSpec.from_config(model.config, label_column=label_column, label_columns=label_columns)
+    transform = make_transform(image_processor)
+    read = dict(transform=transform, label_spec=spec, image_column=image_column)
+    orig, rev = as_source(original, "original", **read), as_source(revised, "revised", **read)
+    check_sources_aligned(orig, rev)
+    n_changed = len(orig)
+    train = as_source(train_set, "train_set", **read) if train_set is not None else None
     if n_train is None and train is not None:
-        n_train = len(train[0])
+        n_train = len(train)
     if n_train is not None and int(n_train) < n_changed:
         raise ValueError(f"n_train must be >= the number of changed examples {n_changed}, got n_train={n_train}")
     needs_train = method in ("finetune", "retrain")
@@ -168,8 +195,15 @@ def unlearn(
     result = UnlearningResult(
         model=work, method=method, seconds=0.0, n_changed=n_changed, n_train=n_train, updated_parameters=flat.numel
     )
+    result.extra["updated_modules"] = describe_parameters(work, trainable, last_k_blocks)
+    if spec is not None:
+        result.extra["problem_type"] = spec.problem_type
 
     if method in ("finetune", "retrain"):
+        if isinstance(train, TensorSource) and image_processor is None:
+            train = (train.images, train.labels)  # as given: the trainer converts each batch
+        else:
+            train = materialise(train, batch_size=batch_size)
         kwargs = dict(batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, accelerator=accelerator,
                       progress=progress)
         if method == "finetune":
@@ -183,16 +217,20 @@ def unlearn(
     else:
         requires = {n: p.requires_grad for n, p in work.named_parameters()}
         was_training = work.training
+        attention = differentiable_attention(work)
+        attention.__enter__()
         work.eval()
         for p in work.parameters():
             p.requires_grad_(False)
         try:
             objective = Objective(work, flat, loss_fn, accelerator)
+            if spec is not None:
+                objective.problem_type = spec.problem_type
             theta = flat.flatten(work).to(accelerator.device)
             delta, info = changed_gradient_sum(objective, theta, orig, rev, batch_size=batch_size, progress=progress)
             result.extra.update(info, gradient_difference_norm=float(delta.norm()))
             hess_data = train if train is not None else rev
-            rows = hessian_subsample(len(hess_data[0]), int(hessian_samples), seed) if needs_hessian else None
+            rows = hessian_subsample(len(hess_data), int(hessian_samples), seed) if needs_hessian else None
             if method == "first_order":
                 if tau is None:
                     tau, ls_info = line_search_tau(
@@ -216,6 +254,7 @@ def unlearn(
             if needs_hessian:
                 result.extra["curvature"] = curvature
         finally:
+            attention.__exit__(None, None, None)
             for n, p in work.named_parameters():
                 p.requires_grad_(requires[n])
             work.train(was_training)

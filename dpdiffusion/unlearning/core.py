@@ -15,6 +15,7 @@ computes the same numbers on one CPU and under `accelerate launch` on several GP
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -134,6 +135,66 @@ def as_image_label_pair(data: Any, name: str) -> tuple[torch.Tensor, torch.Tenso
 Pair = tuple[torch.Tensor, torch.Tensor]
 
 
+def as_source(data: Any, name: str, *, transform: Callable | None = None, label_spec: Any = None,
+              image_column: str | None = None):
+    """A batch source (`source.batch(rows) -> (pixel_values, labels)`, `len(source)`, `source.labels`).
+
+    A `datasets.Dataset` is read lazily (`DatasetSource`: a batch decodes only its rows); its labels come from
+    `label_spec` (`LabelSpec`) or a `labels`/`label` column. Anything `as_image_label_pair` reads is held in memory
+    (`TensorSource`). An object that already has `batch` and `labels` is returned as is.
+
+    Raises:
+        ValueError: naming `name` when the data cannot be read as images and labels.
+    """
+    from .data import DatasetSource, TensorSource, make_transform
+
+    transform = transform or make_transform(None)
+    if hasattr(data, "batch") and hasattr(data, "labels") and hasattr(data, "__len__"):
+        return data
+    if hasattr(data, "column_names") and hasattr(data, "with_format") and hasattr(data, "select_columns"):
+        cols = data.column_names
+        img_col = image_column or next((k for k in _IMAGE_KEYS if k in cols), None)
+        if img_col is None or img_col not in cols:
+            raise ValueError(f"{name} must have an image column {image_column or _IMAGE_KEYS}, got {cols}")
+        if label_spec is not None:
+            missing = [c for c in label_spec.columns if c not in cols]
+            if missing:
+                raise ValueError(f"{name} has no label columns {missing} (label_column / label_columns); "
+                                 f"available columns: {cols}")
+            labels = label_spec.labels(data.select_columns(label_spec.columns)[:])
+        else:
+            lab_col = next((k for k in _LABEL_KEYS if k in cols), None)
+            if lab_col is None:
+                raise ValueError(f"{name} must have a label column {_LABEL_KEYS} (or pass label_column(s)), got {cols}")
+            labels = as_label_tensor(np.asarray(data.select_columns([lab_col])[:][lab_col]))
+        if len(labels) == 0:
+            raise ValueError(f"{name} is empty")
+        return DatasetSource(data, img_col, labels, transform)
+    images, labels = as_image_label_pair(data, name)
+    return TensorSource(images, labels, transform)
+
+
+def check_sources_aligned(original: Any, revised: Any) -> None:
+    """Row i of `original` and `revised` must be the same example: same length and labels (images: per batch).
+
+    Raises:
+        ValueError: if the lengths or labels differ.
+    """
+    yo, yr = original.labels, revised.labels
+    if len(original) != len(revised):
+        raise ValueError(
+            f"original and revised must have the same length, got len(original)={len(original)}, "
+            f"len(revised)={len(revised)}"
+        )
+    if tuple(yo.shape) != tuple(yr.shape):
+        raise ValueError(f"original and revised labels have different shapes {tuple(yo.shape)} and {tuple(yr.shape)}")
+    if not torch.equal(yo, yr):
+        bad = torch.nonzero((yo != yr).reshape(len(yo), -1).any(dim=1)).flatten()[:5].tolist()
+        raise ValueError(
+            f"original and revised labels must be equal row by row (same examples), they differ at rows {bad}"
+        )
+
+
 def check_aligned(original: Any, revised: Any) -> tuple[Pair, Pair]:
     """Read `original` and `revised` and check that row i of each is the same example.
 
@@ -209,6 +270,20 @@ def select_parameters(model: torch.nn.Module, last_k_blocks: int | None) -> list
     return names[first:]
 
 
+def describe_parameters(model: torch.nn.Module, names: list[str], last_k_blocks: int | None) -> str:
+    """A short human-readable name of a parameter subset (for model cards): `"all parameters"` or the blocks
+    and modules it covers, e.g. `"vit.encoder.layer.1, vit.layernorm, classifier"`."""
+    if last_k_blocks is None:
+        return "all parameters"
+    blocks = find_blocks(model)
+    parts: list[str] = []
+    for n in names:
+        part = next((b for b in blocks if n.startswith(b + ".")), n.rsplit(".", 1)[0])
+        if part not in parts:
+            parts.append(part)
+    return ", ".join(parts)
+
+
 class FlatParameters:
     """A flat view of the selected parameters: `theta` as one vector, and back to a name -> tensor dict."""
 
@@ -267,9 +342,13 @@ class Objective:
             self.problem_type = infer_problem_type(self.model.config, labels)
         return per_example_loss(logits.float(), labels, self.problem_type)
 
-    def batch(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor):
-        x = to_pixel_values(images[rows]).to(self.device)
-        return x, labels[rows].to(self.device)
+    def batch(self, images: Any, labels: torch.Tensor | None = None, rows: torch.Tensor | None = None):
+        """`(pixel_values, labels)` of `rows` on the device: `batch(source, rows)` or `batch(images, labels, rows)`."""
+        if labels is not None and rows is not None:
+            x, y = to_pixel_values(images[rows]), labels[rows]
+        else:
+            x, y = images.batch(labels if rows is None else rows)
+        return x.to(self.device), y.to(self.device)
 
     def shard(self, n: int) -> torch.Tensor:
         """Rows handled by this process."""
@@ -281,33 +360,75 @@ class Objective:
         return t
 
 
+@contextlib.contextmanager
+def differentiable_attention(model: torch.nn.Module):
+    """Make every attention implementation support forward-mode AD and double backward, for the duration.
+
+    `torch.func.jvp` (exact HVPs, Gauss-Newton products) has no rule for the fused SDPA kernels
+    (`_scaled_dot_product_flash_attention_for_cpu`, flash / memory-efficient CUDA kernels). Inside this context
+    `torch.nn.functional.scaled_dot_product_attention` runs its math backend (matmul + softmax, the same function
+    up to rounding); a model on another implementation (`flash_attention_2`, `flex_attention`, ...) is switched to
+    `"eager"` and timm modules' `fused_attn` is turned off; everything is restored on exit.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    config = getattr(model, "config", None)
+    impl = getattr(config, "_attn_implementation", None) if config is not None else None
+    switched = impl not in (None, "eager", "sdpa") and hasattr(model, "set_attn_implementation")
+    if switched:
+        logger.info("attention implementation %r -> 'eager' for the unlearning update", impl)
+        model.set_attn_implementation("eager")
+    fused = [m for m in model.modules() if getattr(m, "fused_attn", None) is True]
+    for m in fused:
+        m.fused_attn = False
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        for m in fused:
+            m.fused_attn = True
+        if switched:
+            model.set_attn_implementation(impl)
+
+
+def _as_pair_source(data: Any):
+    from .data import TensorSource, make_transform
+
+    if hasattr(data, "batch"):
+        return data
+    images, labels = data
+    return TensorSource(images, labels, make_transform(None))
+
+
 def changed_gradient_sum(
     objective: Objective,
     theta: torch.Tensor,
-    original: tuple[torch.Tensor, torch.Tensor],
-    revised: tuple[torch.Tensor, torch.Tensor],
+    original: Any,
+    revised: Any,
     *,
     batch_size: int,
     progress: bool = True,
 ) -> tuple[torch.Tensor, dict]:
     """delta = sum_i grad l(z~_i) - sum_i grad l(z_i), one backward pass per batch of pairs.
 
-    Pairs whose two images are identical (a revision that left the image unchanged) are skipped: their terms
-    cancel exactly.
+    `original` / `revised` are aligned batch sources (`as_source`) or `(images, labels)` pairs; each batch is
+    read, preprocessed and dropped, so memory does not grow with the number of pairs. Pairs whose two
+    preprocessed images are identical (a revision that left the image unchanged) are skipped: their terms cancel
+    exactly.
 
     Returns:
         `(delta, info)` with `delta` flat `(P,)` (all-reduced across processes) and the summed losses of the
         original and revised examples at `theta` in `info`.
+
+    Raises:
+        ValueError: if a batch of original and revised images differ in shape.
     """
     from tqdm.auto import tqdm
 
-    (xo, yo), (xr, yr) = original, revised
-    # a pair whose revised image equals the original contributes exactly zero: skip it
-    differs = (xo != xr).reshape(len(xo), -1).any(dim=1)
-    rows_all = torch.nonzero(differs).flatten()
-    rows_all = rows_all[objective.accelerator.process_index :: objective.accelerator.num_processes]
+    orig, rev = _as_pair_source(original), _as_pair_source(revised)
+    rows_all = objective.shard(len(orig))
     total = torch.zeros_like(theta)
-    loss_sums = torch.zeros(2, device=theta.device)
+    stats = torch.zeros(3, device=theta.device, dtype=torch.float64)  # loss sums revised/original, skipped pairs
 
     def diff(th, x, y, b):
         losses = objective._losses(th, x, y)  # (2b,) first b revised, last b original
@@ -318,16 +439,25 @@ def changed_gradient_sum(
     show = progress and objective.accelerator.is_main_process
     for start in tqdm(starts, desc="gradient sums", disable=not show, leave=False):
         rows = rows_all[start : start + batch_size]
-        xb_r, yb_r = objective.batch(xr, yr, rows)
-        xb_o, yb_o = objective.batch(xo, yo, rows)
+        xb_r, yb_r = objective.batch(rev, rows)
+        xb_o, yb_o = objective.batch(orig, rows)
+        if xb_r.shape != xb_o.shape:
+            raise ValueError(f"original and revised images must have the same shape after preprocessing, got "
+                             f"{tuple(xb_o.shape[1:])} and {tuple(xb_r.shape[1:])}")
+        differs = (xb_r != xb_o).reshape(len(rows), -1).any(dim=1)
+        stats[2] += float((~differs).sum())
+        if not bool(differs.any()):
+            continue
+        xb_r, yb_r, xb_o, yb_o = xb_r[differs], yb_r[differs], xb_o[differs], yb_o[differs]
+        b = len(xb_r)
         with objective.accelerator.autocast():
-            g, losses = grad_fn(theta, torch.cat([xb_r, xb_o]), torch.cat([yb_r, yb_o]), len(rows))
+            g, losses = grad_fn(theta, torch.cat([xb_r, xb_o]), torch.cat([yb_r, yb_o]), b)
         total += g.float()
-        loss_sums += torch.stack([losses[: len(rows)].sum(), losses[len(rows) :].sum()]).float()
+        stats[:2] += torch.stack([losses[:b].sum(), losses[b:].sum()]).double()
     total = objective.reduce_sum(total)
-    loss_sums = objective.reduce_sum(loss_sums)
-    info = {"loss_sum_revised": float(loss_sums[0]), "loss_sum_original": float(loss_sums[1]),
-            "identical_pairs_skipped": int(len(xo) - int(differs.sum()))}
+    stats = objective.reduce_sum(stats)
+    info = {"loss_sum_revised": float(stats[0]), "loss_sum_original": float(stats[1]),
+            "identical_pairs_skipped": int(round(float(stats[2])))}
     return total, info
 
 

@@ -36,7 +36,7 @@ def line_search_tau(
     objective: Objective,
     theta: torch.Tensor,
     delta: torch.Tensor,
-    hessian_data: tuple[torch.Tensor, torch.Tensor],
+    hessian_data,
     rows: torch.Tensor,
     *,
     n_train: int,
@@ -47,7 +47,7 @@ def line_search_tau(
 ) -> tuple[float, dict]:
     """tau = g^T g / (n_train g^T (H + damping I) g) with g = delta / n_train (see the module docstring)."""
     op = HessianOperator(
-        objective, theta, *hessian_data, rows, batch_size=batch_size, damping=damping, curvature=curvature
+        objective, theta, hessian_data, rows, batch_size=batch_size, damping=damping, curvature=curvature
     )
     g = delta / n_train
     gg = float(torch.dot(g, g))

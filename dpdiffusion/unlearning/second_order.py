@@ -13,7 +13,9 @@ The linear system is solved by conjugate gradients with curvature-vector product
 `torch.func.jvp(torch.func.grad(L))` (forward-over-reverse) on `functional_call` of the model for the exact
 Hessian, or J^T H_f J v for the generalised Gauss-Newton matrix (`curvature="gauss_newton"`, the default of
 `unlearn`: positive semi-definite, so CG is well posed on a non-convex network, and equal to H at an
-interpolating minimum). Trained networks have a few large curvature eigenvalues and a bulk near 0, so the
+interpolating minimum). Forward-mode AD has no rule for the fused attention kernels, so `unlearn` computes these
+products inside `core.differentiable_attention` (SDPA on its math backend, other attention implementations
+switched to eager, all restored afterwards). Trained networks have a few large curvature eigenvalues and a bulk near 0, so the
 undamped influence step is dominated by nearly flat directions and overshoots: the single step leaves the region
 where the quadratic model holds. The damping is therefore scaled to the spectrum: lambda = `damping_ratio` *
 lambda_max, lambda_max from power iteration. This bounds the condition number of `C + lambda I` by
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -44,6 +46,9 @@ __all__ = ["CURVATURES", "HessianOperator", "conjugate_gradient", "power_iterati
 class HessianOperator:
     """v -> (C + damping I) v, C the curvature of the mean loss over `rows` of `(images, labels)` at `theta`.
 
+    Called as `HessianOperator(objective, theta, images, labels, rows)` or `HessianOperator(objective, theta,
+    source, rows)` with a batch source (`dpdiffusion.unlearning.core.as_source`).
+
     `curvature="hessian"`: C = H, the exact Hessian (forward-over-reverse `jvp(grad)`).
     `curvature="gauss_newton"`: C = G = sum_j J_j^T H_f,j J_j / m, the generalised Gauss-Newton matrix (J the
     Jacobian of the logits, H_f the Hessian of the loss w.r.t. the logits). G is positive semi-definite for
@@ -58,20 +63,23 @@ class HessianOperator:
         self,
         objective: Objective,
         theta: torch.Tensor,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        rows: torch.Tensor,
+        images: Any,
+        labels: Any,
+        rows: torch.Tensor | None = None,
         *,
         batch_size: int = 64,
         damping: float = 0.0,
         curvature: str = "hessian",
     ):
         self.objective, self.theta, self.damping = objective, theta, float(damping)
+        if rows is None:  # HessianOperator(objective, theta, source, rows)
+            source, rows = images, labels
+            fetch = lambda r: objective.batch(source, r)  # noqa: E731
+        else:
+            fetch = lambda r: objective.batch(images, labels, r)  # noqa: E731
         self.count = len(rows)
         local = rows[objective.accelerator.process_index :: objective.accelerator.num_processes]
-        self.batches = [
-            objective.batch(images, labels, local[s : s + batch_size]) for s in range(0, len(local), batch_size)
-        ]
+        self.batches = [fetch(local[s : s + batch_size]) for s in range(0, len(local), batch_size)]
         if curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got curvature={curvature!r}")
         self.curvature = curvature
@@ -203,7 +211,7 @@ def second_order_step(
     objective: Objective,
     theta: torch.Tensor,
     delta: torch.Tensor,
-    hessian_data: tuple[torch.Tensor, torch.Tensor],
+    hessian_data: Any,
     rows: torch.Tensor,
     *,
     n_train: int,
@@ -222,7 +230,7 @@ def second_order_step(
         `(step, damping_used, info)`.
     """
     show = progress and objective.accelerator.is_main_process
-    op = HessianOperator(objective, theta, *hessian_data, rows, batch_size=batch_size, curvature=curvature)
+    op = HessianOperator(objective, theta, hessian_data, rows, batch_size=batch_size, curvature=curvature)
     lam_max, _ = power_iteration(op, theta.numel(), iters=power_iters, seed=seed, device=theta.device)
     if damping is None:
         damping = damping_ratio * abs(lam_max)

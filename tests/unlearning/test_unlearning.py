@@ -419,3 +419,34 @@ def test_benchmark_script_writes_results(tmp_path):
     assert report["checks"]["first_order"]["speedup_target"] == 50
     with pytest.raises(SystemExit):
         module.parse_args(["--frac-changed", "0"])
+
+
+def _benchmark_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "benchmark_unlearning.py"
+    spec = importlib.util.spec_from_file_location("benchmark_unlearning", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_vit_row_targets_and_arguments():
+    module = _benchmark_module()
+    assert module.SPEEDUP_TARGETS["vit"] == {"first_order": 20, "second_order": 5}
+    args = module.parse_args(["--arch", "vit", "--memory-scaling", "1000", "10000"])
+    assert args.arch == "vit" and args.memory_scaling == [1000, 10000]
+    vit = module.build_vit(3, image_size=16, seed=0, label_names=["a", "b", "c"])
+    assert vit.config._attn_implementation == "sdpa" and vit.config.problem_type == "multi_label_classification"
+    with pytest.raises(SystemExit):
+        module.parse_args(["--memory-scaling", "5"])
+
+
+@pytest.mark.slow
+def test_benchmark_memory_scaling_runs_the_job(tmp_path):
+    module = _benchmark_module()
+    report = module.main(["--arch", "vit", "--skip-comparison", "--memory-scaling", "20", "40", "--image-size", "16",
+                          "--hessian-samples", "8", "--out", str(tmp_path)])
+    rows = report["memory_scaling"]["rows"]
+    assert set(rows) == {20, 40} and all(r["peak_rss_mib"] > 0 for r in rows.values())
