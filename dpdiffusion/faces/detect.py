@@ -44,7 +44,7 @@ class DetectedFace:
 
     box: tuple
     confidence: float
-    landmarks: np.ndarray = field(repr=False)
+    landmarks: np.ndarray = field(repr=False, compare=False)
 
     @property
     def size(self) -> int:
