@@ -27,6 +27,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+DETECTOR_WINDOW = 80  # px: the face size dlib's HOG (and MMOD) detector sees without upsampling
 IDENTITY_THRESHOLD = 0.6  # dlib's face_recognition convention: distance < 0.6 -> same person
 _INSTALL_HINT = 'install the optional extra: pip install "dpdiffusion[faces]"'
 
@@ -55,8 +56,9 @@ class DetectedFace:
 class FaceDetector(Protocol):
     """What ``dpdiffusion.faces`` needs from a backend (swap it by passing any object with this method)."""
 
-    def detect(self, image: np.ndarray) -> list[DetectedFace]:
-        """All faces in an ``(H, W, 3)`` uint8 RGB photo, with 68 landmarks each, best first."""
+    def detect(self, image: np.ndarray, *, min_face_size: int | None = None) -> list[DetectedFace]:
+        """All faces in an ``(H, W, 3)`` uint8 RGB photo, with 68 landmarks each, best first; ``min_face_size``
+        (px) is a hint that smaller faces are not wanted (the caller filters them anyway)."""
         ...
 
 
@@ -123,19 +125,37 @@ class DlibFaceDetector:
             shape = self._predictor(image, self._dlib.rectangle(x0, y0, x1 - 1, y1 - 1))
         return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
 
-    def detect(self, image: np.ndarray) -> list[DetectedFace]:
-        """All faces in ``image`` (``(H, W, 3)`` uint8 RGB), highest confidence first."""
+    def detect(self, image: np.ndarray, *, min_face_size: int | None = None) -> list[DetectedFace]:
+        """All faces in ``image`` (``(H, W, 3)`` uint8 RGB), highest confidence first.
+
+        With ``min_face_size`` (px) the photo is searched at the resolution that maps that size to the detector's
+        80 px window (downscaled for large faces, upsampled by dlib for small ones) instead of at ``upsample``:
+        the cost then follows the smallest face wanted, not the photo's pixel count. Landmarks are always fitted
+        at full resolution.
+        """
         image = _as_uint8_rgb(image)
         h, w = image.shape[:2]
+        work, factor, upsample = image, 1.0, self.upsample
+        if min_face_size is not None:
+            scale = DETECTOR_WINDOW / float(min_face_size)
+            if scale < 1.0:
+                import PIL.Image
+
+                size = (max(int(round(w * scale)), 1), max(int(round(h * scale)), 1))
+                work = np.asarray(PIL.Image.fromarray(image).resize(size, PIL.Image.BILINEAR, reducing_gap=2.0))
+                factor, upsample = w / size[0], 0
+            else:
+                upsample = min(int(np.ceil(np.log2(scale) - 1e-9)), 3)
         with self._lock:
             if self.model == "hog":
-                rects, scores, _ = self._detector.run(image, self.upsample, self.adjust_threshold)
+                rects, scores, _ = self._detector.run(work, upsample, self.adjust_threshold)
             else:
-                found = self._detector(image, self.upsample)
+                found = self._detector(work, upsample)
                 rects, scores = [d.rect for d in found], [d.confidence for d in found]
         faces = []
         for rect, score in zip(rects, scores):
-            box = (max(rect.left(), 0), max(rect.top(), 0), min(rect.right() + 1, w), min(rect.bottom() + 1, h))
+            box = (max(int(round(rect.left() * factor)), 0), max(int(round(rect.top() * factor)), 0),
+                   min(int(round((rect.right() + 1) * factor)), w), min(int(round((rect.bottom() + 1) * factor)), h))
             if box[2] <= box[0] or box[3] <= box[1]:
                 continue
             faces.append(DetectedFace(box=box, confidence=float(score), landmarks=self.landmarks(image, box)))

@@ -151,7 +151,7 @@ def find_faces(photo: np.ndarray, *, detector: FaceDetector | None = None, min_f
                min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> list[DetectedFace]:
     """The faces of ``photo`` (``(H, W, 3)`` uint8) that are at least ``min_face_size`` px and ``min_confidence``."""
     detector = detector if detector is not None else default_detector()
-    faces = detector.detect(photo)
+    faces = detector.detect(photo, min_face_size=min_face_size)
     kept = [f for f in faces if f.size >= min_face_size and f.confidence >= min_confidence]
     if len(kept) < len(faces):
         logger.info("dropped %d detection(s) below min_face_size=%d px or min_confidence=%g",

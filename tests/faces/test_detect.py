@@ -71,3 +71,14 @@ def test_identity_embedder_same_face_close_other_image_far(astronaut, group_phot
     canvas, _ = group_photo
     other = find_faces(canvas)
     assert min(emb.distance(a, emb.embed(canvas, f.box)) for f in other) < 0.6
+
+
+def test_min_face_size_sets_the_search_resolution(astronaut):
+    import PIL.Image
+
+    big = np.asarray(PIL.Image.fromarray(astronaut).resize((1024, 1024), PIL.Image.BICUBIC))
+    det = default_detector()
+    # searched at half resolution (a 160 px face is 80 px there): still found, box mapped back to full size
+    (face,) = det.detect(big, min_face_size=160)
+    assert _iou(face.box, tuple(2 * v for v in ASTRONAUT_FACE)) > 0.6
+    assert face.landmarks[:, 0].max() > 400  # landmarks at full resolution

@@ -122,7 +122,7 @@ def test_swappable_backend(tiny_pipe):
     from dpdiffusion.faces import DetectedFace
 
     class Fixed:  # any object with detect(image) -> list[DetectedFace]
-        def detect(self, image):
+        def detect(self, image, **hints):
             lm = np.zeros((68, 2))
             lm[36:42], lm[42:48], lm[48], lm[54] = (40, 50), (80, 50), (45, 95), (75, 95)
             return [DetectedFace(box=(30, 30, 90, 110), confidence=9.0, landmarks=lm)]
