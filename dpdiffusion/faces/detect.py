@@ -28,6 +28,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 DETECTOR_WINDOW = 80  # px: the face size dlib's HOG (and MMOD) detector sees without upsampling
+MAX_DETECTION_UPSCALE = 4.0  # the smallest face searched for is DETECTOR_WINDOW / 4 = 20 px
 IDENTITY_THRESHOLD = 0.6  # dlib's face_recognition convention: distance < 0.6 -> same person
 _INSTALL_HINT = 'install the optional extra: pip install "dpdiffusion[faces]"'
 
@@ -129,7 +130,7 @@ class DlibFaceDetector:
         """All faces in ``image`` (``(H, W, 3)`` uint8 RGB), highest confidence first.
 
         With ``min_face_size`` (px) the photo is searched at the resolution that maps that size to the detector's
-        80 px window (downscaled for large faces, upsampled by dlib for small ones) instead of at ``upsample``:
+        80 px window (resampled by that factor, at most 4x up) instead of dlib's ``upsample`` doubling:
         the cost then follows the smallest face wanted, not the photo's pixel count. Landmarks are always fitted
         at full resolution.
         """
@@ -137,15 +138,14 @@ class DlibFaceDetector:
         h, w = image.shape[:2]
         work, factor, upsample = image, 1.0, self.upsample
         if min_face_size is not None:
-            scale = DETECTOR_WINDOW / float(min_face_size)
-            if scale < 1.0:
+            scale = min(DETECTOR_WINDOW / float(min_face_size), MAX_DETECTION_UPSCALE)
+            upsample = 0
+            if abs(scale - 1.0) > 0.02:  # resample by exactly that factor (cheaper than dlib's 2x pyramid steps)
                 import PIL.Image
 
                 size = (max(int(round(w * scale)), 1), max(int(round(h * scale)), 1))
                 work = np.asarray(PIL.Image.fromarray(image).resize(size, PIL.Image.BILINEAR, reducing_gap=2.0))
-                factor, upsample = w / size[0], 0
-            else:
-                upsample = min(int(np.ceil(np.log2(scale) - 1e-9)), 3)
+                factor = w / size[0]
         with self._lock:
             if self.model == "hog":
                 rects, scores, _ = self._detector.run(work, upsample, self.adjust_threshold)
