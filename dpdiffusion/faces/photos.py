@@ -94,13 +94,17 @@ class FacesOutput(BaseOutput):
         images (`list`): the whole photos at their input size with the protected faces pasted in (PIL images,
             ``(H, W, 3)`` float arrays in [0, 1], or ``(3, H, W)`` tensors, after ``output_type``).
         faces (`list[list[FaceRecord]]`): per photo, its protected faces.
-        report (`PrivacyReport`): the privacy figures shared by every face of the call.
+        report (`PrivacyReport`): the privacy figures shared by every face of the call (``None`` when nothing was
+            released).
+        skipped (`list[dict]`): with ``on_no_face="skip"``, ``{"index", "reason"}`` of each photo left out (its
+            entry in ``images`` is ``None``).
         epsilon, delta, guarantee: shortcuts to ``report``.
     """
 
     images: list
     faces: list
     report: Any = None
+    skipped: list = field(default_factory=list)
     epsilon: float | None = None
     delta: float | None = None
     guarantee: str | None = None
@@ -170,8 +174,8 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
                    min_confidence: float = DEFAULT_MIN_CONFIDENCE, detector: FaceDetector | None = None,
                    subject_ids: Sequence[str] | None = None,
                    face_subject_id: Callable[[str, int], str] | None = None, identity: bool = False,
-                   feather: float = DEFAULT_FEATHER, inset: float = DEFAULT_INSET, output_type: str = "pil",
-                   return_dict: bool = True, **pipe_kwargs):
+                   feather: float = DEFAULT_FEATHER, inset: float = DEFAULT_INSET, on_no_face: str = "raise",
+                   output_type: str = "pil", return_dict: bool = True, **pipe_kwargs):
     r"""Detect, align, protect and paste back every face of each photo.
 
     Args:
@@ -187,6 +191,10 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
         face_subject_id (`Callable[[str, int], str]`): how a face's subject id is derived from its photo's.
         identity (`bool`): also compute dlib's 128-d ResNet distance between each original and pasted face.
         feather (`float`), inset (`float`): the paste mask (see ``dpdiffusion.faces.paste``).
+        on_no_face (`str`): ``"raise"`` (default): a photo with no face refuses the whole call before anything is
+            released; ``"skip"``: such a photo gets ``None`` in ``images``, no faces, and an entry
+            ``{"index", "reason"}`` in ``skipped`` (for batch jobs that write ``skipped.jsonl``); the others are
+            protected.
         output_type (`str`): ``"pil"``, ``"np"`` (``(H, W, 3)`` float in [0, 1]) or ``"pt"`` (``(3, H, W)``).
         **pipe_kwargs: passed to ``pipe(crops, ...)`` (``epsilon``, ``attributes``, ``generator``, ``ledger`` ...).
             A list of generators must hold one per face.
@@ -199,6 +207,8 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
         nothing is released or charged then.
     """
     check_face_arguments(min_face_size, min_confidence, feather, inset)
+    if on_no_face not in ("raise", "skip"):
+        raise ValueError(f"on_no_face must be 'raise' or 'skip', got on_no_face={on_no_face!r}")
     if output_type not in ("pil", "np", "pt"):
         raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got output_type={output_type!r}")
     for key in ("images", "subject_ids", "output_type", "return_dict", "faces"):
@@ -213,11 +223,15 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
     arrays = [photo_to_array(p, f"photos[{i}]") for i, p in enumerate(items)]
 
     # 1. detect and align everything first: a photo with no face is refused before anything is released
-    found, aligned, face_ids = [], [], []
+    found, aligned, face_ids, skipped = [], [], [], []
     for i, arr in enumerate(arrays):
         faces = find_faces(arr, detector=detector, min_face_size=min_face_size, min_confidence=min_confidence)
         if not faces:
-            raise NoFaceFoundError(i, _no_face_reason(min_face_size, min_confidence))
+            reason = _no_face_reason(min_face_size, min_confidence)
+            if on_no_face == "raise":
+                raise NoFaceFoundError(i, reason)
+            logger.info("photos[%d] skipped: %s", i, reason)
+            skipped.append({"index": i, "reason": reason})
         found.append(faces)
         for j, face in enumerate(faces):
             aligned.append(align_face(arr, face.landmarks, pipe.image_size))
@@ -226,16 +240,22 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
         raise ValueError("subject_ids must give every face a distinct subject id; got duplicates")
 
     # 2. one release of all the crops (one subject per face)
-    crops = np.stack([a.crop for a in aligned])  # (N, S, S, 3) uint8
-    out = pipe(crops, subject_ids=face_ids if subject_ids is not None else None, output_type="np", return_dict=True,
-               **pipe_kwargs)
-    protected = np.clip(np.rint(np.asarray(out.images) * 255.0), 0, 255).astype(np.uint8)  # (N, S, S, 3)
-    report = out.report
+    report, remaining, protected = None, None, None
+    if aligned:
+        crops = np.stack([a.crop for a in aligned])  # (N, S, S, 3) uint8
+        out = pipe(crops, subject_ids=face_ids if subject_ids is not None else None, output_type="np",
+                   return_dict=True, **pipe_kwargs)
+        protected = np.clip(np.rint(np.asarray(out.images) * 255.0), 0, 255).astype(np.uint8)  # (N, S, S, 3)
+        report, remaining = out.report, out.remaining_budget
 
     # 3. paste back, photo by photo, and the per-face records
     embedder = default_embedder() if identity else None
     results, records, k = [], [], 0
     for i, arr in enumerate(arrays):
+        if not found[i]:
+            results.append(None)
+            records.append([])
+            continue
         pasted, recs = arr, []
         for face in found[i]:
             pasted, paste_box = paste_face(pasted, protected[k], aligned[k].quad, feather=feather, inset=inset)
@@ -244,7 +264,7 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
                 quad=aligned[k].quad.round(3).tolist(), subject_id=face_ids[k], epsilon=report.epsilon,
                 delta=report.delta, noise_multiplier=report.noise_multiplier, sigmas=dict(report.sigmas),
                 guarantee=report.guarantee,
-                remaining_budget=None if out.remaining_budget is None else float(out.remaining_budget[k])))
+                remaining_budget=None if remaining is None else float(remaining[k])))
             k += 1
         if embedder is not None:
             for rec in recs:
@@ -254,19 +274,21 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
         records.append(recs)
     logger.info("protected %d face(s) in %d photo(s)", k, len(arrays))
 
-    images = _to_output(results, output_type)
+    images = [None if a is None else _to_output(a, output_type) for a in results]
     if not return_dict:
         return images, records
-    return FacesOutput(images=images, faces=records, report=report, epsilon=report.epsilon, delta=report.delta,
-                       guarantee=report.guarantee)
+    return FacesOutput(images=images, faces=records, report=report, skipped=skipped,
+                       epsilon=None if report is None else report.epsilon,
+                       delta=None if report is None else report.delta,
+                       guarantee=None if report is None else report.guarantee)
 
 
-def _to_output(arrays: list, output_type: str) -> list:
+def _to_output(array: np.ndarray, output_type: str):
     if output_type == "pil":
-        return [PIL.Image.fromarray(a) for a in arrays]
+        return PIL.Image.fromarray(array)
     if output_type == "np":
-        return [a.astype(np.float32) / 255.0 for a in arrays]
-    return [torch.from_numpy(a.astype(np.float32) / 255.0).permute(2, 0, 1) for a in arrays]
+        return array.astype(np.float32) / 255.0
+    return torch.from_numpy(array.astype(np.float32) / 255.0).permute(2, 0, 1)
 
 
 def protect_photo(pipe, photo: Any, *, index: int = 0, subject_id: str | None = None, **kwargs) -> PhotoResult:

@@ -55,10 +55,13 @@ def test_group_photo_every_face_protected(tiny_pipe, group_photo):
         assert (after[cy - 5:cy + 5, cx - 5:cx + 5] != canvas[cy - 5:cy + 5, cx - 5:cx + 5]).any()
 
 
-def test_photo_without_face_is_refused_before_any_release(counting_pipe, astronaut, coffee):
+def test_photo_without_face_is_refused_before_any_release(counting_pipe, astronaut, coffee, tmp_path):
+    from dpdiffusion.privacy.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(tmp_path / "ledger.sqlite", budget_epsilon=5.0, delta=1e-5)
     with pytest.raises(ValueError, match=r"photos\[1\]: no face found"):
-        protect_photos(counting_pipe, [astronaut, coffee], **_kw())
-    assert counting_pipe.calls == 0
+        protect_photos(counting_pipe, [astronaut, coffee], subject_ids=["a", "c"], ledger=ledger, **_kw())
+    assert counting_pipe.calls == 0 and ledger.subjects() == []
     with pytest.raises(NoFaceFoundError) as info:
         protect_photo(counting_pipe, coffee, index=7, **_kw())
     assert info.value.index == 7 and "no face found" in info.value.reason and counting_pipe.calls == 0
@@ -130,3 +133,18 @@ def test_swappable_backend(tiny_pipe):
     photo = np.full((160, 200, 3), 90, np.uint8)
     out = protect_photos(tiny_pipe, photo, detector=Fixed(), output_type="np", **_kw())
     assert out.images[0].shape == (160, 200, 3) and out.faces[0][0].box == (30, 30, 90, 110)
+
+
+def test_skip_mode_for_batch_jobs(counting_pipe, astronaut, coffee, tmp_path):
+    from dpdiffusion.privacy.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(tmp_path / "ledger.sqlite", budget_epsilon=5.0, delta=1e-5)
+    out = protect_photos(counting_pipe, [coffee, astronaut], on_no_face="skip", subject_ids=["c", "a"],
+                         ledger=ledger, **_kw())
+    assert out.images[0] is None and out.faces[0] == [] and out.images[1].size == (512, 512)
+    assert out.skipped == [{"index": 0, "reason": "no face found (min_face_size=48 px, min_confidence=0.5)"}]
+    assert ledger.subjects() == ["a/face0"] and counting_pipe.calls == 1
+    none = protect_photos(counting_pipe, [coffee], on_no_face="skip", **_kw())
+    assert none.images == [None] and none.report is None and counting_pipe.calls == 1
+    with pytest.raises(ValueError, match="on_no_face must be 'raise' or 'skip'"):
+        protect_photos(counting_pipe, coffee, on_no_face="ignore")
