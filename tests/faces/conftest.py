@@ -33,10 +33,9 @@ def coffee():
     return data.coffee()  # (400, 600, 3) uint8, no face
 
 
-@pytest.fixture(scope="session")
-def group_photo():
+def make_group_photo():
     """A 760 x 320 canvas (coffee as the background) with three real faces at known places; returns the canvas and
-    the (x0, y0) and size of each face tile."""
+    the (x0, y0, w, h) of each face tile."""
     from skimage import data
 
     canvas = np.asarray(PIL.Image.fromarray(data.coffee()).resize((760, 320), PIL.Image.BILINEAR)).copy()
@@ -47,6 +46,11 @@ def group_photo():
         canvas[y:y + h, x:x + w] = tile
         placed.append((x, y, w, h))
     return canvas, placed
+
+
+@pytest.fixture(scope="session")
+def group_photo():
+    return make_group_photo()
 
 
 @pytest.fixture(scope="session")
