@@ -9,11 +9,12 @@ from .align import AlignedFace, align_face, ffhq_quad, unwarp_crop, warp_quad
 from .detect import IDENTITY_THRESHOLD, DetectedFace, DlibFaceDetector, DlibFaceEmbedder, FaceDetector
 from .paste import feather_mask, paste_face, paste_mask
 from .photos import (DEFAULT_MIN_CONFIDENCE, DEFAULT_MIN_FACE_SIZE, FACE_MODES, FaceRecord, FacesOutput,
-                     NoFaceFoundError, PhotoResult, find_faces, protect_photo, protect_photos)
+                     NoFaceFoundError, PhotoResult, check_faces_mode, find_faces, protect_photo,
+                     protect_photo_for_display, protect_photos)
 
 __all__ = [
     "AlignedFace", "align_face", "ffhq_quad", "unwarp_crop", "warp_quad", "IDENTITY_THRESHOLD", "DetectedFace",
     "DlibFaceDetector", "DlibFaceEmbedder", "FaceDetector", "feather_mask", "paste_face", "paste_mask",
     "DEFAULT_MIN_CONFIDENCE", "DEFAULT_MIN_FACE_SIZE", "FACE_MODES", "FaceRecord", "FacesOutput", "NoFaceFoundError",
-    "PhotoResult", "find_faces", "protect_photo", "protect_photos",
+    "PhotoResult", "check_faces_mode", "find_faces", "protect_photo", "protect_photo_for_display", "protect_photos",
 ]

@@ -173,7 +173,8 @@ def _no_face_reason(min_face_size, min_confidence) -> str:
 def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_SIZE,
                    min_confidence: float = DEFAULT_MIN_CONFIDENCE, detector: FaceDetector | None = None,
                    subject_ids: Sequence[str] | None = None,
-                   face_subject_id: Callable[[str, int], str] | None = None, identity: bool = False,
+                   face_subject_id: Callable[[str, int], str] | None = None,
+                   face_generator: Callable[[int, int], torch.Generator] | None = None, identity: bool = False,
                    feather: float = DEFAULT_FEATHER, inset: float = DEFAULT_INSET, on_no_face: str = "raise",
                    output_type: str = "pil", return_dict: bool = True, **pipe_kwargs):
     r"""Detect, align, protect and paste back every face of each photo.
@@ -189,6 +190,8 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
         subject_ids (`list[str]`): one subject id per photo; face ``j`` of photo ``i`` is charged to the subject
             ``face_subject_id(subject_ids[i], j)`` (default ``f"{id}/face{j}"``). Required with ``ledger=``.
         face_subject_id (`Callable[[str, int], str]`): how a face's subject id is derived from its photo's.
+        face_generator (`Callable[[int, int], torch.Generator]`): the generator of face ``j`` of photo ``i`` (for
+            reproducible batch jobs, e.g. seeded by ``(seed, row, j)``); instead of ``generator``.
         identity (`bool`): also compute dlib's 128-d ResNet distance between each original and pasted face.
         feather (`float`), inset (`float`): the paste mask (see ``dpdiffusion.faces.paste``).
         on_no_face (`str`): ``"raise"`` (default): a photo with no face refuses the whole call before anything is
@@ -217,13 +220,15 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
     items = _photos_list(photos)
     if subject_ids is not None and len(subject_ids) != len(items):
         raise ValueError(f"subject_ids has {len(subject_ids)} ids for {len(items)} photos; pass one per photo")
+    if face_generator is not None and pipe_kwargs.get("generator") is not None:
+        raise ValueError("pass either generator or face_generator, not both")
     if pipe_kwargs.get("ledger") is not None and subject_ids is None:
         raise ValueError("subject_ids must be given with a ledger (one id per photo; each face is its own subject)")
     face_subject_id = face_subject_id or (lambda sid, j: f"{sid}/face{j}")
     arrays = [photo_to_array(p, f"photos[{i}]") for i, p in enumerate(items)]
 
     # 1. detect and align everything first: a photo with no face is refused before anything is released
-    found, aligned, face_ids, skipped = [], [], [], []
+    found, aligned, face_ids, skipped, gens = [], [], [], [], []
     for i, arr in enumerate(arrays):
         faces = find_faces(arr, detector=detector, min_face_size=min_face_size, min_confidence=min_confidence)
         if not faces:
@@ -236,6 +241,8 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
         for j, face in enumerate(faces):
             aligned.append(align_face(arr, face.landmarks, pipe.image_size))
             face_ids.append(face_subject_id(str(subject_ids[i]), j) if subject_ids is not None else None)
+            if face_generator is not None:
+                gens.append(face_generator(i, j))
     if len(set(face_ids)) != len(face_ids) and subject_ids is not None:
         raise ValueError("subject_ids must give every face a distinct subject id; got duplicates")
 
@@ -243,6 +250,8 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
     report, remaining, protected = None, None, None
     if aligned:
         crops = np.stack([a.crop for a in aligned])  # (N, S, S, 3) uint8
+        if face_generator is not None:
+            pipe_kwargs = dict(pipe_kwargs, generator=gens)
         out = pipe(crops, subject_ids=face_ids if subject_ids is not None else None, output_type="np",
                    return_dict=True, **pipe_kwargs)
         protected = np.clip(np.rint(np.asarray(out.images) * 255.0), 0, 255).astype(np.uint8)  # (N, S, S, 3)
@@ -314,3 +323,32 @@ def protect_photo(pipe, photo: Any, *, index: int = 0, subject_id: str | None = 
     except NoFaceFoundError as err:
         raise NoFaceFoundError(index, err.reason) from None
     return PhotoResult(image=np.rint(images[0] * 255.0).astype(np.uint8), faces=faces[0])
+
+
+def check_faces_mode(faces: Any) -> str:
+    """Validate the pipeline's ``faces=`` argument: ``"aligned"`` (inputs are aligned crops) or ``"detect"``."""
+    if faces not in FACE_MODES:
+        raise ValueError(f"faces must be 'aligned' or 'detect', got faces={faces!r}")
+    return faces
+
+
+def protect_photo_for_display(pipe, photo: Any, **kwargs) -> tuple:
+    r"""The Space's handler for an uploaded photo: the photo with its faces protected, and a message.
+
+    Args:
+        pipe (`DPDiffusionPipeline`), photo: as in ``protect_photos``; **kwargs: as ``protect_photos``.
+
+    Returns:
+        ``(image, message)``: a PIL image and a sentence listing the faces and their epsilon, or ``(None, message)``
+        saying that no face was found and nothing was released.
+    """
+    kwargs.pop("output_type", None)
+    try:
+        out = protect_photos(pipe, [photo], output_type="pil", **kwargs)
+    except NoFaceFoundError as err:
+        return None, f"No face was found in the photo ({err.reason.removeprefix('no face found ')}); nothing was released."
+    recs = out.faces[0]
+    boxes = ", ".join(str(tuple(r.box)) for r in recs)
+    eps = "inf" if not math.isfinite(out.epsilon) else f"{out.epsilon:g}"
+    return out.images[0], (f"Protected {len(recs)} face(s) at boxes {boxes}, each with epsilon={eps}, "
+                           f"delta={out.delta:g} ({out.guarantee}); the rest of the photo is unchanged.")

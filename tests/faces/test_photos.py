@@ -148,3 +148,29 @@ def test_skip_mode_for_batch_jobs(counting_pipe, astronaut, coffee, tmp_path):
     assert none.images == [None] and none.report is None and counting_pipe.calls == 1
     with pytest.raises(ValueError, match="on_no_face must be 'raise' or 'skip'"):
         protect_photos(counting_pipe, coffee, on_no_face="ignore")
+
+
+def test_face_generator_makes_each_face_reproducible(tiny_pipe, group_photo, astronaut):
+    canvas, _ = group_photo
+
+    def gen(i, j):
+        return torch.Generator().manual_seed(1000 * i + j)
+
+    kw = dict(epsilon=1.0, num_inference_steps=2, output_type="np", face_generator=gen)
+    both = protect_photos(tiny_pipe, [canvas, astronaut], **kw)
+    alone = protect_photos(tiny_pipe, [canvas], **kw)  # same faces, same generators, smaller batch
+    np.testing.assert_allclose(both.images[0], alone.images[0], atol=2 / 255)
+    with pytest.raises(ValueError, match="either generator or face_generator"):
+        protect_photos(tiny_pipe, astronaut, face_generator=gen, generator=torch.Generator())
+
+
+def test_space_handler_and_faces_mode(tiny_pipe, astronaut, coffee):
+    from dpdiffusion.faces import check_faces_mode, protect_photo_for_display
+
+    image, message = protect_photo_for_display(tiny_pipe, PIL.Image.fromarray(astronaut), **_kw())
+    assert image.size == (512, 512) and message.startswith("Protected 1 face(s)") and "epsilon=1" in message
+    image, message = protect_photo_for_display(tiny_pipe, coffee, **_kw())
+    assert image is None and message.startswith("No face was found") and "nothing was released" in message
+    assert check_faces_mode("detect") == "detect"
+    with pytest.raises(ValueError, match="faces must be 'aligned' or 'detect', got faces='all'"):
+        check_faces_mode("all")
