@@ -82,7 +82,8 @@ def _pad_ffhq(photo: np.ndarray, quad: np.ndarray):
     ch, cw = img.shape[:2]
     pad = (int(np.floor(quad[:, 0].min())), int(np.floor(quad[:, 1].min())),
            int(np.ceil(quad[:, 0].max())), int(np.ceil(quad[:, 1].max())))
-    pad = (max(-pad[0] + border, 0), max(-pad[1] + border, 0), max(pad[2] - cw + border, 0), max(pad[3] - ch + border, 0))
+    pad = (max(-pad[0] + border, 0), max(-pad[1] + border, 0),
+           max(pad[2] - cw + border, 0), max(pad[3] - ch + border, 0))
     if max(pad) > border - 4:
         pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
         # numpy reflects repeatedly when the padding is wider than the image

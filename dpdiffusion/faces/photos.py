@@ -24,7 +24,7 @@ import torch
 from diffusers.utils import BaseOutput
 
 from ..data.images import _array_to_pil, _check_size, to_rgb
-from .align import AlignedFace, align_face
+from .align import align_face
 from .detect import IDENTITY_THRESHOLD, DetectedFace, FaceDetector, default_detector, default_embedder
 from .paste import DEFAULT_FEATHER, DEFAULT_INSET, paste_face
 
@@ -119,7 +119,8 @@ class PhotoResult:
 
 
 def photo_to_array(photo: Any, name: str = "photo") -> np.ndarray:
-    """A PIL image, an ``(H, W[, C])``/``(3, H, W)`` array or a ``(3, H, W)`` tensor in [0, 1] -> ``(H, W, 3)`` uint8."""
+    """A PIL image, an ``(H, W[, C])``/``(3, H, W)`` array or a ``(3, H, W)`` tensor in [0, 1] -> ``(H, W, 3)``
+    uint8 RGB (float values are rounded to 8 bits; uint8 input keeps its bytes)."""
     if isinstance(photo, torch.Tensor):
         photo = photo.detach().cpu().float().numpy()
     if isinstance(photo, np.ndarray):
@@ -146,8 +147,10 @@ def check_face_arguments(min_face_size, min_confidence, feather=DEFAULT_FEATHER,
     """Validate the detection and paste arguments (``ValueError`` naming the argument and its range)."""
     if isinstance(min_face_size, bool) or not isinstance(min_face_size, (int, np.integer)) or min_face_size < 1:
         raise ValueError(f"min_face_size must be an integer >= 1 (pixels), got min_face_size={min_face_size!r}")
-    if isinstance(min_confidence, bool) or not isinstance(min_confidence, (int, float)) or not math.isfinite(min_confidence):
-        raise ValueError(f"min_confidence must be a finite number (detector score), got min_confidence={min_confidence!r}")
+    if (isinstance(min_confidence, bool) or not isinstance(min_confidence, (int, float))
+            or not math.isfinite(min_confidence)):
+        raise ValueError(f"min_confidence must be a finite number (detector score), "
+                         f"got min_confidence={min_confidence!r}")
     if not isinstance(inset, (int, float)) or not 0.0 <= inset < 0.5:
         raise ValueError(f"inset must be in [0, 0.5), got inset={inset!r}")
     if not isinstance(feather, (int, float)) or not 0.0 < feather <= 0.5 - inset:
@@ -346,7 +349,8 @@ def protect_photo_for_display(pipe, photo: Any, **kwargs) -> tuple:
     try:
         out = protect_photos(pipe, [photo], output_type="pil", **kwargs)
     except NoFaceFoundError as err:
-        return None, f"No face was found in the photo ({err.reason.removeprefix('no face found ')}); nothing was released."
+        detail = err.reason.removeprefix("no face found ")
+        return None, f"No face was found in the photo {detail}; nothing was released."
     recs = out.faces[0]
     boxes = ", ".join(str(tuple(r.box)) for r in recs)
     eps = "inf" if not math.isfinite(out.epsilon) else f"{out.epsilon:g}"
