@@ -20,8 +20,10 @@ def test_faces_section_prints_the_overhead(tmp_path, capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "bench.json"
-    assert module.main(["--model", str(model), "--sections", "faces", "--steps", "2", "--out", str(out)]) == 0
+    assert module.main(["--model", str(model), "--sections", "faces", "--steps", "2", "--faces-repeats", "1",
+                        "--out", str(out)]) == 0
     result = json.loads(out.read_text())["faces"]
-    assert result["astronaut_512px"]["faces"] == 1 and result["astronaut_2048px"]["faces"] == 1
+    names = ("astronaut_512px", "astronaut_2048px", "astronaut_2048px_min_face_160")
+    assert all(result[k]["faces"] == 1 for k in names)
     assert result["astronaut_512px"]["overhead_over_protect"] > 0
     assert "faces, astronaut_512px: detect + align + paste / protect one face" in capsys.readouterr().out
