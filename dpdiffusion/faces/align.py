@@ -8,9 +8,9 @@ mouth corners (48, 54); the crop is the oriented square
     y = rot90(x),  c = eye_avg + 0.1 eye_to_mouth,  quad = [c - x - y, c - x + y, c + x + y, c + x - y]
 
 (corners top-left, bottom-left, bottom-right, top-right), whose map to the output square is a similarity
-transform. Where the quad leaves the photo it is padded as FFHQ does: reflect, then blur the padding and blend it
-towards the median colour. The warp supersamples and area-averages when the crop shrinks the face (FFHQ renders
-at 4096 px and downsamples with an antialiasing filter).
+transform. As in FFHQ, a face much larger than the output is first shrunk by an integer factor (box average), and
+where the quad leaves the photo it is padded: reflect, then blur the padding and blend it towards the median colour.
+The warp then supersamples and area-averages (FFHQ renders at 4096 px and downsamples with an antialiasing filter).
 
 Coordinates: landmarks are pixel indices (pixel ``(r, c)`` has its centre at ``(x, y) = (c, r)``); a quad is in
 continuous coordinates in which pixel ``(r, c)`` covers ``[c, c + 1) x [r, r + 1)``.
@@ -69,30 +69,46 @@ def _quad_axes(quad: np.ndarray):
     return quad[0], quad[3] - quad[0], quad[1] - quad[0]  # origin, crop's +u (x) side, crop's +v (y) side
 
 
-def _pad_ffhq(photo: np.ndarray, quad: np.ndarray):
-    """Crop the photo to the quad's neighbourhood and pad it as FFHQ does. Returns (float image, shifted quad)."""
+def _crop_shrink_pad(photo: np.ndarray, quad: np.ndarray, size: int, padding: bool):
+    """FFHQ's shrink, crop and pad steps, on the quad's neighbourhood only. Returns (float image, local quad).
+
+    Shrink: when the quad is more than twice the output, the region is box-averaged by the integer factor
+    ``floor(qsize / size / 2)`` (FFHQ resizes the photo by it with an antialiasing filter). Crop: the quad's bounding
+    box plus a border of 10 % of its side. Pad (``padding=True``): where the quad leaves the photo, reflect the image,
+    blur the padding (sigma 2 % of the side) and blend it towards the median colour, as FFHQ does.
+    """
     h, w = photo.shape[:2]
     qsize = np.hypot(*(quad[3] - quad[0]))
+    shrink = int(np.floor(qsize / size * 0.5))
     border = max(int(np.rint(qsize * 0.1)), 3)
     crop = (int(np.floor(quad[:, 0].min())), int(np.floor(quad[:, 1].min())),
             int(np.ceil(quad[:, 0].max())), int(np.ceil(quad[:, 1].max())))
-    crop = (max(crop[0] - border, 0), max(crop[1] - border, 0), min(crop[2] + border, w), min(crop[3] + border, h))
+    crop = [max(crop[0] - border, 0), max(crop[1] - border, 0), min(crop[2] + border, w), min(crop[3] + border, h)]
+    if shrink > 1:  # grow the region to whole shrink x shrink blocks where the photo allows
+        for lo, hi, limit in ((0, 2, w), (1, 3, h)):
+            crop[hi] = min(crop[lo] + -(-(crop[hi] - crop[lo]) // shrink) * shrink, limit)
     img = photo[crop[1]:crop[3], crop[0]:crop[2]].astype(np.float32)
     quad = quad - [crop[0], crop[1]]
+    if shrink > 1 and min(img.shape[:2]) >= shrink:
+        ch, cw = img.shape[0] // shrink, img.shape[1] // shrink
+        img = img[:ch * shrink, :cw * shrink].reshape(ch, shrink, cw, shrink, -1).mean(axis=(1, 3))
+        quad, qsize = quad / shrink, qsize / shrink
+        border = max(int(np.rint(qsize * 0.1)), 3)
+    if not padding:
+        return img, quad
     ch, cw = img.shape[:2]
     pad = (int(np.floor(quad[:, 0].min())), int(np.floor(quad[:, 1].min())),
            int(np.ceil(quad[:, 0].max())), int(np.ceil(quad[:, 1].max())))
     pad = (max(-pad[0] + border, 0), max(-pad[1] + border, 0),
            max(pad[2] - cw + border, 0), max(pad[3] - ch + border, 0))
     if max(pad) > border - 4:
-        pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
+        pad = np.maximum(pad, max(int(np.rint(qsize * 0.3)), 1))
         # numpy reflects repeatedly when the padding is wider than the image
         padded = np.pad(img, ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), mode="reflect")
         hh, ww = padded.shape[:2]
         yy, xx, _ = np.ogrid[:hh, :ww, :1]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mask = np.maximum(1.0 - np.minimum(np.float32(xx) / pad[0], np.float32(ww - 1 - xx) / pad[2]),
-                              1.0 - np.minimum(np.float32(yy) / pad[1], np.float32(hh - 1 - yy) / pad[3]))
+        mask = np.maximum(1.0 - np.minimum(np.float32(xx) / pad[0], np.float32(ww - 1 - xx) / pad[2]),
+                          1.0 - np.minimum(np.float32(yy) / pad[1], np.float32(hh - 1 - yy) / pad[3]))
         blur = qsize * 0.02
         padded += (ndimage.gaussian_filter(padded, [blur, blur, 0]) - padded) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
         padded += (np.median(padded, axis=(0, 1)) - padded) * np.clip(mask, 0.0, 1.0)
@@ -122,10 +138,7 @@ def align_face(photo: np.ndarray, landmarks: np.ndarray, size: int, *, padding: 
     if photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[-1] != 3:
         raise ValueError(f"photo must be an (H, W, 3) uint8 RGB array, got shape {photo.shape} dtype {photo.dtype}")
     quad = ffhq_quad(landmarks)
-    if padding:
-        img, local_quad = _pad_ffhq(photo, quad)
-    else:
-        img, local_quad = photo.astype(np.float32), quad
+    img, local_quad = _crop_shrink_pad(photo, quad, int(size), padding)
     crop = warp_quad(img, local_quad, int(size))
     return AlignedFace(crop=np.clip(np.rint(crop), 0, 255).astype(np.uint8), quad=quad)
 

@@ -46,22 +46,25 @@ def test_bad_landmarks_and_size():
         align_face(np.zeros((64, 64), np.float32), _landmarks(), 32)
 
 
-@pytest.mark.parametrize("angle_deg", [0.0, 17.0])
-def test_round_trip_of_a_constant_image_is_exact(angle_deg):
-    # the quad of these landmarks leaves the 120 x 140 photo: the FFHQ padding (reflect, blur, median) is exercised
+@pytest.mark.parametrize("angle_deg, size", [(0.0, 32), (17.0, 32), (17.0, 8)])
+def test_round_trip_of_a_constant_image_is_exact(angle_deg, size):
+    # the quad of these landmarks leaves the 120 x 140 photo: the FFHQ padding (reflect, blur, median) is exercised;
+    # at size 8 the region is shrunk 10x first
     photo = np.full((120, 140, 3), (31, 200, 77), dtype=np.uint8)
-    aligned = align_face(photo, _landmarks(angle=np.deg2rad(angle_deg)), 32)
+    aligned = align_face(photo, _landmarks(angle=np.deg2rad(angle_deg)), size)
     assert (aligned.crop == photo[0, 0]).all()
     pasted, _ = paste_face(photo, aligned.crop, aligned.quad)
     assert np.array_equal(pasted, photo)
 
 
-def test_round_trip_of_a_smooth_image_is_exact_up_to_interpolation():
-    yy, xx = np.mgrid[:300, :300]
-    photo = np.stack([xx * 0.5 + 20, yy * 0.6 + 10, (xx + yy) * 0.3 + 5], -1).round().astype(np.uint8)
-    lm = _landmarks(eye_l=(120, 130), eye_r=(180, 130), mouth_l=(130, 195), mouth_r=(170, 195), angle=0.3,
-                    centre=(150, 150))
-    aligned = align_face(photo, lm, 64)  # the quad fits in the photo: no padding, only interpolation
+@pytest.mark.parametrize("size", [64, 16])  # 16: the face is shrunk 7x first (box average), as FFHQ does
+def test_round_trip_of_a_smooth_image_is_exact_up_to_interpolation(size):
+    yy, xx = np.mgrid[:400, :400]
+    photo = np.stack([xx * 0.5 + 20, yy * 0.5 + 10, (xx + yy) * 0.25 + 5], -1).round().astype(np.uint8)
+    lm = _landmarks(eye_l=(170, 180), eye_r=(230, 180), mouth_l=(180, 245), mouth_r=(220, 245), angle=0.3,
+                    centre=(200, 200))
+    aligned = align_face(photo, lm, size)
+    assert aligned.quad.min() > 30 and aligned.quad.max() < 370  # more than the 10 % border inside: no padding
     box, back, s, t = unwarp_crop(aligned.crop, aligned.quad, photo.shape)
     x0, y0, x1, y1 = box
     interior = (s > 0.05) & (s < 0.95) & (t > 0.05) & (t < 0.95)
