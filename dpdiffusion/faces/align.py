@@ -191,10 +191,18 @@ def unwarp_crop(crop: np.ndarray, quad: np.ndarray, shape: tuple):
         (float), and the crop fractions of each pixel (see ``quad_coordinates``).
     """
     box, s, t = quad_coordinates(quad, shape)
+    return box, sample_bilinear(crop, s, t), s, t
+
+
+def sample_bilinear(crop: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Bilinear samples ``s.shape + (C,)`` (float32) of ``crop`` (``(S, S, C)``, S >= 2) at crop fractions ``(s, t)``;
+    the edge pixel is repeated outside (as ``scipy.ndimage.map_coordinates(order=1, mode="nearest")``)."""
     size = crop.shape[0]
-    u, v = s * size - 0.5, t * size - 0.5  # crop pixel-index coordinates
-    crop = np.asarray(crop, dtype=np.float64)
-    values = np.empty(s.shape + (crop.shape[2],), dtype=np.float64)
-    for ch in range(crop.shape[2]):
-        values[..., ch] = ndimage.map_coordinates(crop[..., ch], [v, u], order=1, mode="nearest")
-    return box, values, s, t
+    u = np.clip(s * size - 0.5, 0.0, size - 1.0).astype(np.float32)  # crop pixel-index coordinates
+    v = np.clip(t * size - 0.5, 0.0, size - 1.0).astype(np.float32)
+    u0, v0 = np.minimum(u.astype(np.int64), size - 2), np.minimum(v.astype(np.int64), size - 2)
+    fu, fv = (u - u0)[..., None], (v - v0)[..., None]
+    c = np.asarray(crop, dtype=np.float32)
+    top = c[v0, u0] * (1 - fu) + c[v0, u0 + 1] * fu
+    bottom = c[v0 + 1, u0] * (1 - fu) + c[v0 + 1, u0 + 1] * fu
+    return top * (1 - fv) + bottom * fv

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .align import unwarp_crop
+from .align import quad_coordinates, sample_bilinear
 
 DEFAULT_FEATHER = 0.1
 DEFAULT_INSET = 0.05
@@ -50,19 +50,22 @@ def paste_face(photo: np.ndarray, crop: np.ndarray, quad: np.ndarray, *, feather
     crop = np.asarray(crop)
     if photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[-1] != 3:
         raise ValueError(f"photo must be an (H, W, 3) uint8 array, got shape {photo.shape} dtype {photo.dtype}")
-    if crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[-1] != 3 or crop.shape[0] != crop.shape[1]:
+    if (crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[-1] != 3 or crop.shape[0] != crop.shape[1]
+            or crop.shape[0] < 2):
         raise ValueError(f"crop must be a square (S, S, 3) uint8 array, got shape {crop.shape} dtype {crop.dtype}")
-    (x0, y0, x1, y1), values, s, t = unwarp_crop(crop, quad, photo.shape)
+    (x0, y0, x1, y1), s, t = quad_coordinates(quad, photo.shape)
     out = photo.copy()
     if x1 <= x0 or y1 <= y0:
         return out, (x0, y0, x0, y0)
-    m = feather_mask(s, t, feather=feather, inset=inset)[..., None]  # (h, w, 1)
-    region = photo[y0:y1, x0:x1].astype(np.float64)
-    blend = np.clip(np.rint(m * values + (1.0 - m) * region), 0, 255).astype(np.uint8)
-    out[y0:y1, x0:x1] = np.where(m > 0, blend, photo[y0:y1, x0:x1])
-    inside = np.nonzero(m[..., 0] > 0)
+    m = feather_mask(s, t, feather=feather, inset=inset)  # (h, w)
+    inside = np.nonzero(m > 0)  # only these pixels change; every other byte is the photo's
     if inside[0].size == 0:
         return out, (x0, y0, x0, y0)
+    values = sample_bilinear(crop, s[inside], t[inside])  # (n, 3)
+    w = m[inside].astype(np.float32)[:, None]
+    region = out[y0:y1, x0:x1]
+    original = region[inside].astype(np.float32)
+    region[inside] = np.clip(np.rint(w * values + (1.0 - w) * original), 0, 255).astype(np.uint8)
     box = (x0 + int(inside[1].min()), y0 + int(inside[0].min()), x0 + int(inside[1].max()) + 1,
            y0 + int(inside[0].max()) + 1)
     return out, box
@@ -71,8 +74,6 @@ def paste_face(photo: np.ndarray, crop: np.ndarray, quad: np.ndarray, *, feather
 def paste_mask(quad: np.ndarray, shape: tuple, *, feather: float = DEFAULT_FEATHER,
                inset: float = DEFAULT_INSET) -> np.ndarray:
     """The full-photo ``(H, W)`` float mask that ``paste_face`` uses for ``quad`` (0 wherever bytes are kept)."""
-    from .align import quad_coordinates
-
     (x0, y0, x1, y1), s, t = quad_coordinates(quad, shape)
     mask = np.zeros(shape[:2], dtype=np.float64)
     if x1 > x0 and y1 > y0:

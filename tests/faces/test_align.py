@@ -86,3 +86,16 @@ def test_aligned_astronaut_puts_eyes_where_ffhq_does(astronaut):
     assert 0.42 < eye_l[1] < 0.52 and 0.25 < eye_l[0] < 0.5 < eye_r[0] < 0.75
     mask = paste_mask(aligned.quad, astronaut.shape)
     assert mask.max() == 1.0 and mask[0, 0] == 0.0
+
+
+def test_bilinear_sampler_matches_scipy():
+    from scipy import ndimage
+
+    from dpdiffusion.faces.align import sample_bilinear
+
+    rng = np.random.default_rng(0)
+    crop = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    s, t = rng.uniform(-0.2, 1.2, (2, 500))
+    ref = np.stack([ndimage.map_coordinates(crop[..., c].astype(np.float64), [t * 16 - 0.5, s * 16 - 0.5], order=1,
+                                            mode="nearest") for c in range(3)], -1)
+    np.testing.assert_allclose(sample_bilinear(crop, s, t), ref, atol=1e-3)
