@@ -177,6 +177,7 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
                    min_confidence: float = DEFAULT_MIN_CONFIDENCE, detector: FaceDetector | None = None,
                    subject_ids: Sequence[str] | None = None,
                    face_subject_id: Callable[[str, int], str] | None = None,
+                   crop_subject_id: Callable[[np.ndarray], str] | None = None,
                    face_generator: Callable[[int, int], torch.Generator] | None = None, identity: bool = False,
                    feather: float = DEFAULT_FEATHER, inset: float = DEFAULT_INSET, on_no_face: str = "raise",
                    output_type: str = "pil", return_dict: bool = True, **pipe_kwargs):
@@ -193,6 +194,9 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
         subject_ids (`list[str]`): one subject id per photo; face ``j`` of photo ``i`` is charged to the subject
             ``face_subject_id(subject_ids[i], j)`` (default ``f"{id}/face{j}"``). Required with ``ledger=``.
         face_subject_id (`Callable[[str, int], str]`): how a face's subject id is derived from its photo's.
+        crop_subject_id (`Callable[[np.ndarray], str]`): instead, a face's subject id computed from its aligned crop
+            (``(S, S, 3)`` uint8), e.g. the Space's keyed hash of the normalised face content, so that the same face
+            in another photo charges the same budget.
         face_generator (`Callable[[int, int], torch.Generator]`): the generator of face ``j`` of photo ``i`` (for
             reproducible batch jobs, e.g. seeded by ``(seed, row, j)``); instead of ``generator``.
         identity (`bool`): also compute dlib's 128-d ResNet distance between each original and pasted face.
@@ -225,8 +229,11 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
         raise ValueError(f"subject_ids has {len(subject_ids)} ids for {len(items)} photos; pass one per photo")
     if face_generator is not None and pipe_kwargs.get("generator") is not None:
         raise ValueError("pass either generator or face_generator, not both")
-    if pipe_kwargs.get("ledger") is not None and subject_ids is None:
-        raise ValueError("subject_ids must be given with a ledger (one id per photo; each face is its own subject)")
+    if subject_ids is not None and crop_subject_id is not None:
+        raise ValueError("pass either subject_ids or crop_subject_id, not both")
+    if pipe_kwargs.get("ledger") is not None and subject_ids is None and crop_subject_id is None:
+        raise ValueError("subject_ids must be given with a ledger (one id per photo; each face is its own subject), "
+                         "or crop_subject_id")
     face_subject_id = face_subject_id or (lambda sid, j: f"{sid}/face{j}")
     arrays = [photo_to_array(p, f"photos[{i}]") for i, p in enumerate(items)]
 
@@ -243,11 +250,16 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
         found.append(faces)
         for j, face in enumerate(faces):
             aligned.append(align_face(arr, face.landmarks, pipe.image_size))
-            face_ids.append(face_subject_id(str(subject_ids[i]), j) if subject_ids is not None else None)
+            if crop_subject_id is not None:
+                face_ids.append(str(crop_subject_id(aligned[-1].crop)))
+            else:
+                face_ids.append(face_subject_id(str(subject_ids[i]), j) if subject_ids is not None else None)
             if face_generator is not None:
                 gens.append(face_generator(i, j))
-    if len(set(face_ids)) != len(face_ids) and subject_ids is not None:
-        raise ValueError("subject_ids must give every face a distinct subject id; got duplicates")
+    named = subject_ids is not None or crop_subject_id is not None
+    if named and len(set(face_ids)) != len(face_ids):
+        dup = sorted({f for f in face_ids if face_ids.count(f) > 1})
+        raise ValueError(f"every face must have a distinct subject id in one call; got duplicates {dup}")
 
     # 2. one release of all the crops (one subject per face)
     report, remaining, protected = None, None, None
@@ -255,7 +267,7 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
         crops = np.stack([a.crop for a in aligned])  # (N, S, S, 3) uint8
         if face_generator is not None:
             pipe_kwargs = dict(pipe_kwargs, generator=gens)
-        out = pipe(crops, subject_ids=face_ids if subject_ids is not None else None, output_type="np",
+        out = pipe(crops, subject_ids=face_ids if named else None, output_type="np",
                    return_dict=True, **pipe_kwargs)
         protected = np.clip(np.rint(np.asarray(out.images) * 255.0), 0, 255).astype(np.uint8)  # (N, S, S, 3)
         report, remaining = out.report, out.remaining_budget

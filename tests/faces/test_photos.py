@@ -84,6 +84,19 @@ def test_each_face_is_its_own_ledger_subject(tiny_pipe, group_photo, astronaut, 
         protect_photos(tiny_pipe, astronaut, ledger=ledger, **_kw())
     custom = protect_photos(tiny_pipe, astronaut, subject_ids=["x"], face_subject_id=lambda s, j: f"{s}#{j}", **_kw())
     assert custom.faces[0][0].subject_id == "x#0"
+    # subjects from the face's content (the Space's keyed hash): the same face in two photos is one subject
+    import hashlib
+
+    def by_content(crop):
+        return "h:" + hashlib.sha256(crop.tobytes()).hexdigest()[:16]
+
+    hashed = protect_photos(tiny_pipe, astronaut, crop_subject_id=by_content, ledger=ledger, **_kw())
+    sid = hashed.faces[0][0].subject_id
+    assert sid.startswith("h:") and sid in ledger.subjects()
+    with pytest.raises(ValueError, match="distinct subject id"):
+        protect_photos(tiny_pipe, [astronaut, astronaut], crop_subject_id=by_content, **_kw())
+    with pytest.raises(ValueError, match="either subject_ids or crop_subject_id"):
+        protect_photos(tiny_pipe, astronaut, subject_ids=["a"], crop_subject_id=by_content, **_kw())
 
 
 def test_protect_photo_for_the_cli(tiny_pipe, astronaut):
