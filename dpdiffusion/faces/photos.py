@@ -189,8 +189,8 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
         min_face_size (`int`): smallest face (detector box side, px) to protect; smaller ones are not searched for
             and stay as they are in the photo. Default 48.
         min_confidence (`float`): smallest detector score to accept. Default 0.5.
-        detector (`FaceDetector`): a backend with ``detect(image) -> list[DetectedFace]`` (default: dlib HOG + 68
-            landmarks, from the ``faces`` extra).
+        detector (`FaceDetector`): a backend with ``detect(image, *, min_face_size) -> list[DetectedFace]``
+            (default: dlib HOG + 68 landmarks, from the ``faces`` extra).
         subject_ids (`list[str]`): one subject id per photo; face ``j`` of photo ``i`` is charged to the subject
             ``face_subject_id(subject_ids[i], j)`` (default ``f"{id}/face{j}"``). Required with ``ledger=``.
         face_subject_id (`Callable[[str, int], str]`): how a face's subject id is derived from its photo's.
@@ -199,7 +199,9 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
             in another photo charges the same budget.
         face_generator (`Callable[[int, int], torch.Generator]`): the generator of face ``j`` of photo ``i`` (for
             reproducible batch jobs, e.g. seeded by ``(seed, row, j)``); instead of ``generator``.
-        identity (`bool`): also compute dlib's 128-d ResNet distance between each original and pasted face.
+        identity (`bool`): also compute dlib's 128-d ResNet distance between each original and pasted face (an
+            identity-leakage figure: below 0.6 dlib calls them the same person; ``scope="attributes"`` keeps the
+            identity in the residual by design, so a match there is expected, not a failure).
         feather (`float`), inset (`float`): the paste mask (see ``dpdiffusion.faces.paste``).
         on_no_face (`str`): ``"raise"`` (default): a photo with no face refuses the whole call before anything is
             released; ``"skip"``: such a photo gets ``None`` in ``images``, no faces, and an entry
