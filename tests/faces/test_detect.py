@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import ASTRONAUT_FACE  # tests/faces/conftest.py
+from dpd_faces_photos import ASTRONAUT_FACE
 
 from dpdiffusion.faces import DlibFaceDetector, find_faces
 from dpdiffusion.faces.detect import default_detector, default_embedder
