@@ -478,6 +478,9 @@ class DPDiffusionPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end=None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        faces: str = "aligned",
+        min_face_size: int | None = None,
+        min_confidence: float | None = None,
     ):
         r"""Release protected versions of ``images``.
 
@@ -502,6 +505,15 @@ class DPDiffusionPipeline(DiffusionPipeline):
                 noise)"``; for tests and research, never for a release).
             guidance_scale (`float`): semantic guidance of the decoder (see ``decode``); post-processing.
             callback_on_step_end, callback_on_step_end_tensor_inputs: see ``decode`` (diffusers' semantics).
+            faces (`str`, defaults to `"aligned"`): ``"aligned"``: every input is an aligned face crop (resized to
+                the model's size). ``"detect"``: every input is a photo of any size; each face is detected,
+                FFHQ-aligned to the model's input, protected (its own ledger subject, ``f"{id}/face{j}"``) and
+                pasted back through the inverse alignment with a feathered mask; pixels outside the pasted faces are
+                unchanged. Returns a ``dpdiffusion.faces.FacesOutput`` (``images``: the whole photos at their input
+                size; ``faces``: per photo, each face's box and privacy figures). A photo with no face raises a
+                ``ValueError`` naming its index, before anything is released or charged. Needs the ``faces`` extra.
+            min_face_size (`int`, *optional*), min_confidence (`float`, *optional*): with ``faces="detect"``, the
+                smallest face (detector box side, px; default 48) and detector score (default 0.5) protected.
 
         Returns:
             `DPDiffusionPipelineOutput` (or a tuple ``(images, report)`` when ``return_dict=False``).
@@ -510,6 +522,22 @@ class DPDiffusionPipeline(DiffusionPipeline):
             ValueError: for any invalid argument, and ``BudgetExceededError`` (a ``ValueError``) when a subject's
             budget would be exceeded; nothing is charged or released then.
         """
+        from .faces.photos import DEFAULT_MIN_CONFIDENCE, DEFAULT_MIN_FACE_SIZE, check_faces_mode
+
+        if check_faces_mode(faces) == "detect":  # photos in the wild: detect, align, protect each face, paste back
+            from .faces.photos import protect_photos
+
+            return protect_photos(
+                self, images, subject_ids=subject_ids, output_type=output_type, return_dict=return_dict,
+                min_face_size=DEFAULT_MIN_FACE_SIZE if min_face_size is None else min_face_size,
+                min_confidence=DEFAULT_MIN_CONFIDENCE if min_confidence is None else min_confidence,
+                attributes=attributes, weights=weights, epsilon=epsilon, strength=strength, delta=delta, scope=scope,
+                stochastic_code=stochastic_code, num_inference_steps=num_inference_steps, generator=generator,
+                ledger=ledger, secure_mode=secure_mode, guidance_scale=guidance_scale,
+                callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+        if min_face_size is not None or min_confidence is not None:
+            raise ValueError("min_face_size and min_confidence apply to faces='detect' only")
         # 1. check inputs and resolve the privacy spec (all validation before any work or charge)
         spec = self.privacy_spec(attributes=attributes, weights=weights, epsilon=epsilon, strength=strength,
                                  delta=delta, scope=scope, stochastic_code=stochastic_code, secure_mode=secure_mode)

@@ -72,6 +72,12 @@ class ProtectConfig:
     split: str = field(default="train", metadata={"help": "Split of a Hub dataset or image folder."})
     image_column: str = field(default="image", metadata={"help": "Image column."})
     limit: int | None = field(default=None, metadata={"help": "Only the first N rows."})
+    faces: str = field(default="aligned", metadata={"help": (
+        "'aligned': every row is an aligned face crop. 'detect': every row is a photo; each face is detected, "
+        "FFHQ-aligned, protected and pasted back (the rest of the photo unchanged); a photo with no face goes to "
+        "skipped.jsonl, never to the output. Needs the 'faces' extra.")})
+    min_face_size: int = field(default=48, metadata={"help": "With --faces detect: smallest face protected (px)."})
+    min_confidence: float = field(default=0.5, metadata={"help": "With --faces detect: smallest detector score."})
 
     @property
     def secure_mode(self) -> bool:
@@ -148,6 +154,10 @@ def _check_config(config: ProtectConfig) -> None:
     if config.insecure_seed is not None and (isinstance(config.insecure_seed, bool)
                                              or not isinstance(config.insecure_seed, int)):
         raise ValueError(f"insecure_seed must be None or an integer, got insecure_seed={config.insecure_seed!r}")
+    from .faces.photos import check_face_arguments, check_faces_mode
+
+    check_faces_mode(config.faces)
+    check_face_arguments(config.min_face_size, config.min_confidence)
     if config.limit is not None and (isinstance(config.limit, bool) or not isinstance(config.limit, int)
                                      or config.limit < 0):
         raise ValueError(f"limit must be None or an integer >= 0, got limit={config.limit!r}")
@@ -308,26 +318,44 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
             os.fsync(part.fileno())
             bar.update(len(lines))
 
+    def generator_for(key):
+        """Stochastic code of row (or face) ``key``: CSPRNG-seeded and never recorded, or seeded by (N, key)."""
+        if config.secure_mode:
+            return torch.Generator().manual_seed(secrets.randbits(63))
+        return _row_generator(config.insecure_seed, key)
+
+    privacy = dict(attributes=list(spec.attributes), weights=spec.weights, epsilon=spec.epsilon, delta=spec.delta,
+                   scope=spec.scope, stochastic_code=spec.stochastic_code,
+                   num_inference_steps=config.num_inference_steps, secure_mode=config.secure_mode)
+
     def release(batch) -> list[str]:
         """Protect ``batch``, write the images of its rows still to do (atomically) and return their records."""
-        if config.secure_mode:  # stochastic codes from CSPRNG-seeded generators, never recorded
-            gens = [torch.Generator().manual_seed(secrets.randbits(63)) for _ in batch]
+        images, face_records = [img for _, img, _, _ in batch], None
+        if config.faces == "detect":  # photos: each face protected and pasted back; a photo without one is skipped
+            from .faces.photos import protect_photos
+
+            rows = [i for i, *_ in batch]
+            result = protect_photos(pipe, images, min_face_size=config.min_face_size,
+                                    min_confidence=config.min_confidence, on_no_face="skip",
+                                    face_generator=lambda k, j: generator_for(f"{rows[k]}/face{j}"), output_type="pil",
+                                    **privacy)
+            face_records = result.faces
+            for entry in result.skipped:
+                list_skipped({"index": rows[entry["index"]], "reason": entry["reason"]})
         else:
-            gens = [_row_generator(config.insecure_seed, i) for i, *_ in batch]
-        result = pipe([img for _, img, _, _ in batch], attributes=list(spec.attributes), weights=spec.weights,
-                      epsilon=spec.epsilon, delta=spec.delta, scope=spec.scope, stochastic_code=spec.stochastic_code,
-                      num_inference_steps=config.num_inference_steps, generator=gens, output_type="pil",
-                      secure_mode=config.secure_mode)
+            result = pipe(images, generator=[generator_for(i) for i, *_ in batch], output_type="pil", **privacy)
         lines = []
-        for (i, _, extra, state), image in zip(batch, result.images):
-            if state not in ("todo", "lost"):  # seeded mode: recomputed for the batch, already on disk
+        for k, ((i, _, extra, state), image) in enumerate(zip(batch, result.images)):
+            if state not in ("todo", "lost") or image is None:  # already on disk (seeded mode), or no face found
                 continue
             buf = io.BytesIO()
             image.save(buf, format="PNG")
             _atomic_write_bytes(out / _image_name(i), buf.getvalue())
             if state == "todo":  # a "lost" row (seeded mode) has its record: the same image is written again
-                lines.append(json.dumps(_jsonable({"index": i, "file_name": _image_name(i), **figures, **extra}))
-                             + "\n")
+                record = {"index": i, "file_name": _image_name(i), **figures, **extra}
+                if face_records is not None:
+                    record["faces"] = [face.to_dict() for face in face_records[k]]
+                lines.append(json.dumps(_jsonable(record)) + "\n")
         return lines
 
     # Fixed blocks: row i is the (i // world)-th row of its worker and belongs to block (i // world) // batch_size,

@@ -59,7 +59,8 @@ class FaceRecord:
         paste_box (`tuple[int, int, int, int]`): the box outside which the photo's bytes are unchanged by this face.
         confidence (`float`): detector score.  quad (`list`): the FFHQ crop quad (4 corners ``(x, y)``).
         subject_id (`str | None`): the ledger subject charged for this face.
-        epsilon, delta, noise_multiplier, sigmas, guarantee: the privacy figures of this face's release.
+        epsilon, delta, noise_multiplier, sigmas, guarantee, noise_source: the privacy figures of this face's
+            release.
         remaining_budget (`float | None`): the subject's epsilon left, when a ledger was used.
         identity_distance (`float | None`): dlib-ResNet distance between the original and the pasted face;
             ``identity_match`` is ``identity_distance < 0.6`` (dlib's same-person threshold).
@@ -75,6 +76,7 @@ class FaceRecord:
     noise_multiplier: float
     sigmas: dict
     guarantee: str
+    noise_source: str = "csprng"
     remaining_budget: float | None = None
     identity_distance: float | None = None
     identity_match: bool | None = None
@@ -98,7 +100,7 @@ class FacesOutput(BaseOutput):
             released).
         skipped (`list[dict]`): with ``on_no_face="skip"``, ``{"index", "reason"}`` of each photo left out (its
             entry in ``images`` is ``None``).
-        epsilon, delta, guarantee: shortcuts to ``report``.
+        epsilon, delta, guarantee, noise_source: shortcuts to ``report``.
     """
 
     images: list
@@ -108,6 +110,7 @@ class FacesOutput(BaseOutput):
     epsilon: float | None = None
     delta: float | None = None
     guarantee: str | None = None
+    noise_source: str | None = None
 
 
 @dataclass
@@ -289,7 +292,7 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
                 box=tuple(int(v) for v in face.box), paste_box=paste_box, confidence=face.confidence,
                 quad=aligned[k].quad.round(3).tolist(), subject_id=face_ids[k], epsilon=report.epsilon,
                 delta=report.delta, noise_multiplier=report.noise_multiplier, sigmas=dict(report.sigmas),
-                guarantee=report.guarantee,
+                guarantee=report.guarantee, noise_source=report.noise_source,
                 remaining_budget=None if remaining is None else float(remaining[k])))
             k += 1
         if embedder is not None:
@@ -306,7 +309,8 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
     return FacesOutput(images=images, faces=records, report=report, skipped=skipped,
                        epsilon=None if report is None else report.epsilon,
                        delta=None if report is None else report.delta,
-                       guarantee=None if report is None else report.guarantee)
+                       guarantee=None if report is None else report.guarantee,
+                       noise_source=None if report is None else report.noise_source)
 
 
 def _to_output(array: np.ndarray, output_type: str):
