@@ -16,6 +16,16 @@ from dpd_test_components import ATTRS, get_dummy_components  # noqa: F401,E402
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test, restored after: two OpenMP threads on a busy two-core machine spin against
+    each other (tiny models gain nothing from threads). Use with ``pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def dummy_components():
     return get_dummy_components()
 

@@ -18,14 +18,7 @@ import pytest
 import torch
 
 ATTRS = ["dark_skin", "long_hair"]
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _candidates(tmp_path: Path) -> tuple[Path, Path]:
