@@ -83,7 +83,8 @@ def fit_logistic_regression(
 
     Minimises ``mean log-loss + (l2 / 2) ||w||^2`` (the intercept is not penalised), i.e. scikit-learn's
     objective with ``C = 1 / (l2 * N)``; features are standardised with their mean and population standard
-    deviation (constant features get scale 1). Deterministic.
+    deviation (constant features get scale 1). Deterministic. With a single class in `labels` the minimum lies
+    at infinity: the model is then the constant log-odds ``+-log((N + 0.5) / 0.5)`` (zero weights).
 
     Args:
         features (array-like): ``(N, ...)`` features, flattened to ``(N, D)``.
@@ -105,6 +106,9 @@ def fit_logistic_regression(
         raise ValueError(f"l2 must be >= 0, got l2={l2}")
     mean, scale = x.mean(0), x.std(0)
     scale[scale == 0] = 1.0
+    if len(np.unique(y)) < 2:  # one class only: the optimum lies at infinity; the constant Jeffreys log-odds
+        bias = np.log((len(y) + 0.5) / 0.5) * (1.0 if y.size and y[0] == 1 else -1.0)
+        return {"weights": np.zeros(x.shape[1]), "bias": np.float64(bias), "mean": mean, "scale": scale}
     c = np.inf if l2 == 0 else 1.0 / (l2 * len(y))
     clf = LogisticRegression(C=c, solver="newton-cholesky", tol=tol, max_iter=max_iter)
     clf.fit((x - mean) / scale, y)
