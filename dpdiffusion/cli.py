@@ -37,6 +37,10 @@ def _bool(text: str) -> bool:
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = ()) -> None:
     """Add one ``--flag`` per field of the dataclass ``cls`` (help from the field's metadata)."""
+    # Not transformers' HfArgumentParser (which scripts/train_default_models.py uses): it would change this CLI's
+    # contract. It parses floats with `float` (``--epsilon nan`` would pass instead of failing with one line), gives
+    # bools ``nargs="?"`` and ``--no_<name>`` complements, adds ``--field_name`` spellings, and rewrites the
+    # dataclass's own ``Field.type`` while parsing.
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:

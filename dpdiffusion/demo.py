@@ -147,14 +147,8 @@ def run_demo(out: str | Path, *, model: str | None = None, num_images: int = 16,
 
     t0 = time.monotonic()
     print(f"[2/5] protecting {list(attributes)} at epsilon in {[_fmt(e) for e in epsilons]}")
-    rows, labels, releases = [originals], ["original"], []
-    for eps in epsilons:
-        result = pipe(originals, attributes=list(attributes), epsilon=eps, delta=delta,
-                      num_inference_steps=num_inference_steps, generator=torch.Generator().manual_seed(seed),
-                      output_type="pil")
-        rows.append(result.images)
-        labels.append(f"epsilon={_fmt(result.epsilon)}")
-        releases.append(result.report.to_dict())
+    rows, labels, releases = _protect_stage(pipe, originals, attributes=attributes, epsilons=epsilons, delta=delta,
+                                            num_inference_steps=num_inference_steps, seed=seed)
     grid_path = out / "grid.png"
     _grid(rows, labels).save(grid_path)
     stage_seconds["protect"] = time.monotonic() - t0
@@ -189,6 +183,33 @@ def run_demo(out: str | Path, *, model: str | None = None, num_images: int = 16,
         "torch_threads": torch.get_num_threads(),
         "seconds": round(time.monotonic() - started, 1),
     }
+    lines = _report_lines(out, metrics, releases, unlearning, evaluation, attributes=attributes,
+                          num_images=num_images, num_inference_steps=num_inference_steps, stage_seconds=stage_seconds)
+    _atomic_write(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
+    _atomic_write(out / "report.md", "\n".join(lines) + "\n")
+    _atomic_write(out / "report.html", markdown_to_html(lines))
+    print(f"wrote {out / 'metrics.json'}, {grid_path}, {out / 'unlearning.png'} and {out / 'evaluation'}/")
+    print(f"done in {metrics['seconds']:.0f} s. Report: {out / 'report.md'} (HTML: {out / 'report.html'})")
+    return out / "report.md"
+
+
+def _protect_stage(pipe, originals, *, attributes, epsilons, delta, num_inference_steps, seed):
+    """Release ``originals`` at each epsilon (same stochastic code x_T for every row): the grid rows, their
+    labels and the privacy reports."""
+    rows, labels, releases = [originals], ["original"], []
+    for eps in epsilons:
+        result = pipe(originals, attributes=list(attributes), epsilon=eps, delta=delta,
+                      num_inference_steps=num_inference_steps, generator=torch.Generator().manual_seed(seed),
+                      output_type="pil")
+        rows.append(result.images)
+        labels.append(f"epsilon={_fmt(result.epsilon)}")
+        releases.append(result.report.to_dict())
+    return rows, labels, releases
+
+
+def _report_lines(out: Path, metrics: dict, releases: list, unlearning: dict, evaluation: dict | None, *,
+                  attributes, num_images: int, num_inference_steps: int, stage_seconds: dict) -> list[str]:
+    """The Markdown lines of ``report.md``."""
     lines = [
         "# dpdiffusion demo report",
         "",
@@ -226,12 +247,7 @@ def run_demo(out: str | Path, *, model: str | None = None, num_images: int = 16,
         if "results_md" in files:
             lines += [f"Full evaluation report (claims checked, audit details, commands): "
                       f"[evaluation/results.md]({Path(files['results_md']).relative_to(out).as_posix()}).", ""]
-    _atomic_write(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
-    _atomic_write(out / "report.md", "\n".join(lines) + "\n")
-    _atomic_write(out / "report.html", markdown_to_html(lines))
-    print(f"wrote {out / 'metrics.json'}, {grid_path}, {out / 'unlearning.png'} and {out / 'evaluation'}/")
-    print(f"done in {metrics['seconds']:.0f} s. Report: {out / 'report.md'} (HTML: {out / 'report.html'})")
-    return out / "report.md"
+    return lines
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -144,7 +144,7 @@ def test_promise_calibration_is_exact_rounded_towards_privacy_and_matches_pld(du
     """README: sensitivity 2 C_i; "rho_i = w_i / sum(w) * rho, which makes the release one Gaussian mechanism with
     noise multiplier 1/sqrt(2 rho), calibrated exactly from (epsilon, delta) with the analytic Gaussian mechanism,
     rounded towards privacy, and checked against dp-accounting's PLD accountant"."""
-    import dp_accounting  # a declared dependency: never skipped
+    import dp_accounting  # a declared test dependency (the `test` extra): never skipped
     from dp_accounting.pld import PLDAccountant
 
     for epsilon, delta, weights in ((1.0, 1e-5, [3.0, 1.0]), (0.3, 1e-7, [1.0, 1.0]), (4.0, 1e-3, [0.2, 5.0])):

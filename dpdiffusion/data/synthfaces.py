@@ -43,11 +43,12 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import zlib
 from typing import Any
 
 import numpy as np
+
+from .synthfaces_render import render_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +103,6 @@ _HAIR_PALETTE = np.array(
     ]
 )
 # Skin ranges (RGB at shade 0 and shade 1). The two ranges do not overlap in any channel's luminance.
-_LIGHT_SKIN = np.array([[1.00, 0.87, 0.76], [0.88, 0.68, 0.54]])
-_DARK_SKIN = np.array([[0.56, 0.38, 0.27], [0.30, 0.19, 0.12]])
 
 _STREAM_IDENTITY = 0x1D
 _STREAM_IMAGE = 0x1A
@@ -230,212 +229,6 @@ def _check_params(params: dict[str, np.ndarray]) -> int:
     return lengths.pop()
 
 
-# ----------------------------------------------------------------------------------------------------
-# Rendering: signed distances (negative inside) and soft masks
-# ----------------------------------------------------------------------------------------------------
-
-
-def _coverage(sd: np.ndarray, aa: np.ndarray) -> np.ndarray:
-    """Antialiased coverage of the region sd < 0: smoothstep across about one pixel."""
-    t = np.clip(0.5 - sd / aa, 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
-
-
-def _ellipse_sd(x, y, a, b):
-    return (np.sqrt((x / a) ** 2 + (y / b) ** 2) - 1.0) * np.minimum(a, b)
-
-
-def _box_sd(x, y, hw, hh, r):
-    qx = np.abs(x) - hw + r
-    qy = np.abs(y) - hh + r
-    outside = np.sqrt(np.maximum(qx, 0.0) ** 2 + np.maximum(qy, 0.0) ** 2)
-    return outside + np.minimum(np.maximum(qx, qy), 0.0) - r
-
-
-def _segment_sd(x, y, ax, ay, bx, by, radius):
-    px, py = x - ax, y - ay
-    dx, dy = bx - ax, by - ay
-    h = np.clip((px * dx + py * dy) / (dx * dx + dy * dy), 0.0, 1.0)
-    return np.sqrt((px - h * dx) ** 2 + (py - h * dy) ** 2) - radius
-
-
-def _paint(img: np.ndarray, mask: np.ndarray, color: np.ndarray) -> None:
-    """In place: img += mask * (color - img). img (B,H,W,3), mask (B,H,W), color (B,1,1,3) or (1,1,1,3).
-
-    Small layers (eyes, mouth, ...) touch few pixels: only those are updated. Both paths do the same float
-    operations per pixel, so the result does not depend on which one runs (nor on the batch).
-    """
-    b, h, w = mask.shape
-    flat_mask = mask.reshape(-1)
-    idx = np.flatnonzero(flat_mask)
-    if idx.size > flat_mask.size // 4:
-        img += mask[..., None] * (color - img)
-        return
-    flat_img = img.reshape(-1, 3)
-    colors = np.broadcast_to(color, (b, 1, 1, 3)).reshape(b, 3)[idx // (h * w)]
-    old = flat_img[idx]
-    flat_img[idx] = old + flat_mask[idx][:, None] * (colors - old)
-
-
-def _rgb(params: dict[str, np.ndarray], part: str, sl: slice) -> np.ndarray:
-    return np.stack([params[f"{part}_{c}"][sl] for c in "rgb"], axis=-1)[:, None, None, :].astype(np.float32)
-
-
-def _cos_sin(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(B, 1, 1) float32 cosines and sines, one libm call per image so that a face renders bit-identically
-    whatever batch it is in (numpy's SIMD trig can differ in the last bit between vector lanes and tails)."""
-    angles = np.asarray(angles, dtype=np.float64).tolist()
-    cos = np.array([math.cos(a) for a in angles], dtype=np.float32)[:, None, None]
-    sin = np.array([math.sin(a) for a in angles], dtype=np.float32)[:, None, None]
-    return cos, sin
-
-
-def _render_chunk(p: dict[str, np.ndarray], sl: slice, image_size: int) -> np.ndarray:
-    f32 = np.float32
-
-    def col(name: str) -> np.ndarray:  # (B, 1, 1) per-image scalar
-        return np.asarray(p[name][sl], dtype=f32)[:, None, None]
-
-    flag = col  # a boolean attribute as (B, 1, 1) float in {0, 1}
-
-    n = sl.stop - sl.start
-    grid = (np.arange(image_size, dtype=f32) + 0.5) / image_size  # pixel centres in [0, 1]
-    u = grid[None, None, :]  # (1, 1, W)
-    v = grid[None, :, None]  # (1, H, 1)
-
-    scale = col("scale")
-    cos_r, sin_r = _cos_sin(p["rotation"][sl])
-    dx = u - (0.5 + col("offset_x"))
-    dy = v - (0.47 + col("offset_y"))
-    x = (cos_r * dx + sin_r * dy) / scale  # (B, H, W) face frame, y down
-    y = (-sin_r * dx + cos_r * dy) / scale
-    aa = (1.0 / image_size) / scale  # one pixel in face units, (B, 1, 1)
-    line = np.maximum(f32(0.011), 0.55 * aa)  # half-width of strokes: at least about one pixel wide
-
-    fw, fh = col("face_width"), col("face_height")
-    hair_v = col("hair_volume")
-
-    # Background: colour with a linear gradient.
-    bg = _rgb(p, "bg", sl)
-    bg_cos, bg_sin = _cos_sin(p["bg_angle"][sl])
-    bg_dir = (u - 0.5) * bg_cos + (v - 0.5) * bg_sin
-    img = bg * (1.0 + (col("bg_strength") * bg_dir)[..., None])  # (B, H, W, 3)
-    img = np.broadcast_to(img, (n, image_size, image_size, 3)).astype(f32)  # a writable copy
-
-    # Skin colour: a shade within the light or dark range.
-    shade = col("skin_shade")[..., None]
-    dark = flag("dark_skin")[..., None]
-    light_rgb = (1 - shade) * _LIGHT_SKIN[0].astype(f32) + shade * _LIGHT_SKIN[1].astype(f32)
-    dark_rgb = (1 - shade) * _DARK_SKIN[0].astype(f32) + shade * _DARK_SKIN[1].astype(f32)
-    skin = (1 - dark) * light_rgb + dark * dark_rgb  # (B, 1, 1, 3)
-    hair = _rgb(p, "hair", sl)
-
-    # Torso and neck.
-    _paint(img, _coverage(_ellipse_sd(x, y - (fh + 0.30), f32(0.40), f32(0.22)), aa), _rgb(p, "shirt", sl))
-    _paint(img, _coverage(_box_sd(x, y - fh * 0.98, fw * 0.42, fh * 0.42, f32(0.02)), aa), skin * 0.86)
-
-    # Long hair: a curtain behind the head falling beside the face to the shoulders.
-    long_hair = flag("long_hair")
-    curtain = np.minimum(
-        _box_sd(x, y - fh * 0.42, fw * 1.22 * hair_v, fh * 1.0, fw * 0.45),
-        _ellipse_sd(x, y + fh * 0.08, fw * 1.12 * hair_v, fh * 1.04 * hair_v),
-    )
-    _paint(img, _coverage(curtain, aa) * long_hair, hair * 0.85)
-
-    # Ears, face (ellipse with a tapered chin).
-    ear_sd = np.minimum(
-        _ellipse_sd(x - fw * 0.97, y + 0.01, f32(0.035), f32(0.055)),
-        _ellipse_sd(x + fw * 0.97, y + 0.01, f32(0.035), f32(0.055)),
-    )
-    _paint(img, _coverage(ear_sd, aa), skin * 0.9)
-    taper = 1.0 - col("chin_taper") * np.clip(y / fh, 0.0, 1.0)
-    _paint(img, _coverage(_ellipse_sd(x / taper, y, fw, fh), aa), skin)
-
-    # Hair cap on top of the head (every face), with a hairline that dips at the sides and a parting.
-    part_x = (x - col("hair_part") * fw * 0.35) / fw
-    hairline = -fh * 0.47 + fh * 0.30 * part_x * part_x
-    cap = np.maximum(_ellipse_sd(x, y + fh * 0.08, fw * 1.1 * hair_v, fh * 1.05 * hair_v), y - hairline)
-    _paint(img, _coverage(cap, aa), hair)
-
-    # Eyes, with a yaw-like horizontal shift of all features.
-    feat_x = x - col("yaw") * fw
-    es, ez = col("eye_spacing"), col("eye_size")
-    ey = -fh * 0.12
-    eye_open = col("eye_open")
-    for sign in (-1.0, 1.0):
-        ex = feat_x - sign * es
-        white = _ellipse_sd(ex, y - ey, ez * 1.45, np.maximum(ez * eye_open, 0.6 * aa))
-        _paint(img, _coverage(white, aa), np.full((1, 1, 1, 3), 0.96, dtype=f32))
-        iris = np.maximum(_ellipse_sd(ex, y - ey, ez * 0.8, ez * 0.8), white)
-        _paint(img, _coverage(iris, aa), np.full((1, 1, 1, 3), 0.10, dtype=f32))
-        by = ey - ez * 1.9 - 0.012 - col("brow_raise")
-        brow = _segment_sd(ex, y, -ez * 1.5, by + sign * col("brow_tilt"), ez * 1.5, by - sign * col("brow_tilt"), line)
-        _paint(img, _coverage(brow, aa), hair * 0.7)
-
-    # Nose.
-    nose_len = col("nose_length")
-    nose = _segment_sd(feat_x, y, f32(0.0), ey + ez, f32(0.006), ey + ez + nose_len, line * 1.1)
-    _paint(img, _coverage(nose, aa), skin * 0.78)
-
-    # Mouth: a flat line (neutral) or an open crescent curved up at the corners (smiling), in t = x / width.
-    smiling = flag("smiling")
-    mw = col("mouth_width") * (1.0 + 0.35 * smiling)
-    ym = fh * 0.50 + col("mouth_offset")
-    t = feat_x / mw
-    t2 = np.minimum(t * t, 1.0)
-    depth = (0.045 + 3.0 * np.abs(col("mouth_jitter"))) * smiling  # smile depth
-    curve = col("mouth_jitter") * (1.0 - smiling)  # slight curvature of the neutral mouth
-    top = ym - depth * 0.7 * t2 + curve * t2
-    bottom = top + depth * (1.0 - t2)
-    mouth = np.maximum(np.maximum(top - y, y - bottom), np.abs(t) * mw - mw) - line
-    _paint(img, _coverage(mouth, aa), np.array([0.45, 0.09, 0.11], dtype=f32)[None, None, None, :])
-    teeth_top = top + line * 0.6
-    teeth_bottom = teeth_top + depth * 0.35 * (1.0 - t2)
-    teeth = np.maximum(np.maximum(teeth_top - y, y - teeth_bottom), np.abs(t) * mw - mw * 0.8)
-    _paint(img, _coverage(teeth, aa) * smiling, np.full((1, 1, 1, 3), 0.97, dtype=f32))
-
-    # Eyeglasses: two rims, a bridge and temples, with lightly tinted lenses.
-    glasses = flag("eyeglasses")
-    if np.any(glasses):
-        rim_r = np.maximum(ez * 1.9, f32(0.052))
-        gcol = _rgb(p, "glasses", sl)
-        rims = None
-        lens = None
-        for sign in (-1.0, 1.0):
-            d = _ellipse_sd(feat_x - sign * es, y - ey, rim_r, rim_r * 0.85)
-            lens = d if lens is None else np.minimum(lens, d)
-            ring = np.abs(d) - line
-            rims = ring if rims is None else np.minimum(rims, ring)
-        _paint(img, _coverage(lens, aa) * glasses * 0.18, np.array([0.75, 0.85, 0.95], dtype=f32)[None, None, None, :])
-        bridge = _segment_sd(feat_x, y, -(es - rim_r), ey - 0.006, es - rim_r, ey - 0.006, line)
-        temples = np.minimum(
-            _segment_sd(x, y, col("yaw") * fw - es - rim_r, ey - 0.004, -fw * 0.98, ey - 0.012, line * 0.9),
-            _segment_sd(x, y, col("yaw") * fw + es + rim_r, ey - 0.004, fw * 0.98, ey - 0.012, line * 0.9),
-        )
-        frame = np.minimum(np.minimum(rims, bridge), temples)
-        _paint(img, _coverage(frame, aa) * glasses, gcol)
-
-    # Hat: crown, band and brim on top of the head.
-    hat = flag("wearing_hat")
-    if np.any(hat):
-        hcol = _rgb(p, "hat", sl)
-        brim_y = -fh * 0.60 * hair_v
-        crown_top = -fh * (0.08 + 1.05 * hair_v) - col("hat_height")
-        crown_h = brim_y - crown_top
-        crown = _box_sd(x, y - (brim_y - crown_h * 0.5), fw * 0.92 * hair_v, crown_h * 0.5, f32(0.035))
-        brim = _box_sd(x, y - brim_y, fw * 1.38, np.maximum(f32(0.018), line * 1.5), f32(0.015))
-        _paint(img, _coverage(np.minimum(crown, brim), aa) * hat, hcol)
-        band = np.maximum(crown, np.abs(y - (brim_y - 0.028)) - np.maximum(f32(0.013), line))
-        _paint(img, _coverage(band, aa) * hat, hcol * 0.45)
-
-    # Lighting: a directional gradient over the whole scene and an exposure factor.
-    l_cos, l_sin = _cos_sin(p["light_angle"][sl])
-    l_dir = (u - 0.5) * l_cos + (v - 0.5) * l_sin
-    light = col("exposure") * (1.0 + 2.0 * col("light_strength") * l_dir)
-    img *= light[..., None]
-    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-
-
 _REQUIRED_KEYS = (
     tuple(_IDENTITY_RANGES)
     + tuple(_IMAGE_RANGES)
@@ -470,7 +263,7 @@ def render_faces(params: dict[str, np.ndarray], *, image_size: int = 32) -> np.n
     chunk = max(1, (1 << 16) // (image_size * image_size))  # 64 K pixels at a time: float maps stay in cache
     for start in range(0, n, chunk):
         sl = slice(start, min(n, start + chunk))
-        out[sl] = _render_chunk(params, sl, image_size)
+        out[sl] = render_chunk(params, sl, image_size)
     return out
 
 

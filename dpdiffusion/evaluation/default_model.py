@@ -55,6 +55,17 @@ def train_attribute_classifier(image_size: int, *, num_images: int = 16000, epoc
     return model, dict(zip(SYNTHFACES_ATTRIBUTES, acc.tolist()))
 
 
+def _extra_steps(agreement_steps: Sequence[int], num_inference_steps: int) -> list[int]:
+    """The further DDIM step counts to judge, validated, without repeats or ``num_inference_steps`` itself."""
+    extra = []
+    for k in agreement_steps:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"agreement_steps must be integers >= 1, got agreement_steps={list(agreement_steps)}")
+        if k != num_inference_steps and k not in extra:
+            extra.append(k)
+    return extra
+
+
 @torch.no_grad()
 def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: int = 50, seed: int = 12345,
                          batch_size: int = 100, progress: bool = True, guidance_scale: float | None = None,
@@ -67,12 +78,7 @@ def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: in
     """
     if num_images < 20:
         raise ValueError(f"num_images must be >= 20, got num_images={num_images}")
-    extra = []
-    for k in agreement_steps:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"agreement_steps must be integers >= 1, got agreement_steps={list(agreement_steps)}")
-        if k != num_inference_steps and k not in extra:
-            extra.append(k)
+    extra = _extra_steps(agreement_steps, num_inference_steps)
     started = time.monotonic()
     size = pipe.image_size
     images, params = make_synthfaces_arrays(num_images, image_size=size, seed=seed)

@@ -1,9 +1,10 @@
 r"""Image quality: PSNR, SSIM and a Frechet distance in the feature space of a SynthFaces-trained encoder.
 
-* ``psnr``: ``10 log10(1 / MSE)`` per image, pixels in [0, 1].
+* ``psnr``: ``10 log10(1 / MSE)`` per image, pixels in [0, 1] (scikit-image's ``peak_signal_noise_ratio``).
 * ``ssim``: the structural similarity index of Wang, Bovik, Sheikh & Simoncelli 2004 (IEEE TIP 13(4), Eq. 13):
-  11 x 11 Gaussian window with sigma 1.5, ``K1 = 0.01``, ``K2 = 0.03``, data range 1, valid windows only, averaged
-  over the map and the colour channels (the reference implementation's settings).
+  11 x 11 Gaussian window with sigma 1.5, ``K1 = 0.01``, ``K2 = 0.03``, data range 1, population covariances,
+  valid windows only, averaged over the map and the colour channels (the reference implementation's settings),
+  computed by scikit-image's ``structural_similarity`` with those options.
 * ``frechet_distance``: ``||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))`` between Gaussians fitted to two
   feature sets (Heusel et al. 2017). The features here are NOT Inception-v3's (its weights cannot be downloaded on
   this machine): ``FD_SynthFacesResNet`` uses the pooled penultimate features of an attribute ResNet trained on the
@@ -18,8 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import linalg
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 __all__ = ["psnr", "ssim", "frechet_distance", "gaussian_statistics", "feature_frechet_distance",
            "classifier_features", "image_quality", "FD_FEATURE_SPACE"]
@@ -44,6 +45,19 @@ def _pair(a: Any, b: Any) -> tuple[torch.Tensor, torch.Tensor]:
 def psnr(a: Any, b: Any, *, data_range: float = 1.0) -> torch.Tensor:
     """Per-image PSNR in dB of two batches ``(N, C, H, W)`` (float64); identical images give ``inf``.
 
+    Computed by ``skimage.metrics.peak_signal_noise_ratio`` image by image: ``10 log10(data_range^2 / MSE)``.
+
+    Args:
+        a (`torch.Tensor` or array): ``(N, C, H, W)`` or ``(C, H, W)`` images.
+        b (`torch.Tensor` or array): images of the same shape.
+        data_range (`float`, *optional*, defaults to 1.0): the pixel range (1 for [0, 1], 255 for 8-bit).
+
+    Returns:
+        `torch.Tensor`: ``(N,)`` float64 PSNR values.
+
+    Raises:
+        ValueError: if the shapes differ or are not 3-D/4-D.
+
     Example:
     ```py
     >>> import torch
@@ -54,23 +68,35 @@ def psnr(a: Any, b: Any, *, data_range: float = 1.0) -> torch.Tensor:
     ```
     """
     a, b = _pair(a, b)
-    mse = (a - b).pow(2).flatten(1).mean(1)
-    with np.errstate(divide="ignore"):
-        return 10.0 * torch.log10(data_range**2 / mse)
-
-
-def _gaussian_window(size: int, sigma: float, dtype=torch.float64) -> torch.Tensor:
-    t = torch.arange(size, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-0.5 * (t / sigma) ** 2)
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
+    with np.errstate(divide="ignore"):  # identical images: MSE = 0 -> inf, by definition
+        values = [peak_signal_noise_ratio(x, y, data_range=data_range) for x, y in zip(a.numpy(), b.numpy())]
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def ssim(a: Any, b: Any, *, data_range: float = 1.0, window_size: int = 11, sigma: float = 1.5,
          k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
-    """Per-image mean SSIM of two batches ``(N, C, H, W)`` (Wang et al. 2004); 1 for identical images.
+    """Per-image mean SSIM of two batches ``(N, C, H, W)`` (Wang et al. 2004, Eq. 13); 1 for identical images.
 
-    Images smaller than the window use a window of the image's size.
+    Computed by ``skimage.metrics.structural_similarity`` with the settings of Wang et al.'s reference code:
+    Gaussian weights (``sigma``, truncated at 3.5 sigma: an 11 x 11 window for sigma 1.5), population covariances
+    (``use_sample_covariance=False``), ``K1``, ``K2`` and ``data_range`` as given; the SSIM map is kept where the
+    whole window lies inside the image ("valid" windows) and averaged over the map and the colour channels.
+
+    Args:
+        a (`torch.Tensor` or array): ``(N, C, H, W)`` or ``(C, H, W)`` images.
+        b (`torch.Tensor` or array): images of the same shape.
+        data_range (`float`, *optional*, defaults to 1.0): the pixel range.
+        window_size (`int`, *optional*, defaults to 11): the window side; must be scikit-image's window for
+            ``sigma`` (``2 * int(3.5 * sigma + 0.5) + 1``) and fit in the image.
+        sigma (`float`, *optional*, defaults to 1.5): standard deviation of the Gaussian weights.
+        k1 (`float`, *optional*, defaults to 0.01): ``C1 = (k1 * data_range)^2``.
+        k2 (`float`, *optional*, defaults to 0.03): ``C2 = (k2 * data_range)^2``.
+
+    Returns:
+        `torch.Tensor`: ``(N,)`` float64 mean SSIM values.
+
+    Raises:
+        ValueError: if the shapes differ, the window does not match ``sigma``, or the images are smaller than it.
 
     Example:
     ```py
@@ -82,21 +108,15 @@ def ssim(a: Any, b: Any, *, data_range: float = 1.0, window_size: int = 11, sigm
     ```
     """
     a, b = _pair(a, b)
-    n, c, h, w = a.shape
-    size = min(window_size, h, w)
-    win = _gaussian_window(size, sigma).to(a)[None, None].repeat(c, 1, 1, 1)  # (C, 1, s, s)
-
-    def filt(x):
-        return F.conv2d(x, win, groups=c)
-
-    mu_a, mu_b = filt(a), filt(b)
-    s_aa = filt(a * a) - mu_a**2
-    s_bb = filt(b * b) - mu_b**2
-    s_ab = filt(a * b) - mu_a * mu_b
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    num = (2 * mu_a * mu_b + c1) * (2 * s_ab + c2)
-    den = (mu_a**2 + mu_b**2 + c1) * (s_aa + s_bb + c2)
-    return (num / den).flatten(1).mean(1)
+    gaussian_window = 2 * int(3.5 * sigma + 0.5) + 1  # scikit-image's (scipy.ndimage's) window for sigma
+    if window_size != gaussian_window:
+        raise ValueError(f"window_size must be {gaussian_window} for sigma={sigma}, got window_size={window_size}")
+    if min(a.shape[-2:]) < window_size:
+        raise ValueError(f"images must be at least {window_size} x {window_size} pixels, got shape {tuple(a.shape)}")
+    values = [structural_similarity(x, y, data_range=data_range, channel_axis=0, gaussian_weights=True, sigma=sigma,
+                                    use_sample_covariance=False, K1=k1, K2=k2)
+              for x, y in zip(a.numpy(), b.numpy())]
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def gaussian_statistics(features: Any) -> tuple[np.ndarray, np.ndarray]:

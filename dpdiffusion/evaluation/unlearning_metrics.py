@@ -1,8 +1,8 @@
 """How well did unlearning work? Utility, closeness to retraining, membership inference, attribute probes.
 
-Pure functions on arrays (`roc_auc`, `fit_logistic_regression`, `best_threshold`) sit below thin wrappers that run
-a model over images. The reference for every unlearning method is the model retrained on the revised data:
-an unlearned model should agree with it, sit close to it in parameter space, leak as little about the removed
+Pure functions on arrays (`best_threshold`; `roc_auc` and `fit_logistic_regression`, scikit-learn's, from
+`dpdiffusion.evaluation.probes`) sit below thin wrappers that run a model over images. The reference for every
+unlearning method is the model retrained on the revised data: an unlearned model should agree with it, sit close to it in parameter space, leak as little about the removed
 originals as it does (membership inference on the original images of the changed examples), and encode the
 protected attribute no more than it does (linear probe on penultimate features).
 """
@@ -22,6 +22,7 @@ from ..training.classifier import (
     predict_logits,
     to_pixel_values,
 )
+from .probes import fit_logistic_regression, predict_logistic_regression, roc_auc
 
 logger = logging.getLogger(__name__)
 
@@ -47,47 +48,6 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 # Pure functions
 # ----------------------------------------------------------------------------------------------------------------
-def roc_auc(scores: Any, labels: Any) -> float:
-    """Area under the ROC curve of `scores` for the positives `labels == 1` (ties count one half).
-
-    Equals the Mann-Whitney probability P(score of a random positive > score of a random negative) + 0.5 P(tie),
-    computed from mid-ranks in O(n log n).
-
-    >>> roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
-    0.75
-    >>> roc_auc([1, 1, 1], [0, 1, 1])
-    0.5
-
-    Raises:
-        ValueError: if the shapes differ, a label is not 0/1, or one class is empty.
-    """
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    y = np.asarray(labels).reshape(-1)
-    if s.shape != y.shape:
-        raise ValueError(f"scores and labels must have the same length, got {s.shape[0]} and {y.shape[0]}")
-    if not np.all((y == 0) | (y == 1)):
-        raise ValueError("labels must be 0/1 (or bool)")
-    if not np.all(np.isfinite(s)):
-        raise ValueError("scores must be finite")
-    y = y.astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"roc_auc needs both classes, got {n_pos} positives and {n_neg} negatives")
-    order = np.argsort(s, kind="mergesort")
-    sorted_s = s[order]
-    ranks = np.empty_like(sorted_s)
-    # mid-ranks (1-based) for runs of tied scores
-    boundaries = np.flatnonzero(np.diff(sorted_s)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(s)]])
-    for a, b in zip(starts, ends):
-        ranks[a:b] = 0.5 * (a + 1 + b)
-    r = np.empty_like(ranks)
-    r[order] = ranks
-    u = r[y].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
-
-
 def best_threshold(scores: Any, labels: Any) -> tuple[float, float]:
     """Threshold t maximising the balanced accuracy of `scores >= t` for `labels`; returns `(t, accuracy)`."""
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -102,55 +62,6 @@ def best_threshold(scores: Any, labels: Any) -> tuple[float, float]:
         if acc > best_acc:
             best_t, best_acc = float(t), float(acc)
     return best_t, best_acc
-
-
-def fit_logistic_regression(
-    features: Any, labels: Any, *, l2: float = 1e-2, max_iter: int = 50, tol: float = 1e-8
-) -> dict[str, np.ndarray]:
-    """L2-regularised binary logistic regression by Newton's method (IRLS), on standardised features.
-
-    Minimises mean log-loss + (l2 / 2) ||w||^2 (the intercept is not penalised). Deterministic.
-
-    Returns:
-        `{"weights": (d,), "bias": (), "mean": (d,), "scale": (d,)}` for `predict_logistic_regression`.
-
-    Raises:
-        ValueError: for mismatched lengths, non-binary labels, or `l2 < 0`.
-    """
-    x = np.asarray(features, dtype=np.float64)
-    x = x.reshape(len(x), -1)
-    y = np.asarray(labels).reshape(-1)
-    if len(x) != len(y):
-        raise ValueError(f"features and labels must have the same length, got {len(x)} and {len(y)}")
-    if not np.all((y == 0) | (y == 1)):
-        raise ValueError("labels must be 0/1 (or bool)")
-    if l2 < 0:
-        raise ValueError(f"l2 must be >= 0, got l2={l2}")
-    y = y.astype(np.float64)
-    mean, scale = x.mean(0), x.std(0)
-    scale[scale == 0] = 1.0
-    z = np.concatenate([(x - mean) / scale, np.ones((len(x), 1))], axis=1)
-    d = z.shape[1]
-    reg = np.full(d, l2)
-    reg[-1] = 0.0
-    w = np.zeros(d)
-    n = len(y)
-    for _ in range(max_iter):
-        p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -30, 30)))
-        grad = z.T @ (p - y) / n + reg * w
-        hess = (z * (p * (1 - p))[:, None]).T @ z / n + np.diag(reg) + 1e-10 * np.eye(d)
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < tol:
-            break
-    return {"weights": w[:-1], "bias": w[-1], "mean": mean, "scale": scale}
-
-
-def predict_logistic_regression(model: Mapping[str, np.ndarray], features: Any) -> np.ndarray:
-    """Decision scores (log-odds) of a model from `fit_logistic_regression`."""
-    x = np.asarray(features, dtype=np.float64)
-    x = x.reshape(len(x), -1)
-    return ((x - model["mean"]) / model["scale"]) @ model["weights"] + model["bias"]
 
 
 def _split(n: int, fraction: float, seed: int, stratify: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

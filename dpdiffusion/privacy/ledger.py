@@ -23,145 +23,34 @@ this column are "unrecorded" and qualify the total like a heuristic one.
 Storage: sqlite in WAL mode with synchronous=FULL; each charge runs in one `BEGIN IMMEDIATE` transaction (read the
 subject's releases, check the budget, insert), so concurrent processes are serialised and can never together
 overspend, and a crash leaves either the whole release recorded or nothing. The budget and delta are stored in the
-database; reopening with different values is an error.
+database; reopening with different values is an error. The storage lives in `ledger_store`, the records
+(`Release`, `BudgetExceededError`) and argument checks in `ledger_records`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
-import sqlite3
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterator, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from .accounting import compose_noise_multipliers, gaussian_epsilon
-from .spec import GUARANTEES, SCOPES, PrivacySpec
+from .ledger_records import (
+    GUARANTEE_RANK,
+    BudgetExceededError,
+    Release,
+    check_attributes,
+    check_guarantee,
+    check_multiplier,
+    check_real,
+    check_relation,
+    check_subject,
+)
+from .ledger_store import connect, open_store, read_multipliers, transaction
+from .spec import SCOPES, PrivacySpec
 
 __all__ = ["BudgetExceededError", "PrivacyLedger", "Release"]
-
-_SCHEMA_VERSION = "2"
-_UNRECORDED = "unrecorded"  # the guarantee of releases recorded before schema version 2
-# weakest last: the guarantee that qualifies a composed total is the weakest of its releases
-_GUARANTEE_RANK = {GUARANTEES[0]: 0, GUARANTEES[1]: 1, _UNRECORDED: 2, GUARANTEES[2]: 3}
-_TIMEOUT_S = 60.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS subjects (
-    subject_id TEXT PRIMARY KEY,
-    scope TEXT NOT NULL,
-    attributes TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS releases (
-    release_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    subject_id TEXT NOT NULL REFERENCES subjects(subject_id),
-    noise_multiplier REAL NOT NULL,
-    epsilon REAL NOT NULL,
-    spent_after REAL NOT NULL,
-    attributes TEXT NOT NULL,
-    scope TEXT NOT NULL,
-    note TEXT,
-    created_at TEXT NOT NULL,
-    guarantee TEXT NOT NULL DEFAULT 'unrecorded'
-);
-CREATE INDEX IF NOT EXISTS releases_by_subject ON releases(subject_id);
-"""
-
-
-class BudgetExceededError(ValueError):
-    """A release would push a subject's spent epsilon above the ledger's budget; nothing was recorded.
-
-    Attributes:
-        subject_id (`str`), budget_epsilon (`float`), delta (`float`), spent_epsilon (`float`, before the release),
-        release_epsilon (`float`, the release on its own), epsilon_after (`float`, total had it been recorded),
-        remaining_epsilon (`float`, what is left).
-    """
-
-    def __init__(self, *, subject_id, budget_epsilon, delta, spent_epsilon, release_epsilon, epsilon_after,
-                 noise_multiplier):
-        self.subject_id = subject_id
-        self.budget_epsilon = budget_epsilon
-        self.delta = delta
-        self.spent_epsilon = spent_epsilon
-        self.release_epsilon = release_epsilon
-        self.epsilon_after = epsilon_after
-        self.noise_multiplier = noise_multiplier
-        self.remaining_epsilon = max(0.0, budget_epsilon - spent_epsilon)
-        super().__init__(
-            f"privacy budget exceeded for subject {subject_id!r}: budget epsilon={budget_epsilon:.6g} at "
-            f"delta={delta:.3g}, already spent {spent_epsilon:.6g}; this release (noise_multiplier="
-            f"{noise_multiplier:.6g}, epsilon={release_epsilon:.6g} on its own) would bring the total to "
-            f"{epsilon_after:.6g} (+{epsilon_after - spent_epsilon:.6g}), and only {self.remaining_epsilon:.6g} "
-            "is left. Nothing was recorded."
-        )
-
-
-@dataclass(frozen=True)
-class Release:
-    """One recorded release of a subject.
-
-    Args:
-        release_id (`int`), subject_id (`str`), noise_multiplier (`float`), epsilon (`float`: this release alone
-        at the ledger delta), spent_after (`float`: the subject's total after it), attributes (`tuple[str, ...]`),
-        scope (`str`), note (`str` or `None`), created_at (`str`, ISO 8601 UTC), guarantee (`str`: "formal",
-        "heuristic", "none (reproducible noise)", or "unrecorded" for releases of a ledger older than the column).
-    """
-
-    release_id: int
-    subject_id: str
-    noise_multiplier: float
-    epsilon: float
-    spent_after: float
-    attributes: tuple
-    scope: str
-    note: Optional[str]
-    created_at: str
-    guarantee: str = _UNRECORDED
-
-
-def _check_subject(subject_id) -> str:
-    if not isinstance(subject_id, str) or not subject_id:
-        raise ValueError(f"subject_id must be a non-empty str, got subject_id={subject_id!r}")
-    return subject_id
-
-
-def _check_attributes(attributes) -> tuple:
-    if isinstance(attributes, str):
-        raise ValueError(f"attributes must be a sequence of names, not one string; use attributes=({attributes!r},)")
-    try:
-        attributes = tuple(attributes)
-    except TypeError:
-        raise ValueError(f"attributes must be a non-empty sequence of str, got attributes={attributes!r}")
-    if not attributes or not all(isinstance(a, str) and a for a in attributes):
-        raise ValueError(f"attributes must be a non-empty sequence of non-empty str, got attributes={attributes!r}")
-    if len(set(attributes)) != len(attributes):
-        raise ValueError(f"attributes must be unique, got attributes={attributes!r}")
-    return attributes
-
-
-def _check_guarantee(guarantee, *, allow_unrecorded: bool = False) -> str:
-    allowed = GUARANTEES + ((_UNRECORDED,) if allow_unrecorded else ())
-    if guarantee not in allowed:
-        raise ValueError(f"guarantee must be one of {allowed}, got guarantee={guarantee!r}")
-    return guarantee
-
-
-def _real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {name}={value!r}")
-    return float(value)
-
-
-def _check_multiplier(noise_multiplier) -> float:
-    m = _real("noise_multiplier", noise_multiplier)
-    if math.isnan(m) or not 0.0 <= m < math.inf:
-        raise ValueError(f"noise_multiplier must be finite and >= 0, got noise_multiplier={noise_multiplier}")
-    return m
 
 
 class PrivacyLedger:
@@ -211,50 +100,17 @@ class PrivacyLedger:
         if os.path.isdir(self._path) or not os.path.isdir(folder):
             raise ValueError(f"path must name a file in an existing folder, got path={self._path!r}")
         if budget_epsilon is not None:
-            budget_epsilon = _real("budget_epsilon", budget_epsilon)
+            budget_epsilon = check_real("budget_epsilon", budget_epsilon)
             if not 0.0 < budget_epsilon < math.inf:
                 raise ValueError(f"budget_epsilon must be finite and > 0, got budget_epsilon={budget_epsilon}")
         if delta is not None:
-            delta = _real("delta", delta)
+            delta = check_real("delta", delta)
             if not 0.0 < delta < 1.0:
                 raise ValueError(f"delta must be in (0, 1), got delta={delta}")
         if not os.path.exists(self._path) and (budget_epsilon is None or delta is None):
             raise ValueError(f"a new ledger needs budget_epsilon and delta; {self._path} does not exist")
 
-        with self._connect() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            with self._transaction(conn):
-                for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT the transaction
-                    if statement.strip():
-                        conn.execute(statement)
-                columns = {row[1] for row in conn.execute("PRAGMA table_info(releases)").fetchall()}
-                if "guarantee" not in columns:  # a schema-1 ledger: its releases' guarantees were not recorded
-                    conn.execute(f"ALTER TABLE releases ADD COLUMN guarantee TEXT NOT NULL DEFAULT '{_UNRECORDED}'")
-                    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (_SCHEMA_VERSION,))
-                stored = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-                if not stored:
-                    if budget_epsilon is None or delta is None:
-                        raise ValueError(f"a new ledger needs budget_epsilon and delta; {self._path} is empty")
-                    conn.executemany(
-                        "INSERT INTO meta (key, value) VALUES (?, ?)",
-                        [
-                            ("schema_version", _SCHEMA_VERSION),
-                            ("budget_epsilon", float.hex(budget_epsilon)),
-                            ("delta", float.hex(delta)),
-                        ],
-                    )
-                    stored = {"budget_epsilon": float.hex(budget_epsilon), "delta": float.hex(delta)}
-        stored_budget = float.fromhex(stored["budget_epsilon"])
-        stored_delta = float.fromhex(stored["delta"])
-        if (budget_epsilon is not None and budget_epsilon != stored_budget) or (
-            delta is not None and delta != stored_delta
-        ):
-            raise ValueError(
-                f"the ledger at {self._path} was created with budget_epsilon={stored_budget}, delta={stored_delta}; "
-                f"got budget_epsilon={budget_epsilon}, delta={delta}. A ledger's budget and delta cannot change"
-            )
-        self._budget_epsilon = stored_budget
-        self._delta = stored_delta
+        self._budget_epsilon, self._delta = open_store(self._path, budget_epsilon, delta)
 
     # -- properties ---------------------------------------------------------------------------------------------
 
@@ -275,41 +131,8 @@ class PrivacyLedger:
 
     # -- sqlite plumbing ----------------------------------------------------------------------------------------
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # A fresh connection per operation: safe across threads and forked processes.
-        conn = sqlite3.connect(self._path, timeout=_TIMEOUT_S, isolation_level=None)
-        try:
-            conn.execute(f"PRAGMA busy_timeout={int(_TIMEOUT_S * 1000)}")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            yield conn
-        finally:
-            conn.close()
-
-    @staticmethod
-    @contextmanager
-    def _transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE"):
-        conn.execute(f"BEGIN {mode}")
-        try:
-            yield
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    @staticmethod
-    def _multipliers(conn: sqlite3.Connection, subject_id: str, guarantee: Optional[str] = None) -> List[float]:
-        if guarantee is None:
-            rows = conn.execute(
-                "SELECT noise_multiplier FROM releases WHERE subject_id = ? ORDER BY release_id", (subject_id,)
-            ).fetchall()
-        else:
-            rows = conn.execute(
-                "SELECT noise_multiplier FROM releases WHERE subject_id = ? AND guarantee = ? ORDER BY release_id",
-                (subject_id, guarantee),
-            ).fetchall()
-        return [float(r[0]) for r in rows]
+    def _connect(self):
+        return connect(self._path)  # a fresh connection per operation: safe across threads and forked processes
 
     def _epsilon_of(self, multipliers: Sequence[float]) -> float:
         if not multipliers:
@@ -329,20 +152,20 @@ class PrivacyLedger:
         Returns:
             `float`: exact composed epsilon of the selected releases.
         """
-        subject_id = _check_subject(subject_id)
+        subject_id = check_subject(subject_id)
         if guarantee is not None:
-            guarantee = _check_guarantee(guarantee, allow_unrecorded=True)
+            guarantee = check_guarantee(guarantee, allow_unrecorded=True)
         with self._connect() as conn:
-            return self._epsilon_of(self._multipliers(conn, subject_id, guarantee))
+            return self._epsilon_of(read_multipliers(conn, subject_id, guarantee))
 
     def guarantee(self, subject_id: str) -> Optional[str]:
         """The weakest guarantee among the subject's releases (`None` before its first release): the guarantee that
         qualifies `spent(subject_id)`."""
-        subject_id = _check_subject(subject_id)
+        subject_id = check_subject(subject_id)
         with self._connect() as conn:
             kinds = {r[0] for r in conn.execute(
                 "SELECT DISTINCT guarantee FROM releases WHERE subject_id = ?", (subject_id,)).fetchall()}
-        return max(kinds, key=_GUARANTEE_RANK.__getitem__) if kinds else None
+        return max(kinds, key=GUARANTEE_RANK.__getitem__) if kinds else None
 
     def remaining(self, subject_id: str) -> float:
         """Epsilon the subject has left: max(0, budget_epsilon - spent)."""
@@ -358,10 +181,10 @@ class PrivacyLedger:
         Returns:
             `float`: epsilon after the release, at the ledger's delta.
         """
-        subject_id = _check_subject(subject_id)
-        m = _check_multiplier(noise_multiplier)
+        subject_id = check_subject(subject_id)
+        m = check_multiplier(noise_multiplier)
         with self._connect() as conn:
-            return self._epsilon_of(self._multipliers(conn, subject_id) + [m])
+            return self._epsilon_of(read_multipliers(conn, subject_id) + [m])
 
     def would_exceed(self, subject_id: str, *, noise_multiplier: float) -> bool:
         """Whether a release with `noise_multiplier` would be refused (nothing written)."""
@@ -378,9 +201,9 @@ class PrivacyLedger:
         """
         from .accounting import gaussian_sigma
 
-        subject_id = _check_subject(subject_id)
+        subject_id = check_subject(subject_id)
         with self._connect() as conn:
-            multipliers = self._multipliers(conn, subject_id)
+            multipliers = read_multipliers(conn, subject_id)
         total = gaussian_sigma(epsilon=self._budget_epsilon, delta=self._delta)
         used = math.fsum(1.0 / (m * m) for m in multipliers)
         left = 1.0 / (total * total) - used
@@ -397,7 +220,7 @@ class PrivacyLedger:
 
     def history(self, subject_id: str) -> List[Release]:
         """The subject's recorded releases, oldest first."""
-        subject_id = _check_subject(subject_id)
+        subject_id = check_subject(subject_id)
         with self._connect() as conn:
             rows = conn.execute(
                 "SELECT release_id, subject_id, noise_multiplier, epsilon, spent_after, attributes, scope, note, "
@@ -478,19 +301,19 @@ class PrivacyLedger:
         """
         if isinstance(subject_ids, str):
             raise ValueError(f"subject_ids must be a sequence of str, not one string; use [{subject_ids!r}]")
-        subject_ids = [_check_subject(s) for s in subject_ids]
+        subject_ids = [check_subject(s) for s in subject_ids]
         if not subject_ids:
             raise ValueError("subject_ids must be non-empty")
-        m = _check_multiplier(noise_multiplier)
-        attributes = _check_attributes(attributes)
+        m = check_multiplier(noise_multiplier)
+        attributes = check_attributes(attributes)
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got scope={scope!r}")
         if note is not None and not isinstance(note, str):
             raise ValueError(f"note must be None or a str, got note={note!r}")
-        guarantee = _check_guarantee(guarantee)
+        guarantee = check_guarantee(guarantee)
         release_epsilon = self._epsilon_of([m])
 
-        with self._connect() as conn, self._transaction(conn):
+        with self._connect() as conn, transaction(conn):
             pending = {}  # subject -> multipliers including this batch's releases so far
             rows = []
             for subject_id in subject_ids:
@@ -499,8 +322,8 @@ class PrivacyLedger:
                         "SELECT scope, attributes FROM subjects WHERE subject_id = ?", (subject_id,)
                     ).fetchone()
                     if row is not None:
-                        self._check_relation(subject_id, row[0], tuple(json.loads(row[1])), scope, attributes)
-                    pending[subject_id] = (row is None, self._multipliers(conn, subject_id))
+                        check_relation(subject_id, row[0], tuple(json.loads(row[1])), scope, attributes)
+                    pending[subject_id] = (row is None, read_multipliers(conn, subject_id))
                 is_new, multipliers = pending[subject_id]
                 spent = self._epsilon_of(multipliers)
                 after = self._epsilon_of(multipliers + [m])
@@ -549,21 +372,3 @@ class PrivacyLedger:
             subject_id, noise_multiplier=spec.noise_multiplier, attributes=spec.attributes, scope=spec.scope, note=note,
             guarantee=spec.guarantee,
         )
-
-    @staticmethod
-    def _check_relation(subject_id, first_scope, first_attributes, scope, attributes) -> None:
-        if scope == "latent":
-            return  # any two images: covers every relation
-        if first_scope == "latent":
-            raise ValueError(
-                f"subject {subject_id!r} was first released with scope='latent' (neighbours: any two images); a "
-                "scope='attributes' release is not private for that relation, so its cost cannot be composed. "
-                "Use scope='latent'."
-            )
-        missing = sorted(set(first_attributes) - set(attributes))
-        if missing:
-            raise ValueError(
-                f"subject {subject_id!r} was first released protecting {list(first_attributes)}; every later "
-                f"release must protect at least those (a superset) so that all releases are private for the same "
-                f"neighbouring relation, but this one omits {missing}"
-            )

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import ResNetConfig, ResNetForImageClassification
+from transformers import ResNetConfig, ResNetForImageClassification, get_cosine_schedule_with_warmup
 
 logger = logging.getLogger(__name__)
 
@@ -264,13 +264,15 @@ def train_classifier(
     rank, world = accelerator.process_index, accelerator.num_processes
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
+    # A hand-written loop rather than `transformers.Trainer`: each global batch is a fixed permutation slice split
+    # across processes (`rows[rank::world]`), so a run is reproducible from its seed and sees the same global
+    # batches whatever the process count, which the unlearning updates and the retraining baseline rely on.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-        )
+        # 0.5 (1 + cos(pi step / total_steps)): cosine decay to zero at the last step, no warm-up
+        scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=total_steps)
         # the scheduler is not prepared: each process sees a shard of the same global batch, so it must step
         # once per global step (an Accelerate-prepared scheduler steps once per process)
         model, optimizer = accelerator.prepare(model, optimizer)

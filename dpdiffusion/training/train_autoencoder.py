@@ -131,22 +131,10 @@ def train_autoencoder(config: AutoencoderTrainingConfig):
         out.mkdir(parents=True, exist_ok=True)
         (out / "training_config.json").write_text(json.dumps(asdict(config), indent=2, default=list))
 
-    encoder = SemanticEncoder(sample_size=config.image_size, latent_dim=config.latent_dim,
-                              block_out_channels=tuple(config.encoder_channels),
-                              condition_dim=4 * config.unet_channels[0])
-    unet = build_unet(sample_size=config.image_size, block_out_channels=tuple(config.unet_channels))
-    scheduler = build_scheduler()
-    model = _Trainable(encoder, unet, len(names))
+    model, scheduler = _build_model(config, len(names))
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
-
-    def lr_lambda(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config=config))
     loader = DataLoader(TensorDataset(images, labels), batch_size=config.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(config.seed))
     model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
@@ -165,22 +153,6 @@ def train_autoencoder(config: AutoencoderTrainingConfig):
     bar = tqdm(total=config.max_steps, initial=step, desc="train autoencoder",
                disable=not (config.progress and accelerator.is_local_main_process))
     noise_gen = torch.Generator(device="cpu").manual_seed(config.seed + 1000 * (step + 1) + accelerator.process_index)
-
-    def save_checkpoint():
-        accelerator.wait_for_everyone()
-        final = ckpt_root / f"step-{step}"
-        tmp = ckpt_root / f".tmp-step-{step}"
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        if accelerator.is_main_process:
-            (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)  # atomic: a checkpoint exists whole or not at all
-            for old in sorted(ckpt_root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
-                shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
 
     stop = False
     while step < config.max_steps and not stop:
@@ -207,7 +179,7 @@ def train_autoencoder(config: AutoencoderTrainingConfig):
             bar.set_postfix(loss=f"{loss_eps.item():.4f}", attr=f"{loss_attr.item():.3f}")
             out_of_time = config.max_minutes is not None and (time.monotonic() - started) > 60 * config.max_minutes
             if step % config.checkpoint_every == 0 or step >= config.max_steps or out_of_time:
-                save_checkpoint()
+                _save_checkpoint(accelerator, ckpt_root, step)
             if step >= config.max_steps or out_of_time:
                 stop = True
                 break
@@ -215,19 +187,66 @@ def train_autoencoder(config: AutoencoderTrainingConfig):
 
     model_dir = out / "model"
     if accelerator.is_main_process:
-        from ..pipeline_dp_diffusion import DPDiffusionPipeline
-
-        directions = fit_directions(ema.encoder, images, labels, names, clip_quantile=config.clip_quantile)
-        pipe = DPDiffusionPipeline(unet=ema.unet, encoder=ema.encoder, scheduler=scheduler,
-                                   attribute_directions=directions)
-        tmp = out / ".tmp-model"
-        shutil.rmtree(tmp, ignore_errors=True)
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "training_state.json").write_text(json.dumps({"step": step, "attribute_names": names}))
-        shutil.rmtree(model_dir, ignore_errors=True)
-        os.replace(tmp, model_dir)
+        _save_pipeline(model_dir, ema, scheduler, images, labels, names, step=step,
+                       clip_quantile=config.clip_quantile)
     accelerator.wait_for_everyone()
     return model_dir
+
+
+def _build_model(config: AutoencoderTrainingConfig, num_attributes: int):
+    """The trainable encoder + UNet (+ attribute heads) and the DDIM scheduler of ``config``."""
+    encoder = SemanticEncoder(sample_size=config.image_size, latent_dim=config.latent_dim,
+                              block_out_channels=tuple(config.encoder_channels),
+                              condition_dim=4 * config.unet_channels[0])
+    unet = build_unet(sample_size=config.image_size, block_out_channels=tuple(config.unet_channels))
+    scheduler = build_scheduler()
+    return _Trainable(encoder, unet, num_attributes), scheduler
+
+
+def _lr_factor(step: int, *, config: AutoencoderTrainingConfig) -> float:
+    """Linear warm-up from ``1 / warmup_steps``, then cosine decay to 5 % of the learning rate.
+
+    Hand-written: transformers' ``get_cosine_with_min_lr_schedule_with_warmup`` warms up from 0 (``step / warmup``,
+    not ``(step + 1) / warmup``), which would change the trained default model.
+    """
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _save_checkpoint(accelerator, ckpt_root: Path, step: int) -> None:
+    """Save the Accelerate state at ``step`` atomically (a checkpoint exists whole or not at all); keep the last 2."""
+    accelerator.wait_for_everyone()
+    final = ckpt_root / f"step-{step}"
+    tmp = ckpt_root / f".tmp-step-{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)  # atomic: a checkpoint exists whole or not at all
+        for old in sorted(ckpt_root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _save_pipeline(model_dir: Path, ema, scheduler, images, labels, names, *, step: int,
+                   clip_quantile: float) -> None:
+    """Fit the attribute directions on the EMA encoder and save the pipeline to ``model_dir`` atomically."""
+    from ..pipeline_dp_diffusion import DPDiffusionPipeline
+
+    directions = fit_directions(ema.encoder, images, labels, names, clip_quantile=clip_quantile)
+    pipe = DPDiffusionPipeline(unet=ema.unet, encoder=ema.encoder, scheduler=scheduler,
+                               attribute_directions=directions)
+    tmp = model_dir.parent / ".tmp-model"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "training_state.json").write_text(json.dumps({"step": step, "attribute_names": names}))
+    shutil.rmtree(model_dir, ignore_errors=True)
+    os.replace(tmp, model_dir)
 
 
 @torch.no_grad()

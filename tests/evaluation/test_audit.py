@@ -349,19 +349,6 @@ def test_decoded_audit_of_the_default_model_fails_on_a_broken_pipeline():
     assert broken.exceeds_claim  # the decoder carries the (barely noised) attribute into the image
 
 
-def test_dp_audit_evaluate_module_loads_offline():
-    import evaluate
-
-    from dpdiffusion.evaluation.metrics import metric_path
-
-    s0, s1 = _gaussian_scores(2.0, 3000, 0)
-    module = evaluate.load(metric_path("dp_audit"))
-    out = module.compute(predictions=np.concatenate([s0, s1]), references=[0] * 3000 + [1] * 3000, delta=DELTA,
-                         claimed_epsilon=2.0)
-    assert out == threshold_audit(s0, s1, delta=DELTA, claimed_epsilon=2.0).to_dict()
-    assert out["can_refute_claim"] is True and out["max_certifiable_epsilon"] >= 4.0
-
-
 @pytest.mark.parametrize("m", [1, 40])
 def test_dp_pix_audit_on_the_8_bit_release_stays_below_the_claim(m):
     """Regression: on DP-Pix's raw float output the Laplace log-likelihood ratio's flat tails differ in the last bits

@@ -1,4 +1,4 @@
-"""Identity leakage: top-1 re-identification and chance level on known cases, and the local `evaluate` module."""
+"""Identity leakage: top-1 re-identification and chance level on known cases."""
 
 from __future__ import annotations
 
@@ -34,14 +34,3 @@ def test_chance_top1_closed_form():
     assert chance_top1(ids, ids, exclude_same_index=True) == pytest.approx(4 / 49)
     out = identity_leakage(np.eye(50), np.eye(50), ids)
     assert out["chance"] == pytest.approx(4 / 49)
-
-
-def test_identity_leakage_evaluate_module():
-    import evaluate
-
-    from dpdiffusion.evaluation.metrics import metric_path
-
-    module = evaluate.load(metric_path("identity_leakage"))
-    out = module.compute(predictions=[[1.0, 0.0], [0.0, 1.0]], references=[0, 1],
-                         gallery_features=[[0.9, 0.1], [0.1, 0.9]], gallery_ids=[0, 1])
-    assert out == {"top1": 1.0, "chance": 0.5}

@@ -1,4 +1,4 @@
-"""Attribute leakage: the DP accuracy bound, intervals, probes, and the local `evaluate` module."""
+"""Attribute leakage: the DP accuracy bound, intervals, probes."""
 
 from __future__ import annotations
 
@@ -70,13 +70,3 @@ def test_residual_leakage_on_the_dummy_pipeline(dummy_pipe):
     assert set(out["dark_skin"]) == {"residual_linear_probe", "residual_mlp_probe", "coordinates_linear_probe",
                                      "latent_linear_probe"}
     assert all(0.0 <= v <= 1.0 for v in out["dark_skin"].values())
-
-
-def test_attribute_leakage_evaluate_module():
-    import evaluate
-
-    from dpdiffusion.evaluation.metrics import metric_path
-
-    module = evaluate.load(metric_path("attribute_leakage"))
-    out = module.compute(predictions=[1, 0, 1, 1, 0, 0], references=[1, 0, 0, 1, 0, 1], epsilon=1.0, delta=1e-5)
-    assert out == leakage_accuracy([1, 0, 1, 1, 0, 0], [1, 0, 0, 1, 0, 1], epsilon=1.0, delta=1e-5)

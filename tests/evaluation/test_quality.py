@@ -1,4 +1,4 @@
-"""Image quality: closed forms for PSNR, SSIM and the Frechet distance, and the local `evaluate` module."""
+"""Image quality: closed forms for PSNR, SSIM and the Frechet distance."""
 
 from __future__ import annotations
 
@@ -62,16 +62,24 @@ def test_feature_frechet_distance_of_shifted_features():
     assert mu.shape == (4,) and cov.shape == (4, 4)
 
 
-def test_image_quality_evaluate_module():
-    import evaluate
+def test_ssim_rejects_images_smaller_than_the_window_and_a_window_that_does_not_match_sigma():
+    with pytest.raises(ValueError, match="at least 11 x 11"):
+        ssim(torch.zeros(1, 3, 8, 16), torch.zeros(1, 3, 8, 16))
+    with pytest.raises(ValueError, match="window_size must be 11 for sigma=1.5"):
+        ssim(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16), window_size=7)
 
-    from dpdiffusion.evaluation.metrics import metric_path
 
-    x = np.random.default_rng(0).random((2, 3, 16, 16)).astype(np.float32)
-    y = np.clip(x + 0.05, 0, 1)
-    module = evaluate.load(metric_path("image_quality"))
-    out = module.compute(predictions=y, references=x, prediction_features=np.random.default_rng(1).normal(size=(50, 3)),
-                         reference_features=np.random.default_rng(2).normal(size=(50, 3)))
-    assert out["psnr_db"] == pytest.approx(float(psnr(y, x).mean()), rel=1e-5)
-    assert out["ssim"] == pytest.approx(float(ssim(y, x).mean()), rel=1e-5)
-    assert out["frechet_distance"] >= 0
+def test_ssim_of_a_single_window_equals_eq_13_by_hand():
+    # an 11 x 11 image has one valid window: SSIM is Eq. 13 with Gaussian-weighted moments over the whole image
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.rand(1, 1, 11, 11, generator=g, dtype=torch.float64), torch.rand(1, 1, 11, 11, generator=g,
+                                                                                 dtype=torch.float64)
+    t = torch.arange(11, dtype=torch.float64) - 5
+    w = torch.exp(-0.5 * (t / 1.5) ** 2)
+    w = (w[:, None] * w[None, :]) / w.sum() ** 2
+    mu_a, mu_b = (w * a).sum(), (w * b).sum()
+    s_aa, s_bb = (w * a * a).sum() - mu_a**2, (w * b * b).sum() - mu_b**2
+    s_ab = (w * a * b).sum() - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    expected = (2 * mu_a * mu_b + c1) * (2 * s_ab + c2) / ((mu_a**2 + mu_b**2 + c1) * (s_aa + s_bb + c2))
+    assert float(ssim(a, b)[0]) == pytest.approx(float(expected), rel=1e-12)

@@ -1,4 +1,4 @@
-"""Utility: accuracies, the report against clean training, a tiny classifier, and the local `evaluate` module."""
+"""Utility: accuracies, the report against clean training, a tiny classifier."""
 
 from __future__ import annotations
 
@@ -48,16 +48,6 @@ def test_classifier_learns_and_utility_compares_with_clean():
 def test_train_attribute_classifier_checks_shapes():
     with pytest.raises(ValueError, match="columns"):
         train_attribute_classifier(torch.rand(4, 3, 16, 16), torch.zeros(4, 2), names=["a"], epochs=1)
-
-
-def test_attribute_utility_evaluate_module():
-    import evaluate
-
-    from dpdiffusion.evaluation.metrics import metric_path
-
-    module = evaluate.load(metric_path("attribute_utility"))
-    out = module.compute(predictions=[1, 0, 1, 0], references=[1, 0, 0, 0], clean_predictions=[1, 0, 0, 1])
-    assert out == {"accuracy": 0.75, "clean_accuracy": 0.75, "ratio": 1.0}
 
 
 def test_small_images_are_enlarged_for_the_classifier_and_its_features():

@@ -102,9 +102,6 @@ def run_paper_experiments(
     Raises:
         ValueError: for unknown methods, attributes or bad sizes.
     """
-    from tqdm.auto import tqdm
-    from tqdm.auto import tqdm
-
     started = time.monotonic()
     defaults = _DEFAULTS[bool(quick)]
     num_train = num_train or defaults["num_train"]
@@ -129,20 +126,11 @@ def run_paper_experiments(
     # 1. clean reference: classifier, features, latents
     clean, clean_summary = _clean_reference(sw, log)
     resid = _residual_leakage(sw, log)
-    # 2. methods
+    # 2. methods, 3. obfuscations
     objs = _build_methods(pipe, methods, protected, delta=delta, steps=steps, batch_size=batch_size,
                           dp_pix_cell_size=dp_pix_cell_size, dp_pix_m=dp_pix_m,
                           pixel_l2_sensitivity=pixel_l2_sensitivity)
-    all_images = torch.cat([data.train_images, data.test_images])
-    samples: dict = {"original": data.test_images[:8]}
-    obfus = [m for m in ("blur", "pixelate") if m in methods]
-    bar = tqdm(total=len(objs) * len(epsilons) + len(obfus) * len(epsilons), desc="sweep", disable=not progress)
-    cache: dict = {}
-    rows = _formal_rows(sw, objs, epsilons, all_images, cache, samples, bar)
-    # 3. obfuscations at the image quality of dpdiffusion at each epsilon (FD by default: see match_quality)
-    more, quality_key = _obfuscation_rows(sw, obfus, epsilons, rows, match_metric, all_images, cache, samples, bar)
-    rows += more
-    bar.close()
+    rows, samples, quality_key = _sweep_rows(sw, objs, methods, epsilons, match_metric)
     # 4. audits
     audit = run_audits(pipe, data, objs, protected=protected, epsilons=list(audit_epsilons), delta=delta,
                        num_trials=audit_trials, decoded_trials=decoded_trials, num_pairs=audit_pairs,
@@ -155,10 +143,7 @@ def run_paper_experiments(
               "audit_epsilons": list(audit_epsilons), "audit_trials": audit_trials,
               "audit_decoded_trials": decoded_trials, "audit_pairs": audit_pairs, "quick": bool(quick),
               "seed": seed, "image_size": pipe.image_size, "model": model or "DEFAULT_MODEL",
-              "fd_feature_space": FD_FEATURE_SPACE, "obfuscations_matched_on": quality_key,
-              "identity_features": "semantic latent of the evaluated pipeline's encoder (cosine, top-1)",
-              "python": platform.python_version(), "torch": torch.__version__,
-              "torch_threads": torch.get_num_threads()}
+              **_environment(quality_key)}
     results = {"command": command, "config": config, "clean": clean_summary, "residual_leakage": resid, "rows": rows,
                "audit": audit}
     results["claims"] = check_claims(results)
@@ -167,6 +152,32 @@ def run_paper_experiments(
     results["files"] = write_outputs(results, samples, out)
     log(f"wrote {out / 'results.md'} and {out / 'results.json'} ({results['seconds']} s)")
     return results
+
+
+def _sweep_rows(sw: _Sweep, objs: list, methods: list, epsilons: list, match_metric: str):
+    """Every formal method at every epsilon, then the obfuscations at the image quality of dpdiffusion at each
+    epsilon (FD by default: see match_quality); returns the rows, the sample images and the matched quality key."""
+    from tqdm.auto import tqdm
+
+    data = sw.data
+    all_images = torch.cat([data.train_images, data.test_images])
+    samples: dict = {"original": data.test_images[:8]}
+    obfus = [m for m in ("blur", "pixelate") if m in methods]
+    bar = tqdm(total=len(objs) * len(epsilons) + len(obfus) * len(epsilons), desc="sweep", disable=not sw.progress)
+    cache: dict = {}
+    rows = _formal_rows(sw, objs, epsilons, all_images, cache, samples, bar)
+    more, quality_key = _obfuscation_rows(sw, obfus, epsilons, rows, match_metric, all_images, cache, samples, bar)
+    rows += more
+    bar.close()
+    return rows, samples, quality_key
+
+
+def _environment(quality_key: str) -> dict:
+    """The feature spaces and software the figures were computed with (recorded in the results' config)."""
+    return {"fd_feature_space": FD_FEATURE_SPACE, "obfuscations_matched_on": quality_key,
+            "identity_features": "semantic latent of the evaluated pipeline's encoder (cosine, top-1)",
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
 
 
 def _check_arguments(epsilons: list, methods: list, match_metric: str, num_train: int, num_test: int) -> None:
