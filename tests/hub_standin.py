@@ -3,7 +3,7 @@
 It implements just what `huggingface_hub.HfApi` sends for ``create_repo``, ``upload_folder`` / ``create_commit``
 (``preupload`` answered with ``uploadMode: "regular"``, so every file travels base64-encoded inside the NDJSON
 commit) and ``whoami``, plus the read routes that ``from_pretrained`` / ``snapshot_download`` use
-(``/api/{type}s/{repo}/revision/{rev}`` and ``/{repo}/resolve/{rev}/{file}``), and ``/api/validate-yaml``
+(``/api/{type}s/{repo}/revision/{rev}``, ``.../tree/{rev}`` and ``/{repo}/resolve/{rev}/{file}``), and ``/api/validate-yaml``
 (the front-matter checks that matter here; ``validated`` records each README it saw). It serves 127.0.0.1 only, on a free
 port, and stops when the fixture ends. Routes it does not know answer 404 and are recorded in ``unknown``.
 
@@ -136,6 +136,8 @@ class HubStandIn:
                             return self._commit(key, body)
                         if self.command == "GET" and op == "revision":
                             return self._info(key)
+                        if self.command == "GET" and op == "tree":
+                            return self._tree(key, "/".join(parts[6:]))
                     if parts[:1] == ["api"] and len(parts) == 4 and parts[1] in ("models", "datasets", "spaces") \
                             and self.command == "GET":
                         key = (parts[1][:-1], f"{parts[2]}/{parts[3]}")
@@ -236,6 +238,23 @@ class HubStandIn:
                                         "downloads": 0, "likes": 0, "lastModified": "2026-01-01T00:00:00.000Z",
                                         "createdAt": "2026-01-01T00:00:00.000Z"})
 
+            def _tree(self, key, prefix: str):
+                """The recursive listing ``list_repo_tree`` reads (files and the folders above them)."""
+                with hub._lock:
+                    files = dict(hub.repos[key]["files"])
+                prefix = prefix.strip("/")
+                entries, folders = [], set()
+                for path, data in sorted(files.items()):
+                    if prefix and not path.startswith(prefix + "/"):
+                        continue
+                    parents = path.split("/")[:-1]
+                    folders.update("/".join(parents[:i + 1]) for i in range(len(parents)))
+                    blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's blob id
+                    entries.append({"type": "file", "path": path, "size": len(data), "oid": blob})
+                entries += [{"type": "directory", "path": f, "oid": "0" * 40} for f in sorted(folders)
+                            if not prefix or f.startswith(prefix + "/")]
+                return self._send(200, entries)
+
             def _resolve(self, parts):
                 i = parts.index("resolve")
                 prefix = parts[0] if parts[0] in ("datasets", "spaces") else None
@@ -274,6 +293,9 @@ def hub(monkeypatch):
                         server.url + "/{repo_id}/resolve/{revision}/{filename}")
     if hasattr(hf_constants, "HF_HUB_OFFLINE"):
         monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    import huggingface_hub.hf_api as hf_api
+
+    monkeypatch.setattr(hf_api.api, "endpoint", server.url)  # the module-level HfApi behind `model_info` & co
     try:
         yield server
     finally:
