@@ -48,11 +48,16 @@ def test_every_dependency_has_a_floor_and_no_ceiling_that_blocks_the_tested_vers
 
 def test_floors_are_high_enough_for_the_apis_used():
     floors = {req.name.lower(): _floor(req) for req in DEPENDENCIES + SPACE_EXTRA}
-    # Gradio 6.0 introduced gr.HTML(js_on_load=...), gr.Image(buttons=...) and launch(footer_links=...) (checked
-    # in the 6.0.0 wheel); the app uses all three
-    assert floors["gradio"] >= Version("6.0")
+    # Gradio 6.0 introduced gr.HTML(js_on_load=...), gr.Image(buttons=...) and launch(footer_links=...); 6.24.0
+    # launch(run_history=...), which the app turns off (the run history would keep inputs in the browser's
+    # storage); checked by installing 6.0.0, 6.22.0, 6.23.1, 6.24.0
+    assert floors["gradio"] >= Version("6.24")
     layout = (ROOT / "dpdiffusion" / "space" / "layout.py").read_text()
-    assert "js_on_load=" in layout and "buttons=" in layout and "footer_links" in layout
+    assert "js_on_load=" in layout and "buttons=" in layout and "footer_links" in layout and "run_history" in layout
+    # numpy 2: the pyarrow that datasets pulls in refuses numpy 1.x at import (measured on the lowest resolution),
+    # and scipy / matplotlib take numpy 2 from 1.13 / 3.9; dp-accounting 0.6 has get_epsilon_gaussian (the oracle)
+    assert floors["numpy"] >= Version("2.0") and floors["scipy"] >= Version("1.13")
+    assert floors["matplotlib"] >= Version("3.9") and floors["dp-accounting"] >= Version("0.6")
     # diffusers 0.42 wrote the embedded default's model_index.json; huggingface-hub >= 1.32 is what diffusers
     # 0.42 itself requires (a lower floor could never be installed next to it)
     index = (ROOT / "dpdiffusion" / "default_model" / "model_index.json").read_text()
@@ -67,6 +72,7 @@ def test_installed_gradio_has_the_gradio_6_apis():
     assert "js_on_load" in inspect.signature(gr.HTML.__init__).parameters
     assert "buttons" in inspect.signature(gr.Image.__init__).parameters
     assert "footer_links" in inspect.signature(gr.Blocks.launch).parameters
+    assert "run_history" in inspect.signature(gr.Blocks.launch).parameters
 
 
 def test_the_space_requirements_repeat_the_floors():
