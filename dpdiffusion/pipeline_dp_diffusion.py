@@ -592,7 +592,7 @@ class DPDiffusionPipeline(DiffusionPipeline):
         import shutil
         import sys
 
-        from .models.default import render_pipeline_card
+        from .models.pipeline_card import render_pipeline_card
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
