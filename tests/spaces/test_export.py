@@ -8,7 +8,6 @@ another folder, a `gradio_client.Client` protecting a face) is ``test_exported_s
 from __future__ import annotations
 
 import ast
-import json
 import os
 import re
 import shutil
@@ -329,8 +328,9 @@ def _fresh_venv_or_skip(venv: Path, requirements: Path, sdk_version: str) -> Pat
         [str(venv / "bin" / "pip"), "install", "-q", "torch==2.13.0"],
         [str(venv / "bin" / "pip"), "install", "-q", f"gradio=={sdk_version}", "-r", str(requirements)],
     ]
-    for cmd in steps:
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    for cmd in steps:  # without this process's PYTHONPATH: pip must see the fresh environment only
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=clean)
         if run.returncode != 0:
             text = run.stderr + run.stdout
             if any(s in text for s in ("No matching distribution", "Could not find a version", "Network is unreachable",
@@ -345,8 +345,10 @@ def _fresh_venv_or_skip(venv: Path, requirements: Path, sdk_version: str) -> Pat
 @pytest.mark.filterwarnings("ignore:::gradio.queueing")
 def test_exported_space_runs_in_a_fresh_venv(tmp_path):
     """Export; a fresh venv with only requirements.txt (+ torch pinned, + Gradio from sdk_version); ``python app.py``
-    from another folder, offline; a `gradio_client.Client` protects a face through it."""
+    from another folder, offline; a `gradio_client.Client` protects a face through it. Then the package's wheel in
+    that venv: ``dpdiffusion space`` serves the app from the installed package."""
     import socket
+    import urllib.request
 
     from gradio_client import Client
     from huggingface_hub import SpaceCard
@@ -398,8 +400,36 @@ def test_exported_space_runs_in_a_fresh_venv(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             out = proc.communicate()[0]
-    print(f"fresh venv: install {installed - started:.0f} s, app + client {time.time() - installed:.0f} s")
+    served = time.time()
     assert "Traceback" not in (out or ""), out[-3000:]
+    # the same environment with the package's wheel installed: `dpdiffusion space` serves the app shipped inside it
+    wheels = tmp_path / "wheels"
+    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                          str(wheels), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    run = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(next(wheels.glob("*.whl")))],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    cli = Path(python).parent / "dpdiffusion"
+    proc = subprocess.Popen([str(cli), "space", "--port", str(port)], cwd=elsewhere, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, page = time.time() + 300, None
+        while time.time() < deadline and proc.poll() is None and page is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5).read().decode()
+            except OSError:
+                time.sleep(1)
+        assert page is not None and "How much privacy is enough?" in page, \
+            proc.stdout.read() if proc.poll() is not None else "no answer"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    print(f"fresh venv: install {installed - started:.0f} s, app + client {served - installed:.0f} s, wheel + "
+          f"`dpdiffusion space` {time.time() - served:.0f} s")
 
 
 def _n_weights(client) -> int:
