@@ -142,13 +142,35 @@ def cmd_unlearn(ns) -> int:
 
 
 def cmd_space(ns) -> int:
-    import runpy
+    """Serve the Space (the app ships inside the package), or write (``--export``) and upload (``--push``) a
+    complete Space repository."""
+    if ns.export is None and ns.push is None:
+        from .space.app import main as serve
 
-    app = Path(__file__).resolve().parent.parent / "spaces" / "app.py"
-    if not app.exists():
-        raise ValueError(f"the Space app was not found at {app}; run from a source checkout")
-    sys.argv = [str(app)] + (["--port", str(ns.port)] if ns.port else [])
-    runpy.run_path(str(app), run_name="__main__")
+        argv = [a for flag, value in (("--port", ns.port), ("--host", ns.host), ("--model", ns.model),
+                                      ("--budget-epsilon", ns.budget_epsilon)) if value is not None
+                for a in (flag, str(value))]
+        serve(argv)
+        return 0
+    if any(v is not None for v in (ns.port, ns.host, ns.model, ns.budget_epsilon)):
+        raise ValueError("--port, --host, --model and --budget-epsilon serve the app; they do not go with --export "
+                         "or --push (set the Space's variables, e.g. DPDIFFUSION_SPACE_MODEL, instead)")
+    import tempfile
+
+    from .space.export import export_space, push_space
+
+    model_repo = None if ns.model_repo in ("", "none") else ns.model_repo
+    if ns.export is not None:
+        folder = export_space(ns.export, model_repo=model_repo, overwrite=ns.overwrite)
+        print(f"wrote the Space repository to {folder}")
+        if ns.push is not None:
+            info = push_space(folder, ns.push, private=ns.private)
+            print(f"pushed it to the Space {ns.push}: {getattr(info, 'commit_url', info)}")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export_space(Path(tmp) / "space", model_repo=model_repo)
+        info = push_space(folder, ns.push, private=ns.private)
+    print(f"pushed the Space repository to {ns.push}: {getattr(info, 'commit_url', info)}")
     return 0
 
 
@@ -208,8 +230,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(p, AutoencoderTrainingConfig)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("space", help="Run the interactive Gradio app locally.")
+    from .space.export import DEFAULT_PIPELINE_REPO
+
+    p = sub.add_parser("space", help="Run the interactive Gradio app, or write (--export) / upload (--push) a Space.")
     p.add_argument("--port", type=int, default=None, help="Port (default: Gradio's).")
+    p.add_argument("--host", default=None, help="Interface to bind (default: Gradio's).")
+    p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id to serve (default: "
+                                                 "$DPDIFFUSION_SPACE_MODEL or the embedded default).")
+    p.add_argument("--budget-epsilon", type=float, default=None, help="Per-face epsilon budget of a new ledger.")
+    p.add_argument("--export", metavar="DIR", default=None,
+                   help="Write a complete, ready-to-push Space repository to DIR (app.py, README.md with the Space "
+                        "YAML, requirements.txt and the package with its default model) instead of serving.")
+    p.add_argument("--push", metavar="REPO_ID", default=None,
+                   help="Upload the Space repository (the --export folder, else a temporary one) to the Space "
+                        "REPO_ID, creating it with the Gradio SDK (needs HF_TOKEN or a saved login).")
+    p.add_argument("--model-repo", default=DEFAULT_PIPELINE_REPO,
+                   help="Pipeline repository named in the Space card's models: ('none' to leave it out).")
+    p.add_argument("--overwrite", action="store_true", help="Replace an existing non-empty --export folder.")
+    p.add_argument("--private", action="store_true", default=None, help="Create the Space as private.")
     p.set_defaults(func=cmd_space)
     return parser
 

@@ -11,6 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
+from .pipeline_card import render_pipeline_card  # noqa: F401  (kept here: its first home)
+
 DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "default_model")
 
 
@@ -36,39 +38,6 @@ def load_pipeline(model: str | None = None, **kwargs):
         model = DEFAULT_MODEL
     kwargs["use_safetensors"] = True  # never unpickle weights
     return DPDiffusionPipeline.from_pretrained(model, **kwargs)
-
-
-def render_pipeline_card(model_dir: str | Path, *, command: str, training_state: dict | None = None,
-                         repo_or_path: str = "DEFAULT_MODEL", evaluation: dict | None = None,
-                         evaluation_command: str | None = None) -> str:
-    """The model card (README.md text) of a saved ``DPDiffusionPipeline`` folder, from
-    ``model_cards/dp_diffusion_pipeline.md``; every figure is read from the saved model itself."""
-    from huggingface_hub import ModelCardData
-
-    from ..hub import render_model_card
-    from .attribute_directions import AttributeDirections
-
-    model_dir = Path(model_dir)
-    dirs = AttributeDirections.from_pretrained(model_dir / "attribute_directions")
-    unet_cfg = json.loads((model_dir / "unet" / "config.json").read_text())
-    enc_cfg = json.loads((model_dir / "encoder" / "config.json").read_text())
-    state = training_state or {}
-    data = ModelCardData(library_name="diffusers", license="apache-2.0",
-                         tags=["differential-privacy", "diffusion-autoencoder", "dpdiffusion", "synthetic-data"],
-                         pipeline_tag="image-to-image")
-    data.training_command = command
-    data.attribute_names = list(dirs.names)
-    data.clip_bounds = dirs.clip_bounds
-    card = render_model_card(
-        "dp_diffusion_pipeline", card_data=data, title="dpdiffusion default diffusion autoencoder (SynthFaces)",
-        latent_dim=enc_cfg["latent_dim"], attribute_names=list(dirs.names), image_size=unet_cfg["sample_size"],
-        steps=state.get("step", "unknown"), dataset=state.get("dataset", "SynthFaces"), command=command,
-        repo_or_path=repo_or_path,
-        bounds=[{"name": n, "bound": b, "accuracy": a} for n, b, a in
-                zip(dirs.names, dirs.clip_bound_values.tolist(), dirs.probe_accuracy.tolist())],
-        residual_bound=dirs.residual_clip_bound,
-        evaluation=json.dumps(evaluation, indent=2) if evaluation else None, evaluation_command=evaluation_command)
-    return str(card)
 
 
 def install_default_model(model_dir: str | Path, *, command: str) -> Path:

@@ -33,7 +33,7 @@ def load_space_module():
 
 
 app = load_space_module()
-import subjects  # noqa: E402  (spaces/ is on sys.path once app is loaded)
+from dpdiffusion.space import subjects  # noqa: E402  (the app ships in the package)
 
 
 def upload(image: np.ndarray, fmt: str = "PNG", scale: float = 1.0) -> np.ndarray:

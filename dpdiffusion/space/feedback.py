@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import PIL.Image
 
-from config import ENV_FEEDBACK_REPO
+from .config import ENV_FEEDBACK_REPO
 
 logger = logging.getLogger(__name__)
 

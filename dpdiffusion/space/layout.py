@@ -8,9 +8,10 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from config import SESSION_TTL_S, SpaceConfig
-from images import BROWSER_SIDE, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, MIN_UPLOAD_SIDE
-from session import DPSpace, SubjectSession, View
+from .config import SESSION_TTL_S, SpaceConfig
+from .hardware import gpu_task
+from .images import BROWSER_SIDE, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, MIN_UPLOAD_SIDE
+from .session import DPSpace, SubjectSession, View
 
 _ORIGINAL_TEMPLATE = """
 <div class="dp-original">
@@ -151,7 +152,8 @@ def _handlers(space: DPSpace):
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
 
-    return on_protect, on_more_privacy, on_more_detail, on_accept, on_sample
+    # the handlers that generate images hold the GPU on ZeroGPU hardware (spaces.GPU); elsewhere unchanged
+    return gpu_task(on_protect), gpu_task(on_more_privacy), gpu_task(on_more_detail), on_accept, on_sample
 
 
 def _intro(space: DPSpace, config: SpaceConfig, hub_note: str) -> None:

@@ -1,6 +1,6 @@
 """The Space's settings: `SpaceConfig`, its environment variables, where its files live, and the model loader.
 
-Environment variables (read by `spaces/app.py`'s `build_demo` and `main`):
+Environment variables (read by `dpdiffusion.space.app`'s `build_demo` and `main`):
 
 | variable | meaning |
 |---|---|
@@ -11,6 +11,7 @@ Environment variables (read by `spaces/app.py`'s `build_demo` and `main`):
 | ``DPDIFFUSION_SPACE_START_EPSILON`` | default first epsilon |
 | ``DPDIFFUSION_SPACE_STEPS`` | DDIM steps per release |
 | ``DPDIFFUSION_SPACE_TORCH_THREADS`` | torch threads |
+| ``DPDIFFUSION_SPACE_DEVICE`` | ``cpu`` / ``cuda`` (default: CUDA when the Space has a GPU) |
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+from .hardware import persistent_storage, select_device
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +96,9 @@ def default_space_dir() -> Path:
     ``~/.cache/dpdiffusion/space``."""
     if os.environ.get(ENV_DIR):
         return Path(os.environ[ENV_DIR])
-    if Path("/data").is_dir() and os.access("/data", os.W_OK):
-        return Path("/data/dpdiffusion-space")
+    storage = persistent_storage()
+    if storage is not None:
+        return storage / "dpdiffusion-space"
     return Path.home() / ".cache" / "dpdiffusion" / "space"
 
 
@@ -126,8 +130,9 @@ def hub_token() -> Optional[str]:
         return None
 
 
-def load_pipeline(model: Optional[str] = None):
-    """The pipeline named by ``model``, ``$DPDIFFUSION_SPACE_MODEL``, or the embedded ``DEFAULT_MODEL``.
+def load_pipeline(model: Optional[str] = None, *, device: Optional[str] = None):
+    """The pipeline named by ``model``, ``$DPDIFFUSION_SPACE_MODEL``, or the embedded ``DEFAULT_MODEL``, on the
+    Space's device (`hardware.select_device`: CUDA when the Space has a GPU, else the CPU).
 
     Returns:
         `tuple`: ``(pipe, model_name)``.
@@ -136,8 +141,8 @@ def load_pipeline(model: Optional[str] = None):
         ValueError: no model named and the embedded default is not installed.
         OSError: the model has no safetensors weights (pickled weights are never loaded).
     """
-    from dpdiffusion import DPDiffusionPipeline
-    from dpdiffusion.models.default import DEFAULT_MODEL, default_model_available
+    from .. import DPDiffusionPipeline
+    from ..models.default import DEFAULT_MODEL, default_model_available
 
     model = model or os.environ.get(ENV_MODEL)
     if not model:
@@ -146,4 +151,8 @@ def load_pipeline(model: Optional[str] = None):
                              f"scripts/train_default_models.py --install or set {ENV_MODEL} to a pipeline")
         model = DEFAULT_MODEL
     pipe = DPDiffusionPipeline.from_pretrained(model, use_safetensors=True)  # never unpickle weights
+    device = select_device(device)
+    if device != "cpu":
+        pipe = pipe.to(device)  # on ZeroGPU, `spaces` defers the move until a spaces.GPU call holds the GPU
+    logger.info("the Space's pipeline runs on %s", device)
     return pipe, model

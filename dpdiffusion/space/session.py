@@ -27,12 +27,12 @@ from typing import Optional
 
 import numpy as np
 
-from config import SpaceConfig
-from controller import EpsilonController
-from feedback import FeedbackLog
-from images import decode_original, image_to_data_url, synthfaces_samples, upscale_for_display
-from report import final_report, fmt, release_figures
-from subjects import SubjectKeyer, load_or_create_secret
+from .config import SpaceConfig
+from .controller import EpsilonController
+from .feedback import FeedbackLog
+from .images import decode_original, image_to_data_url, synthfaces_samples, upscale_for_display
+from .report import final_report, fmt, release_figures
+from .subjects import SubjectKeyer, load_or_create_secret
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class DPSpace:
 
     @property
     def default_attributes(self) -> list:
-        from dpdiffusion.pipeline_dp_diffusion import DEFAULT_PROTECTED
+        from ..pipeline_dp_diffusion import DEFAULT_PROTECTED
 
         chosen = [a for a in DEFAULT_PROTECTED if a in self.attribute_names]
         return chosen or [self.attribute_names[0]]
@@ -275,7 +275,7 @@ class DPSpace:
 
     def _generate(self, old: SubjectSession, new: SubjectSession, epsilon: float, progress, what: str,
                   verdict: Optional[str] = None) -> View:
-        from dpdiffusion.privacy.ledger import BudgetExceededError
+        from ..privacy.ledger import BudgetExceededError
 
         try:
             image, report, seconds = self._release(new, epsilon, progress)

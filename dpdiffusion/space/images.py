@@ -45,7 +45,7 @@ def decode_original(value: Any) -> np.ndarray:
         ValueError: no image, not an image, larger than ``MAX_UPLOAD_BYTES`` or ``MAX_UPLOAD_PIXELS``, or a side
             below ``MIN_UPLOAD_SIDE``. The message never contains the image's content.
     """
-    from dpdiffusion.data.images import resize_square, to_rgb
+    from ..data.images import resize_square, to_rgb
 
     if value is None or (isinstance(value, str) and not value.strip()):
         raise ValueError("no face loaded yet: upload an image or pick a SynthFaces sample")
@@ -97,7 +97,7 @@ def upscale_for_display(image: np.ndarray, side: int = BROWSER_SIDE) -> np.ndarr
 @lru_cache(maxsize=4)
 def synthfaces_samples(num_samples: int, seed: int, image_size: int) -> np.ndarray:
     """``num_samples`` SynthFaces renders (N, S, S, 3) uint8: synthetic faces anyone may try the app with."""
-    from dpdiffusion.data.synthfaces import make_synthfaces_arrays
+    from ..data.synthfaces import make_synthfaces_arrays
 
     images, _ = make_synthfaces_arrays(num_samples, image_size=image_size, seed=seed)
     return images

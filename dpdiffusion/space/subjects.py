@@ -266,8 +266,8 @@ def open_space_ledger(folder, *, budget_epsilon: Optional[float], delta: Optiona
     Raises:
         ValueError: the configured budget or delta differs from the ledger's.
     """
-    from config import DEFAULT_BUDGET_EPSILON, DEFAULT_DELTA
-    from dpdiffusion.privacy.ledger import PrivacyLedger
+    from .config import DEFAULT_BUDGET_EPSILON, DEFAULT_DELTA
+    from ..privacy.ledger import PrivacyLedger
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

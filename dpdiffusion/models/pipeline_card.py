@@ -1,0 +1,55 @@
+"""The model card of a saved ``DPDiffusionPipeline`` folder (``model_cards/dp_diffusion_pipeline.md``), used for the
+embedded default (`dpdiffusion.models.default.install_default_model`) and by ``DPDiffusionPipeline.push_to_hub``.
+
+It depends on the saved folder only (never on the pipeline class), so the pipeline can render its own card.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def render_pipeline_card(model_dir: str | Path, *, command: str, training_state: dict | None = None,
+                         repo_or_path: str = "DEFAULT_MODEL", evaluation: dict | None = None,
+                         evaluation_command: str | None = None, title: str | None = None,
+                         custom_pipeline: str | None = None) -> str:
+    """The model card (README.md text) of a saved ``DPDiffusionPipeline`` folder, from
+    ``model_cards/dp_diffusion_pipeline.md``; every figure is read from the saved model itself.
+
+    ``repo_or_path`` is what "How to use" loads (``"DEFAULT_MODEL"``: the embedded default); ``custom_pipeline``
+    the name of the repository's custom-pipeline file (without ``.py``) for the diffusers-only way to load it."""
+    from huggingface_hub import ModelCardData
+
+    from ..hub import render_model_card
+    from .attribute_directions import AttributeDirections
+
+    model_dir = Path(model_dir)
+    dirs = AttributeDirections.from_pretrained(model_dir / "attribute_directions")
+    unet_cfg = json.loads((model_dir / "unet" / "config.json").read_text())
+    enc_cfg = json.loads((model_dir / "encoder" / "config.json").read_text())
+    state = training_state or {}
+    data = ModelCardData(library_name="diffusers", license="apache-2.0",
+                         tags=["differential-privacy", "diffusion-autoencoder", "dpdiffusion", "synthetic-data"],
+                         pipeline_tag="image-to-image")
+    data.training_command = command
+    data.attribute_names = list(dirs.names)
+    data.clip_bounds = dirs.clip_bounds
+    privacy = {"neighbouring_relation": "attribute-neighbours", "scopes": ["attributes", "latent"],
+               "default_scope": "attributes", "mechanism": "weighted Gaussian, analytic calibration",
+               "guarantee": "formal with stochastic_code='random', heuristic with 'inverted'",
+               "noise_source": "csprng"}
+    data.privacy = privacy
+    card = render_model_card(
+        "dp_diffusion_pipeline", card_data=data,
+        title=title or "dpdiffusion default diffusion autoencoder (SynthFaces)", privacy=privacy,
+        custom_pipeline=custom_pipeline,
+        latent_dim=enc_cfg.get("latent_dim", "?"), attribute_names=list(dirs.names),
+        image_size=unet_cfg.get("sample_size", unet_cfg.get("image_size", "?")),
+        steps=state.get("step", "unknown"), dataset=state.get("dataset", "SynthFaces"), command=command,
+        repo_or_path=repo_or_path,
+        bounds=[{"name": n, "bound": b, "accuracy": a} for n, b, a in
+                zip(dirs.names, dirs.clip_bound_values.tolist(), dirs.probe_accuracy.tolist())],
+        residual_bound=dirs.residual_clip_bound,
+        evaluation=json.dumps(evaluation, indent=2) if evaluation else None, evaluation_command=evaluation_command)
+    return str(card)
