@@ -172,6 +172,33 @@ def _intro(space: DPSpace, config: SpaceConfig, hub_note: str) -> None:
     gr.Markdown(_FACE_NOTE.format(budget=config.budget_epsilon), elem_id="dp-face-note")
 
 
+def _photo_mode(space: DPSpace, attributes, release: dict) -> None:
+    """A photo of any size: every face detected, protected on its own budget and pasted back (`photo.py`)."""
+    import gradio as gr
+
+    from .photo import protect_photo
+
+    def on_photo(photo, attrs, eps, progress=gr.Progress(track_tqdm=True)):
+        return protect_photo(space, photo, attrs, eps)
+
+    with gr.Accordion("Photos with faces (any size): protect every face, keep the rest", open=False):
+        gr.Markdown("Each face found (at least 48 px) is aligned, protected at the ε below and charged to its own "
+                    "budget (the same face in a re-upload is the same budget), then pasted back; the rest of the "
+                    "photo is shown as uploaded and is not covered by the guarantee. A photo without a face "
+                    "releases nothing. The photo is not stored.", elem_id="dp-photo-note")
+        with gr.Row():
+            photo_in = gr.Image(label="Photo", type="numpy", sources=["upload"], elem_id="dp-photo-in")
+            photo_out = gr.AnnotatedImage(label="Protected faces", elem_id="dp-photo-out")
+        with gr.Row():
+            photo_eps = gr.Number(value=space.config.start_epsilon, label="ε of each face",
+                                  minimum=space.config.min_epsilon, maximum=space.config.max_epsilon,
+                                  elem_id="dp-photo-epsilon")
+            photo_btn = gr.Button("Protect the faces", variant="primary", elem_id="dp-photo-protect")
+        photo_status = gr.Markdown(elem_id="dp-photo-status")
+    photo_btn.click(gpu_task(on_photo), [photo_in, attributes, photo_eps], [photo_out, photo_status],
+                    api_name="protect_photo", **{k: v for k, v in release.items() if k != "show_progress_on"})
+
+
 def build_page(space: DPSpace, *, hub_note: str):
     """The Space's `gr.Blocks` (queued) around ``space``.
 
@@ -233,5 +260,6 @@ def build_page(space: DPSpace, *, hub_note: str):
         more_detail_btn.click(on_more_detail, [session_state], outs, api_name="more_detail", **release)
         accept_btn.click(on_accept, [session_state], outs, api_name="accept", concurrency_limit=None)
         sample_btn.click(on_sample, [sample_index], [original], api_name="sample", concurrency_limit=None)
+        _photo_mode(space, attributes, release)
     demo.queue(max_size=64)
     return demo

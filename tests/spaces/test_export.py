@@ -26,7 +26,7 @@ SPACES = ROOT / "spaces"
 
 # import name -> distribution name, where they differ
 DISTRIBUTION_OF = {"PIL": "pillow", "huggingface_hub": "huggingface-hub", "dp_accounting": "dp-accounting",
-                   "skimage": "scikit-image", "sklearn": "scikit-learn", "yaml": "pyyaml"}
+                   "skimage": "scikit-image", "sklearn": "scikit-learn", "yaml": "pyyaml", "dlib": "dlib-bin"}
 # provided by the Space itself: Gradio from `sdk_version`, `spaces` on ZeroGPU hardware (imported only there)
 PROVIDED_BY_THE_SPACE = {"gradio", "spaces"}
 
@@ -109,9 +109,11 @@ def test_requirements_are_third_party_only_and_cover_every_import(exported):
         assert not line.startswith("-"), f"an option in requirements.txt: {line!r} (no extra index, no -e/-r)"
         assert "/" not in line and "\\" not in line and not line.endswith((".whl", ".tar.gz")), f"a path: {line!r}"
         assert _name(line) != "dpdiffusion", "the package lies next to app.py; it is not a requirement"
-        assert re.fullmatch(r"[A-Za-z0-9._-]+\s*(>=|==|~=)\s*[0-9][0-9.]*", line), f"not a plain pin/floor: {line!r}"
-    # the same names and floors as the package's dependencies (one list, checked)
-    assert sorted(lines) == sorted(_pyproject()["project"]["dependencies"])
+        assert re.fullmatch(r"[A-Za-z0-9._-]+\s*(>=|==|~=)\s*[0-9][0-9A-Za-z.]*", line), \
+            f"not a plain pin/floor: {line!r}"
+    # the same names and floors as the package's dependencies and its "faces" extra (photo mode; one list, checked)
+    project = _pyproject()["project"]
+    assert sorted(lines) == sorted(project["dependencies"] + project["optional-dependencies"]["faces"])
     names = {_name(line) for line in lines}
     imports = _third_party_imports(exported)
     missing = {m: files[:3] for m, files in imports.items()

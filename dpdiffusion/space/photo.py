@@ -15,8 +15,8 @@ import secrets
 
 import numpy as np
 
-from images import MAX_UPLOAD_PIXELS, MIN_UPLOAD_SIDE
-from report import fmt
+from .images import MAX_UPLOAD_PIXELS, MIN_UPLOAD_SIDE
+from .report import fmt
 
 logger = logging.getLogger(__name__)
 
