@@ -23,23 +23,24 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import PIL.Image
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
-from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .data.images import images_to_tensor, tensor_to_output
+from .data.images import images_to_tensor
 from .models.attribute_directions import AttributeDirections
-from .models.diffae import _is_official, ddim_decode, ddim_invert, predict_noise
+from .models.diffae import ddim_invert
 from .models.diffae_encoder import DiffAESemanticEncoder
 from .models.diffae_unet import DiffAEUNet2DModel
 from .models.semantic_encoder import SemanticEncoder
+from .pipeline_hub import CUSTOM_PIPELINE_FILE, CUSTOM_PIPELINE_NAME, PipelineHubMixin  # noqa: F401
+from .pipeline_hub import _download_repo, _from_hub_folder
+from .pipeline_outputs import DPDiffusionPipelineOutput, PrivacyReport
+from .pipeline_sampling import DEFAULT_GUIDANCE_SCALE, DDIMSamplingMixin  # noqa: F401
 from .privacy import mechanism
 from .privacy.accounting import gaussian_epsilon
 from .privacy.spec import PrivacySpec
@@ -47,76 +48,9 @@ from .privacy.spec import PrivacySpec
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROTECTED = ("dark_skin", "long_hair")
-# semantic guidance for random stochastic codes: measured on the embedded default with
-# scripts/evaluate_default_model.py --guidance-scale S (on 100 held-out faces, 20 steps, the agreement of
-# dark_skin rose from 0.83 at S=1 to 0.96 at S=3 and 0.99 at S=5; see the README)
-DEFAULT_GUIDANCE_SCALE = 5.0
-# the diffusers custom-pipeline entry (the repository's pipelines/dp_diffusion/pipeline.py, shipped in the package)
-# that `push_to_hub` uploads as ``pipeline.py``
-CUSTOM_PIPELINE_NAME = "pipeline"
-CUSTOM_PIPELINE_FILE = Path(__file__).resolve().parent / "custom_pipeline" / "pipeline.py"
 
 
-@dataclass
-class PrivacyReport:
-    """The privacy figures of one release (shared by every image of a call).
-
-    Attributes:
-        epsilon (`float`), delta (`float`): the (epsilon, delta)-DP guarantee of one release.
-        noise_multiplier (`float`): noise of the composed Gaussian mechanism over its unit sensitivity.
-        sigmas (`dict[str, float]`): noise standard deviation added to each protected coordinate.
-        residual_sigma (`float | None`): noise std on the residual (``scope="latent"`` only).
-        strength (`float`): the equivalent forward-diffusion time in [0, 1] of that noise.
-        attributes (`tuple[str]`), weights (`tuple[float]`), clip_bounds (`dict[str, float]`).
-        scope (`str`), guarantee (`str`): ``"formal"``, ``"heuristic"`` or ``"none (reproducible noise)"``.
-        neighbouring_relation (`str`): the relation the guarantee is stated for.
-        noise_source (`str`): ``"csprng"`` (the OS CSPRNG) or ``"seeded"`` (replayable from the generator).
-    """
-
-    epsilon: float
-    delta: float
-    noise_multiplier: float
-    sigmas: dict
-    residual_sigma: float | None
-    strength: float
-    attributes: tuple
-    weights: tuple
-    clip_bounds: dict
-    scope: str
-    guarantee: str
-    neighbouring_relation: str
-    noise_source: str = "csprng"
-
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
-
-
-@dataclass
-class DPDiffusionPipelineOutput(BaseOutput):
-    """Output of ``DPDiffusionPipeline``: the images and the privacy figures that hold for them.
-
-    Attributes:
-        images (`list[PIL.Image.Image]` or `np.ndarray` or `torch.Tensor`): the protected images.
-        epsilon, delta, noise_multiplier, sigmas, strength, attributes, guarantee, noise_source: see
-            ``PrivacyReport``; ``guarantee == "formal"`` only for CSPRNG noise and a random stochastic code.
-        report (`PrivacyReport`): everything above plus clip bounds, weights, scope and neighbouring relation.
-        remaining_budget (`list[float] | None`): per-subject epsilon left in the ledger, when a ledger was used.
-    """
-
-    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
-    epsilon: float
-    delta: float
-    noise_multiplier: float
-    sigmas: dict
-    strength: float
-    attributes: tuple
-    guarantee: str
-    noise_source: str = "csprng"
-    report: PrivacyReport | None = None
-    remaining_budget: list | None = None
-
-
-class DPDiffusionPipeline(DiffusionPipeline):
+class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline):
     r"""Protect sensitive attributes of face images with calibrated noise in a diffusion autoencoder's latent.
 
     Args:
@@ -129,9 +63,6 @@ class DPDiffusionPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "encoder->unet"
-    # what a ``callback_on_step_end`` may read and replace (diffusers' semantics): the current sample x_t and the
-    # noise predicted at this step
-    _callback_tensor_inputs = ["latents", "noise_pred"]
 
     def __init__(self, unet: UNet2DModel | DiffAEUNet2DModel, encoder: SemanticEncoder | DiffAESemanticEncoder,
                  scheduler: DDIMScheduler, attribute_directions: AttributeDirections):
@@ -331,128 +262,6 @@ class DPDiffusionPipeline(DiffusionPipeline):
                 r = center + mechanism.clip_l2(r - center, dirs.residual_clip_bound)
         return dirs.compose(a_noisy, r, attributes=names), report
 
-    @torch.no_grad()
-    def invert(self, images: Any, z: torch.Tensor | None = None, *, num_inference_steps: int = 50) -> torch.Tensor:
-        """DDIM inversion: the stochastic code ``x_T`` (B, 3, H, W) of ``images`` given their latents."""
-        x0 = self.preprocess(images) if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.min() >= 0 \
-            else images
-        z = self.encode_tensor(x0) if z is None else z
-        return ddim_invert(self.unet, self.scheduler, x0, self.encoder.condition(z), num_inference_steps)
-
-    def _guidance(self, guidance_scale, stochastic_code) -> float:
-        if guidance_scale is None and _is_official(self.unet):  # the official renderer: no semantic guidance
-            return 1.0
-        if guidance_scale is None:  # inversion is exact only for the plain conditional trajectory
-            return 1.0 if isinstance(stochastic_code, str) and stochastic_code == "inverted" else DEFAULT_GUIDANCE_SCALE
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not (
-                math.isfinite(guidance_scale) and guidance_scale >= 1.0):
-            raise ValueError(f"guidance_scale must be a finite number >= 1, got guidance_scale={guidance_scale!r}")
-        return float(guidance_scale)
-
-    @property
-    def interrupt(self) -> bool:
-        """Set ``pipe._interrupt = True`` in a ``callback_on_step_end`` to skip the remaining denoising steps."""
-        return getattr(self, "_interrupt", False)
-
-    def _check_scheduler(self) -> None:
-        # DDIM decodes deterministically (eta = 0) and inverts on the same grid; other schedulers either add noise in
-        # their steps or walk another grid than the inversion, which would break epsilon=inf == encode/decode and
-        # the inversion round trip
-        if not isinstance(self.scheduler, DDIMScheduler):
-            raise ValueError(
-                f"scheduler must be a DDIMScheduler (or a subclass): decoding is deterministic DDIM (eta=0) and the "
-                f"inversion walks the same grid back; got {type(self.scheduler).__name__}. Use "
-                "DDIMScheduler.from_config(pipe.scheduler.config)")
-
-    def _check_callback(self, callback_on_step_end, tensor_inputs) -> None:
-        if callback_on_step_end is not None and not callable(callback_on_step_end):
-            raise ValueError(f"callback_on_step_end must be callable, got {callback_on_step_end!r}")
-        unknown = [k for k in tensor_inputs if k not in self._callback_tensor_inputs]
-        if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs must be a subset of {self._callback_tensor_inputs}, "
-                             f"got {list(tensor_inputs)}")
-
-    def _denoise(self, x_t, cond, guidance_cond, scale, num_inference_steps, *, progress=True,
-                 callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)) -> torch.Tensor:
-        """The deterministic DDIM loop through the registered scheduler's own ``set_timesteps`` and ``step``."""
-        self._check_scheduler()
-        self.scheduler.set_timesteps(num_inference_steps, device=x_t.device)
-        self._interrupt = False
-        x = x_t  # (B, 3, H, W)
-        with self.progress_bar(total=len(self.scheduler.timesteps), disable=not progress) as bar:
-            for i, t in enumerate(self.scheduler.timesteps):
-                if self.interrupt:
-                    continue
-                noise_pred = predict_noise(self.unet, x, int(t), cond, guidance_scale=scale,
-                                           guidance_cond=guidance_cond)
-                x = self.scheduler.step(noise_pred, t, x, eta=0.0).prev_sample
-                if callback_on_step_end is not None:
-                    values = {"latents": x, "noise_pred": noise_pred}
-                    outputs = callback_on_step_end(self, i, t, {k: values[k] for k in callback_on_step_end_tensor_inputs})
-                    x = (outputs or {}).pop("latents", x)
-                bar.update()
-        return x
-
-    def progress_bar(self, iterable=None, total=None, disable=False):
-        """diffusers' progress bar, also disabled for one call by ``disable=True``."""
-        if disable:
-            from tqdm.auto import tqdm
-
-            return tqdm(iterable=iterable, total=total, disable=True)
-        return super().progress_bar(iterable=iterable, total=total)
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor, *, stochastic_code: str | torch.Tensor = "random", images: Any = None,
-               num_inference_steps: int = 50, generator=None, output_type: str = "pil", progress: bool = True,
-               guidance_scale: float | None = None, callback_on_step_end=None,
-               callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)):
-        """Decode latents ``z`` (B, d) to images with deterministic DDIM (the registered scheduler's ``step``).
-
-        Args:
-            stochastic_code: ``"random"`` (x_T ~ N(0, I) from ``generator``), ``"inverted"`` (DDIM inversion of
-                ``images``, which must then be given) or a tensor ``x_T`` (B, 3, H, W).
-            guidance_scale (`float`, *optional*): semantic guidance towards ``z`` relative to the public centre
-                latent (``predict_noise``); default ``DEFAULT_GUIDANCE_SCALE`` for a random code, 1 for an inverted
-                one. Uses only ``z`` and public values: post-processing, no privacy cost.
-            callback_on_step_end (`Callable`, *optional*): called as ``callback(pipe, step_index, timestep,
-                callback_kwargs)`` after every denoising step, diffusers' semantics: ``callback_kwargs`` holds the
-                tensors named in ``callback_on_step_end_tensor_inputs`` (``"latents"``: the current sample x_t,
-                ``"noise_pred"``); a returned ``{"latents": x}`` replaces the sample; ``pipe._interrupt = True``
-                skips the remaining steps (the current sample is then returned).
-
-        Raises:
-            ValueError: for a bad argument or a scheduler that is not a ``DDIMScheduler``.
-        """
-        scale = self._guidance(guidance_scale, stochastic_code)
-        self._check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
-        device = self._execution_device
-        b, size = z.shape[0], self.image_size
-        if isinstance(stochastic_code, torch.Tensor):
-            x_t = stochastic_code.to(device=device, dtype=self.unet.dtype)
-        elif stochastic_code == "random":
-            x_t = randn_tensor((b, 3, size, size), generator=generator, device=device, dtype=self.unet.dtype)
-        elif stochastic_code == "inverted":
-            if images is None:
-                raise ValueError("stochastic_code='inverted' needs the original images to invert")
-            x_t = self.invert(images, num_inference_steps=num_inference_steps)
-        else:
-            raise ValueError(f"stochastic_code must be 'random', 'inverted' or a tensor, got {stochastic_code!r}")
-        z = z.to(device=device, dtype=self.unet.dtype)
-        center = self.attribute_directions.center.to(device=device, dtype=self.unet.dtype)[None]  # (1, d)
-        if _is_official(self.unet):  # the official respaced grid, which DDIMScheduler cannot express (diffae_sampler)
-            if callback_on_step_end is not None:
-                raise ValueError("callback_on_step_end is not supported with the official DiffAE sampler "
-                                 f"({type(self.unet).__name__}); pass callback_on_step_end=None")
-            with self.progress_bar(total=num_inference_steps, disable=not progress) as bar:
-                x0 = ddim_decode(self.unet, self.scheduler, x_t, self.encoder.condition(z), num_inference_steps,
-                                 guidance_scale=scale, guidance_cond=self.encoder.condition(center),
-                                 callback=lambda i: bar.update())
-            return tensor_to_output(x0, output_type)
-        x0 = self._denoise(x_t, self.encoder.condition(z), self.encoder.condition(center), scale, num_inference_steps,
-                           progress=progress, callback_on_step_end=callback_on_step_end,
-                           callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
-        return tensor_to_output(x0, output_type)
-
     # ------------------------------------------------------------------ the whole release
     def check_inputs(self, num_inference_steps, output_type, ledger, subject_ids, batch_size, generator=None,
                      secure_mode=False):
@@ -594,183 +403,3 @@ class DPDiffusionPipeline(DiffusionPipeline):
             images=out, epsilon=report.epsilon, delta=report.delta, noise_multiplier=report.noise_multiplier,
             sigmas=report.sigmas, strength=report.strength, attributes=report.attributes, guarantee=report.guarantee,
             noise_source=report.noise_source, report=report, remaining_budget=remaining)
-
-    # ------------------------------------------------------------------ the Hub
-    def save_hub_folder(self, folder, *, repo_id: str, command: str | None = None, title: str | None = None) -> Path:
-        """Write what `push_to_hub` uploads: the pipeline (``save_pretrained``, safetensors), this project's model card
-        (``README.md`` from ``model_cards/dp_diffusion_pipeline.md``: privacy scope, neighbouring relation, public
-        clip bounds, how to load), a component file per component of this package (``encoder/semantic_encoder.py``
-        ...: a one-line re-export, named in ``model_index.json``, as diffusers needs for components of other
-        libraries on the Hub) and the custom-pipeline file ``pipeline.py`` (``pipelines/dp_diffusion/pipeline.py``,
-        which imports the installed package), so that both ``DPDiffusionPipeline.from_pretrained(repo_id)`` and
-        ``DiffusionPipeline.from_pretrained(repo_id, custom_pipeline="pipeline", ...)`` (with remote code trusted)
-        load the repository.
-
-        Args:
-            folder (`str` or `Path`): where to write (created; existing files of the same names are replaced).
-            repo_id (`str`): the repository the card's "How to use" loads.
-            command (`str`, *optional*): how the model was made, for the card (default: this process's argv).
-            title (`str`, *optional*): the card's title.
-
-        Returns:
-            `Path`: ``folder``.
-        """
-        import json
-        import shlex
-        import shutil
-        import sys
-
-        from .models.pipeline_card import render_pipeline_card
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.save_pretrained(folder, safe_serialization=True)
-        _hub_component_files(folder)
-        shutil.copyfile(CUSTOM_PIPELINE_FILE, folder / f"{CUSTOM_PIPELINE_NAME}.py")
-        state_file = folder / "training_state.json"
-        state = json.loads(state_file.read_text()) if state_file.is_file() else None
-        card = render_pipeline_card(folder, command=command or " ".join(shlex.quote(a) for a in sys.argv),
-                                    training_state=state, repo_or_path=repo_id, title=title or repo_id.split("/")[-1],
-                                    custom_pipeline=CUSTOM_PIPELINE_NAME)
-        (folder / "README.md").write_text(card, encoding="utf-8")
-        return folder
-
-    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
-                    token: str | None = None, create_pr: bool = False, safe_serialization: bool = True,
-                    variant: str | None = None, *, command: str | None = None, title: str | None = None,
-                    endpoint: str | None = None, **kwargs):
-        """Upload the pipeline with this project's model card and its custom-pipeline file (`save_hub_folder`).
-
-        Replaces diffusers' ``push_to_hub``, which uploads a generic card and no custom-pipeline file.
-
-        Args:
-            repo_id (`str`): ``namespace/name`` of the model repository (created if needed).
-            commit_message (`str`, *optional*): default ``"Upload DPDiffusionPipeline"``.
-            private (`bool`, *optional*): visibility of a new repository (default: the Hub's).
-            token (`str`, *optional*): Hub token with write access (default: ``$HF_TOKEN`` or the saved login).
-            create_pr (`bool`): open a pull request instead of committing to ``main``.
-            safe_serialization (`bool`): must be `True` (the pipeline's weights are saved as safetensors only).
-            variant (`str`, *optional*): not supported (must be `None`).
-            command (`str`, *optional*), title (`str`, *optional*): for the model card.
-            endpoint (`str`, *optional*): the Hub's URL (default ``$HF_ENDPOINT`` or huggingface.co).
-
-        Returns:
-            `CommitInfo`: the upload's commit (a `str`: its URL).
-
-        Raises:
-            ValueError: a bad ``repo_id``, ``safe_serialization=False``, a ``variant`` or an unknown argument.
-        """
-        import tempfile
-
-        from huggingface_hub import HfApi
-
-        if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
-            raise ValueError(f"repo_id must be 'namespace/name', got repo_id={repo_id!r}")
-        if safe_serialization is not True:
-            raise ValueError(f"safe_serialization must be True (weights are pushed as safetensors only), got "
-                             f"safe_serialization={safe_serialization!r}")
-        if variant is not None:
-            raise ValueError(f"variant is not supported by DPDiffusionPipeline.push_to_hub, got variant={variant!r}")
-        if kwargs:
-            raise ValueError(f"unknown arguments to push_to_hub: {sorted(kwargs)}")
-        api = HfApi(endpoint=endpoint, token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_hub_folder(tmp, repo_id=repo_id, command=command, title=title)
-            info = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=tmp, create_pr=create_pr,
-                                     commit_message=commit_message or "Upload DPDiffusionPipeline")
-        logger.info("pushed the pipeline to %s", repo_id)
-        return info
-
-
-# ---------------------------------------------------------------------- the Hub: helpers
-HUB_FILE_PATTERNS = ["model_index.json", "*/config.json", "*/scheduler_config.json", "*/*.safetensors", "*/*.py",
-                     f"{CUSTOM_PIPELINE_NAME}.py", "README.md", "training_state.json"]
-_COMPONENT_FILE_HEADER = (
-    '"""A component of a DPDiffusionPipeline repository: re-exports the class from the installed ``dpdiffusion``\n'
-    'package (``pip install dpdiffusion``), so that diffusers finds it on the Hub."""\n\n')
-
-
-def _component_classes() -> dict:
-    """This package's component classes by name (what a pushed ``model_index.json`` may name)."""
-    return {c.__name__: c for c in (AttributeDirections, SemanticEncoder, DiffAESemanticEncoder, DiffAEUNet2DModel)}
-
-
-def _hub_component_files(folder: Path) -> None:
-    """Rewrite a saved pipeline's ``model_index.json`` so that each component of this package is named by a file
-    in its folder (``encoder/semantic_encoder.py`` re-exporting ``SemanticEncoder``), diffusers' convention for
-    custom components on the Hub; diffusers' own classes are left as they are."""
-    import json
-
-    index_file = folder / "model_index.json"
-    index = json.loads(index_file.read_text())
-    for component, value in index.items():
-        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)):
-            continue
-        library, class_name = value
-        if not library.startswith("dpdiffusion.") or class_name not in _component_classes():
-            continue
-        stem = library.rsplit(".", 1)[-1]
-        (folder / component / f"{stem}.py").write_text(
-            f"{_COMPONENT_FILE_HEADER}from {library} import {class_name}  # noqa: F401\n\n"
-            f"__all__ = [{class_name!r}]\n", encoding="utf-8")
-        index[component] = [stem, class_name]
-    index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-
-def _download_repo(repo_id: str, kwargs: dict) -> str:
-    """``snapshot_download`` of what a pipeline needs (no pickled weights), taking the download arguments out of
-    ``kwargs``."""
-    from huggingface_hub import snapshot_download
-
-    options = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only", "force_download",
-                                          "proxies") if k in kwargs}
-    if options.pop("proxies", None) is not None:
-        logger.warning("proxies are not passed to the Hub download; set HTTPS_PROXY instead")
-    return snapshot_download(repo_id, allow_patterns=HUB_FILE_PATTERNS, **options)
-
-
-def _from_hub_folder(cls, folder: Path, kwargs: dict):
-    """The pipeline of a folder written by `push_to_hub` (its ``model_index.json`` names this package's components
-    by re-export files), loaded with this package's classes, no remote code; `None` for any other folder.
-
-    Raises:
-        ValueError: an argument other than ``torch_dtype`` / ``use_safetensors`` / a component, or a component of a
-            library other than diffusers and this package.
-    """
-    import json
-
-    import diffusers
-
-    index_file = folder / "model_index.json"
-    if not index_file.is_file():
-        return None
-    index = json.loads(index_file.read_text())
-    entries = {k: v for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2}
-    classes = _component_classes()
-    if not any(c in classes and (folder / k / f"{lib}.py").is_file() for k, (lib, c) in entries.items()):
-        return None
-    torch_dtype = kwargs.pop("torch_dtype", None)
-    use_safetensors = kwargs.pop("use_safetensors", True)
-    components = {k: kwargs.pop(k) for k in list(kwargs) if k in entries}
-    if kwargs:
-        raise ValueError(f"DPDiffusionPipeline.from_pretrained of a pushed repository takes torch_dtype, "
-                         f"use_safetensors and components; got {sorted(kwargs)}")
-    for name, (library, class_name) in entries.items():
-        if name in components:
-            continue
-        if class_name in classes and (folder / name / f"{library}.py").is_file():
-            klass = classes[class_name]
-        elif library == "diffusers" and hasattr(diffusers, class_name):
-            klass = getattr(diffusers, class_name)
-        else:
-            raise ValueError(f"component {name!r} of {folder}: {library}.{class_name} is neither a diffusers class "
-                             f"nor one of this package's ({sorted(classes)})")
-        if issubclass(klass, diffusers.SchedulerMixin):
-            components[name] = klass.from_pretrained(folder / name)
-        else:
-            options = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-            components[name] = klass.from_pretrained(folder / name, use_safetensors=use_safetensors, **options)
-    pipe = cls(**components)
-    pipe.register_to_config(_name_or_path=str(folder))
-    return pipe
