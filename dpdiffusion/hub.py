@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import os
-import shutil
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
@@ -297,26 +296,16 @@ def _base_model_license(name_or_path: str | None) -> str | None:
 
 def _write_folder(folder: Path, model: Any, card: ModelCard, record: dict, image_processor: Any = None) -> None:
     """Write the folder completely in a sibling temporary folder, then move it into place (never half-written)."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    from .utils_files import write_folder_atomically
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)  # config.json + model.safetensors
         if image_processor is not None:
             image_processor.save_pretrained(tmp)  # preprocessor_config.json
         card.save(tmp / "README.md")
         (tmp / "unlearning.json").write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-            old.rmdir()
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_folder_atomically(folder, write)
 
 
 def write_unlearned_model(

@@ -25,11 +25,11 @@ next to its destination and renamed into place, so an interrupted export leaves 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
+
+from ..utils_files import write_folder_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -119,20 +119,7 @@ def export_space(out_dir, *, model_repo: Optional[str] = DEFAULT_PIPELINE_REPO, 
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"out_dir={str(out_dir)!r} exists and is not empty; pass overwrite=True (--overwrite) to "
                          "replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
-    try:
-        _write_space(tmp, model_repo)
-        if out.exists():
-            old = out.with_name(f".old-{out.name}-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_folder_atomically(out, lambda tmp: _write_space(tmp, model_repo))
     logger.info("wrote the Space repository to %s", out)
     return out
 
