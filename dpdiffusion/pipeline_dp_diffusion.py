@@ -43,6 +43,7 @@ from .pipeline_outputs import DPDiffusionPipelineOutput, PrivacyReport
 from .pipeline_sampling import DEFAULT_GUIDANCE_SCALE, DDIMSamplingMixin  # noqa: F401
 from .privacy import mechanism
 from .privacy.accounting import gaussian_epsilon
+from .privacy.postprocess import posterior_mean
 from .privacy.spec import PrivacySpec
 
 logger = logging.getLogger(__name__)
@@ -228,15 +229,21 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
             `tuple[torch.Tensor, PrivacyReport]`: the noisy latents ``z~`` (B, d) and the report. With
             ``epsilon=inf`` the latents are returned unchanged (the same tensor values, bit for bit).
 
+        ``post_processing="posterior_mean"`` replaces each released coordinate by its posterior mean E[clip(a) | a~]
+        under the public fit-time prior stored with the directions (`dpdiffusion.privacy.postprocess`; the residual
+        as with ``"clip"``): post-processing too, the guarantee is unchanged.
         ``post_processing="clip"`` (default) clamps the released coordinates back to ``[-C_i, C_i]`` (and the noisy
         residual back to its norm bound with ``scope="latent"``): post-processing of the release, so the guarantee is
         unchanged, and the decoder sees in-distribution latents. ``"none"`` returns the raw mechanism output.
         """
-        if post_processing not in ("clip", "none"):
-            raise ValueError(f"post_processing must be 'clip' or 'none', got post_processing={post_processing!r}")
+        if post_processing not in ("clip", "posterior_mean", "none"):
+            raise ValueError("post_processing must be 'clip', 'posterior_mean' or 'none', got "
+                             f"post_processing={post_processing!r}")
         spec = spec or self.privacy_spec(attributes=attributes, weights=weights, epsilon=epsilon, strength=strength,
                                          delta=delta, scope=scope, secure_mode=secure_mode)
         secure = spec.noise_source == "csprng"
+        if post_processing == "posterior_mean":
+            self.attribute_directions.prior(spec.attributes)  # no stored prior -> ValueError before any noise
         cal = self.calibrate(spec)
         report = self.report_for(spec, cal)
         if math.isinf(spec.epsilon):
@@ -248,7 +255,9 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         bounds = dirs.clip_bound_tensor(names).tolist()
         a_noisy = mechanism.apply_weighted_gaussian_mechanism(a, clip_bounds=bounds, sigmas=list(cal.sigmas),
                                                               generator=generator, secure_mode=secure)
-        if post_processing == "clip":
+        if post_processing == "posterior_mean":  # public prior and calibrated sigmas only: post-processing
+            a_noisy = posterior_mean(a_noisy, sigmas=list(cal.sigmas), prior=dirs.prior(names))
+        if post_processing in ("clip", "posterior_mean"):
             a_noisy = mechanism.postprocess_to_bounds(a_noisy, bounds)
         if spec.scope == "latent":
             basis = dirs.basis(names).to(device=z.device, dtype=z.dtype)
@@ -258,7 +267,7 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
             r = center + mechanism.apply_residual_mechanism(
                 r - center, clip_bound=dirs.residual_clip_bound, sigma=float(cal.residual_sigma), protected_basis=basis,
                 generator=generator, secure_mode=secure)
-            if post_processing == "clip":
+            if post_processing in ("clip", "posterior_mean"):
                 r = center + mechanism.clip_l2(r - center, dirs.residual_clip_bound)
         return dirs.compose(a_noisy, r, attributes=names), report
 
@@ -301,6 +310,7 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         subject_ids: Sequence[str] | None = None,
         secure_mode: bool = True,
         guidance_scale: float | None = None,
+        post_processing: str = "clip",
         return_dict: bool = True,
         callback_on_step_end=None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
@@ -330,6 +340,8 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
                 from ``generator`` (reproducible: ``noise_source="seeded"``, ``guarantee="none (reproducible
                 noise)"``; for tests and research, never for a release).
             guidance_scale (`float`): semantic guidance of the decoder (see ``decode``); post-processing.
+            post_processing (`str`, defaults to `"clip"`): ``"clip"``, ``"posterior_mean"`` or ``"none"``, see
+                ``apply_privacy_noise`` (post-processing of the released coordinates: the guarantee is unchanged).
             callback_on_step_end, callback_on_step_end_tensor_inputs: see ``decode`` (diffusers' semantics).
             faces (`str`, defaults to `"aligned"`): ``"aligned"``: every input is an aligned face crop (resized to
                 the model's size). ``"detect"``: every input is a photo of any size; each face is detected,
@@ -359,7 +371,7 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
                 min_confidence=DEFAULT_MIN_CONFIDENCE if min_confidence is None else min_confidence,
                 attributes=attributes, weights=weights, epsilon=epsilon, strength=strength, delta=delta, scope=scope,
                 stochastic_code=stochastic_code, num_inference_steps=num_inference_steps, generator=generator,
-                ledger=ledger, secure_mode=secure_mode, guidance_scale=guidance_scale,
+                ledger=ledger, secure_mode=secure_mode, guidance_scale=guidance_scale, post_processing=post_processing,
                 callback_on_step_end=callback_on_step_end,
                 callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
         if min_face_size is not None or min_confidence is not None:
@@ -372,6 +384,11 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         self._guidance(guidance_scale, stochastic_code)  # validate before anything is charged
         self._check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         self._check_scheduler()
+        if post_processing not in ("clip", "posterior_mean", "none"):
+            raise ValueError("post_processing must be 'clip', 'posterior_mean' or 'none', got "
+                             f"post_processing={post_processing!r}")
+        if post_processing == "posterior_mean":
+            self.attribute_directions.prior(spec.attributes)  # a model without a stored prior: refused before any charge
         cal = self.calibrate(spec)
         # 2. charge the ledger: every subject must afford the release, else nothing is charged
         remaining = None
@@ -387,7 +404,7 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         else:
             x_t = ddim_invert(self.unet, self.scheduler, x0, self.encoder.condition(z), num_inference_steps)
         # 5. the privacy mechanism on the semantic latent
-        z_noisy, report = self.apply_privacy_noise(z, spec=spec, generator=generator)
+        z_noisy, report = self.apply_privacy_noise(z, spec=spec, generator=generator, post_processing=post_processing)
         # 6. deterministic DDIM decode with a progress bar (or the protected latents themselves)
         if output_type == "latent":
             out = z_noisy

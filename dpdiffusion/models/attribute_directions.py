@@ -36,6 +36,9 @@ class AttributeDirections(ModelMixin, ConfigMixin):
         latent_dim (`int`): dimension ``d`` of the semantic latent.
         clip_quantile (`float`, defaults to 0.95): quantile of ``|a_i|`` on the fit set used as the clip bound.
         method (`str`, defaults to `"mean_difference"`): how directions were fitted (recorded for model cards).
+        coordinate_prior (`dict`, *optional*): per attribute name, the public histogram prior of its clipped
+            coordinate on the fit set (``{"centers": [...], "probs": [...]}``, `dpdiffusion.privacy.postprocess`),
+            for ``post_processing="posterior_mean"``; set by `fit`, public like the bounds.
     """
 
     @register_to_config
@@ -45,6 +48,7 @@ class AttributeDirections(ModelMixin, ConfigMixin):
         latent_dim: int = 64,
         clip_quantile: float = 0.95,
         method: str = "mean_difference",
+        coordinate_prior: dict | None = None,
     ):
         super().__init__()
         k = len(attribute_names)
@@ -97,6 +101,20 @@ class AttributeDirections(ModelMixin, ConfigMixin):
     def residual_clip_bound(self) -> float:
         """Public bound on the norm of the centred residual ``(I - A_S A_S^T)(z - c)`` (any subset S)."""
         return float(self.latent_norm_bound)
+
+    def prior(self, attributes: Sequence[str] | None = None) -> list[dict]:
+        """The public fit-time priors of the named attributes' clipped coordinates (`posterior_mean`).
+
+        Raises:
+            ValueError: if the model was fitted without them (fit it again, or use ``post_processing="clip"``).
+        """
+        names = [self.names[i] for i in self.indices(attributes)]
+        stored = self.config.coordinate_prior or {}
+        missing = [n for n in names if n not in stored]
+        if missing:
+            raise ValueError(f"these attribute directions store no coordinate prior for {missing}; refit them "
+                             "(AttributeDirections.fit stores one) or use post_processing='clip'")
+        return [stored[n] for n in names]
 
     def clip_bound_tensor(self, attributes: Sequence[str] | None = None) -> torch.Tensor:
         """Clip bounds ``C_S`` (k,) of the named attributes, in the order given."""
@@ -172,7 +190,11 @@ class AttributeDirections(ModelMixin, ConfigMixin):
         coords = (latents - center) @ q  # (N, K)
         bounds = torch.quantile(coords.abs(), clip_quantile, dim=0).clamp_min(1e-6)
         acc = ((coords > 0) == (labels > 0.5)).double().mean(0)
-        model = cls(attribute_names=list(attribute_names), latent_dim=d, clip_quantile=clip_quantile, method=method)
+        from ..privacy.postprocess import coordinate_prior
+
+        prior = coordinate_prior(coords.float().double().numpy(), bounds.float().tolist())  # public, fit-time
+        model = cls(attribute_names=list(attribute_names), latent_dim=d, clip_quantile=clip_quantile, method=method,
+                    coordinate_prior=dict(zip(attribute_names, prior)))
         model.directions.copy_(q.float())
         model.center.copy_(center.float())
         model.clip_bound_values.copy_(bounds.float())
