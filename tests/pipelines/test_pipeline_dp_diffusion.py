@@ -131,8 +131,10 @@ def test_strength_edges(dummy_pipe, dummy_images):
         dummy_pipe.privacy_spec(strength=0.99, delta=1e-2)
     except ValueError as exc:
         largest = float(re.search(r"\[0, ([0-9.e-]+)\]", str(exc)).group(1))
-    spec = dummy_pipe.privacy_spec(strength=largest * 0.999, delta=1e-2)  # just inside works
+    spec = dummy_pipe.privacy_spec(strength=largest * 0.999, delta=1e-2)  # just inside works ...
     assert spec.epsilon > 0
+    with pytest.raises(ValueError, match="strength must be in"):  # ... and just outside does not: the range is tight
+        dummy_pipe.privacy_spec(strength=min(1.0, largest * 1.001), delta=1e-2)
     m = dummy_pipe.calibrate(spec).noise_multiplier
     assert gaussian_epsilon(sigma=m, delta=1e-2) == pytest.approx(spec.epsilon, rel=1e-9)
 
