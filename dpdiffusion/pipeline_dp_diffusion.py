@@ -162,6 +162,14 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
             ) from None
         return spec
 
+    def _check_post_processing(self, post_processing, spec: PrivacySpec) -> None:
+        """A known post-processing, and for ``"posterior_mean"`` a stored prior of every protected attribute."""
+        if post_processing not in ("clip", "posterior_mean", "none"):
+            raise ValueError("post_processing must be 'clip', 'posterior_mean' or 'none', got "
+                             f"post_processing={post_processing!r}")
+        if post_processing == "posterior_mean":
+            self.attribute_directions.prior(spec.attributes)  # none stored -> ValueError before any noise or charge
+
     def _bounds(self, attributes, scope):
         bounds = self.attribute_directions.clip_bound_tensor(attributes).tolist()
         residual = self.attribute_directions.residual_clip_bound if scope == "latent" else None
@@ -236,14 +244,10 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         residual back to its norm bound with ``scope="latent"``): post-processing of the release, so the guarantee is
         unchanged, and the decoder sees in-distribution latents. ``"none"`` returns the raw mechanism output.
         """
-        if post_processing not in ("clip", "posterior_mean", "none"):
-            raise ValueError("post_processing must be 'clip', 'posterior_mean' or 'none', got "
-                             f"post_processing={post_processing!r}")
         spec = spec or self.privacy_spec(attributes=attributes, weights=weights, epsilon=epsilon, strength=strength,
                                          delta=delta, scope=scope, secure_mode=secure_mode)
         secure = spec.noise_source == "csprng"
-        if post_processing == "posterior_mean":
-            self.attribute_directions.prior(spec.attributes)  # no stored prior -> ValueError before any noise
+        self._check_post_processing(post_processing, spec)
         cal = self.calibrate(spec)
         report = self.report_for(spec, cal)
         if math.isinf(spec.epsilon):
@@ -384,11 +388,7 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         self._guidance(guidance_scale, stochastic_code)  # validate before anything is charged
         self._check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         self._check_scheduler()
-        if post_processing not in ("clip", "posterior_mean", "none"):
-            raise ValueError("post_processing must be 'clip', 'posterior_mean' or 'none', got "
-                             f"post_processing={post_processing!r}")
-        if post_processing == "posterior_mean":
-            self.attribute_directions.prior(spec.attributes)  # a model without a stored prior: refused before any charge
+        self._check_post_processing(post_processing, spec)  # before any charge
         cal = self.calibrate(spec)
         # 2. charge the ledger: every subject must afford the release, else nothing is charged
         remaining = None

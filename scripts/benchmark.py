@@ -49,6 +49,18 @@ def _device_name() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+
+def _interleaved_times(floor, full, repeats: int) -> tuple[list, list]:
+    """Wall times of ``floor()`` and ``full()``, each warmed up once, then run interleaved ``repeats`` times (so that
+    a busy machine slows both alike); the callers report the best of each."""
+    floor()
+    full()  # warm-up
+    t_floor, t_full = [], []
+    for _ in range(repeats):
+        s = time.perf_counter(); floor(); t_floor.append(time.perf_counter() - s)  # noqa: E702
+        s = time.perf_counter(); full(); t_full.append(time.perf_counter() - s)  # noqa: E702
+    return t_floor, t_full
+
 def bench_pipeline(pipe, *, batch_size: int, steps: int, repeats: int = 3) -> dict:
     from dpdiffusion.data.synthfaces import make_synthfaces_arrays
     from dpdiffusion.models.diffae import ddim_pairs
@@ -77,12 +89,7 @@ def bench_pipeline(pipe, *, batch_size: int, steps: int, repeats: int = 3) -> di
         pipe(pil, attributes=["dark_skin"], epsilon=1.0, num_inference_steps=steps,
              generator=torch.Generator().manual_seed(0), output_type="pil")
 
-    floor()
-    full()  # warm-up
-    t_floor, t_full = [], []
-    for _ in range(repeats):  # interleaved, best of N
-        s = time.perf_counter(); floor(); t_floor.append(time.perf_counter() - s)
-        s = time.perf_counter(); full(); t_full.append(time.perf_counter() - s)
+    t_floor, t_full = _interleaved_times(floor, full, repeats)
     return {"batch_size": batch_size, "num_inference_steps": steps, "semantic_guidance": guided, "floor_s": min(t_floor),
             "pipeline_s": min(t_full), "pipeline_over_floor": min(t_full) / min(t_floor),
             "images_per_s": batch_size / min(t_full)}
@@ -146,12 +153,7 @@ def bench_diffae(pipe, *, batch_size: int, steps: int, repeats: int = 2) -> dict
              generator=torch.Generator(device).manual_seed(0), output_type="np")
         sync()
 
-    floor()
-    full()  # warm-up
-    t_floor, t_full = [], []
-    for _ in range(repeats):  # interleaved, best of N
-        s = time.perf_counter(); floor(); t_floor.append(time.perf_counter() - s)
-        s = time.perf_counter(); full(); t_full.append(time.perf_counter() - s)
+    t_floor, t_full = _interleaved_times(floor, full, repeats)
     return {"image_size": pipe.image_size, "parameters": sum(p.numel() for p in pipe.unet.parameters()) +
             sum(p.numel() for p in pipe.encoder.parameters()), "device": device, "batch_size": batch_size,
             "num_inference_steps": steps, "floor_s": min(t_floor), "pipeline_s": min(t_full),
