@@ -10,7 +10,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["plot_privacy_utility", "plot_vs_epsilon", "plot_audit", "save_sample_grid", "epsilon_axis_value"]
+__all__ = ["plot_privacy_utility", "plot_vs_epsilon", "plot_audit", "plot_gap_restored", "save_sample_grid",
+           "epsilon_axis_value"]
 
 _STYLE = {"dpdiffusion": ("tab:blue", "o"), "latent": ("tab:purple", "s"), "dp_pix": ("tab:red", "^"),
           "dp_pix_attribute": ("darkred", "<"),
@@ -142,6 +143,30 @@ def plot_audit(audit: dict, path: str | Path) -> Path:
     ax.set_xlabel("claimed epsilon")
     ax.set_ylabel("empirical epsilon lower bound (95 % CP)")
     return _finish(fig, ax, path, "Empirical privacy audit")
+
+
+_UNLEARNING_STYLE = {"first_order": ("tab:blue", "o"), "second_order": ("tab:purple", "s"),
+                     "head_exact": ("tab:green", "D"), "finetune": ("tab:orange", "^"), "retrain": ("black", "*")}
+
+
+def plot_gap_restored(table: dict, path: str | Path, *, title: str = "Feature unlearning on the reversed split") -> Path:
+    """Share of the original -> retrained gap restored (reversed-correlation split) against wall-clock seconds,
+    one point per method of a `compare_on_reversed_split` table (log-scaled time axis; retraining at 1)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, row in table["rows"].items():
+        if row.get("seconds") is None or row.get("gap_restored") is None or not math.isfinite(row["gap_restored"]):
+            continue
+        color, marker = _UNLEARNING_STYLE.get(name, ("tab:gray", "x"))
+        ax.scatter([row["seconds"]], [row["gap_restored"]], color=color, marker=marker, s=70, label=name, zorder=3)
+        ax.annotate(f"{row['gap_restored']:.0%}, {row['seconds']:.1f} s", (row["seconds"], row["gap_restored"]),
+                    fontsize=7, textcoords="offset points", xytext=(5, -10))
+    ax.axhline(1.0, color="black", ls=":", lw=1, label="retraining (mean over seeds)")
+    ax.axhline(0.0, color="tab:red", ls=":", lw=1, label="original model")
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds (one run, same machine)")
+    ax.set_ylabel("share of the original -> retrained gap restored")
+    return _finish(fig, ax, path, title)
 
 
 def save_sample_grid(rows: list[tuple[str, torch.Tensor]], path: str | Path, *, scale: int = 3) -> Path:
