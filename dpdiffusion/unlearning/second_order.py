@@ -210,7 +210,7 @@ def conjugate_gradient(
 def second_order_step(
     objective: Objective,
     theta: torch.Tensor,
-    delta: torch.Tensor,
+    deltas: list[torch.Tensor],
     hessian_data: Any,
     rows: torch.Tensor,
     *,
@@ -223,11 +223,12 @@ def second_order_step(
     batch_size: int,
     seed: int,
     progress: bool,
-) -> tuple[torch.Tensor, float, dict]:
-    """The step s with theta~ = theta - s, s = (H + lambda I)^-1 delta / n_train (see the module docstring).
+) -> tuple[list[torch.Tensor], float, dict]:
+    """The steps s with theta~ = theta - s, s = (H + lambda I)^-1 delta / n_train, one per gradient difference in
+    `deltas` (one operator, one damping; see the module docstring). The info is that of the first solve.
 
     Returns:
-        `(step, damping_used, info)`.
+        `(steps, damping_used, info)`.
     """
     show = progress and objective.accelerator.is_main_process
     op = HessianOperator(objective, theta, hessian_data, rows, batch_size=batch_size, curvature=curvature)
@@ -237,8 +238,8 @@ def second_order_step(
         if damping <= 0:
             damping = 1e-3
     op.damping = float(damping)
-    g = delta / n_train
-    step, cg_info = conjugate_gradient(op, g, max_iters=cg_iters, progress=show)
+    solves = [conjugate_gradient(op, delta / n_train, max_iters=cg_iters, progress=show) for delta in deltas]
+    cg_info = solves[0][1]
     info = {
         "lambda_max": float(lam_max),
         "cg_iterations": cg_info["iterations"],
@@ -247,4 +248,4 @@ def second_order_step(
         "hessian_vector_products": op.calls,
         "hessian_samples": int(len(rows)),
     }
-    return step, float(damping), info
+    return [step for step, _ in solves], float(damping), info

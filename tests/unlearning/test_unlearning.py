@@ -21,6 +21,7 @@ from dpdiffusion.unlearning import (
     unlearn,
 )
 from dpdiffusion.unlearning.core import FlatParameters, Objective, changed_gradient_sum
+from dpdiffusion.unlearning.step_search import scale_grid, split_pairs
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -221,7 +222,7 @@ def test_gradient_sums_are_sharded_and_add_up():
 def test_unlearning_moves_towards_retrained_model(convex_problem, method):
     p = convex_problem
     kwargs = dict(train_set=(p.revised, p.y), progress=False, damping=p.wd, hessian_samples=10_000, cg_iters=30,
-                  batch_size=len(p.x))
+                  batch_size=len(p.x), step_search="quadratic")  # the closed forms themselves
     result = unlearn(p.original, (p.x[: p.k], p.y[: p.k]), (p.revised[: p.k], p.y[: p.k]), method=method, **kwargs)
     before = parameter_distance(p.original, p.retrained)
     after = parameter_distance(result.model, p.retrained)
@@ -339,6 +340,58 @@ def test_accepts_torch_datasets(convex_problem):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Held-out step search
+# ----------------------------------------------------------------------------------------------------------------
+def test_split_pairs_and_grid():
+    fit, held = split_pairs(60, 0.2, seed=3)
+    assert len(held) == 12 and len(fit) == 48 and set(fit.tolist()).isdisjoint(held.tolist())
+    assert sorted(fit.tolist() + held.tolist()) == list(range(60))
+    assert torch.equal(split_pairs(60, 0.2, seed=3)[1], held) and not torch.equal(split_pairs(60, 0.2, seed=4)[1], held)
+    assert len(split_pairs(2, 0.01, seed=0)[1]) == 1 and len(split_pairs(2, 0.99, seed=0)[0]) == 1
+    grid = scale_grid(8.0)
+    assert grid[0] == 0.125 and grid[-1] == pytest.approx(8.0) and 1.0 in grid
+    assert all(b / a == pytest.approx(2**0.5) for a, b in zip(grid, grid[1:]))
+
+
+def test_held_out_first_order_step_is_a_local_minimiser_of_the_held_out_loss(convex_problem):
+    p = convex_problem
+    pairs = dict(original=(p.x[: p.k], p.y[: p.k]), revised=(p.revised[: p.k], p.y[: p.k]))
+    kw = dict(train_set=(p.revised, p.y), progress=False, batch_size=len(p.x), hessian_samples=10_000, seed=1)
+    r = unlearn(p.original, **pairs, method="first_order", **kw)
+    q = unlearn(p.original, **pairs, method="first_order", step_search="quadratic", **kw)
+    c = r.extra["step_scale"]
+    assert r.extra["step_search"] == "held_out" and q.extra["step_search"] == "none"
+    assert r.extra["tau_quadratic"] == pytest.approx(q.tau, rel=1e-6) and r.tau == pytest.approx(c * q.tau, rel=1e-6)
+    # the update applied is the full-delta step of length c* (the held-out pairs are unlearned too)
+    same = unlearn(p.original, **pairs, method="first_order", tau=r.tau, **kw)
+    assert parameter_distance(r.model, same.model) < 1e-6
+    # oracle: the held-out loss of the fit-pairs' direction, brute force, at c* and its grid neighbours
+    fit, held = split_pairs(p.k, 0.2, seed=1)
+
+    def held_loss(scale):
+        m = unlearn(p.original, (p.x[fit], p.y[fit]), (p.revised[fit], p.y[fit]), method="first_order",
+                    tau=q.tau * scale * p.k / len(fit), **kw).model
+        with torch.no_grad():
+            return per_example_loss(m(pixel_values=p.revised[held]).logits, p.y[held], "multi_label_classification").mean()
+
+    assert float(held_loss(c)) == pytest.approx(r.extra["held_out_loss"], rel=1e-4)
+    for neighbour in (c * 2**0.5, c / 2**0.5):
+        if 0.125 - 1e-9 <= neighbour <= 8.0 + 1e-9:
+            assert held_loss(c) <= held_loss(neighbour) + 1e-7
+
+
+def test_held_out_second_order_scales_the_full_solve(convex_problem):
+    p = convex_problem
+    pairs = dict(original=(p.x[: p.k], p.y[: p.k]), revised=(p.revised[: p.k], p.y[: p.k]))
+    kw = dict(train_set=(p.revised, p.y), progress=False, batch_size=len(p.x), hessian_samples=10_000, cg_iters=30,
+              damping=p.wd, method="second_order")
+    r = unlearn(p.original, **pairs, **kw)
+    q = unlearn(p.original, **pairs, step_search="quadratic", **kw)
+    assert r.extra["update_norm"] == pytest.approx(r.extra["step_scale"] * q.extra["update_norm"], rel=1e-4)
+    assert r.extra["step_scales_tried"] >= 2 and r.extra["held_out_pairs"] == round(0.2 * p.k)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Bad inputs
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
@@ -368,6 +421,9 @@ def test_misaligned_inputs_raise(convex_problem, change, match):
         (dict(cg_iters=0), "cg_iters"),
         (dict(hessian_samples=0), "hessian_samples"),
         (dict(curvature="fisher"), "curvature"),
+        (dict(step_search="grid"), "step_search must be one of"),
+        (dict(holdout_fraction=1.0), r"holdout_fraction must be in \(0, 1\)"),
+        (dict(max_step_scale=0.5), "max_step_scale must be a finite number >= 1"),
         (dict(method="finetune", train_set=None), "train_set"),
         (dict(method="retrain", train_set=None), "train_set"),
         (dict(method="second_order", train_set=None), "train_set"),
