@@ -31,7 +31,8 @@ def test_demo_writes_report_html_metrics_and_plots(tiny_model, tmp_path, capsys)
     assert report == out / "report.md"
     text = report.read_text()
     for needle in ("## Protected releases", "## Feature unlearning", "## Privacy-utility evaluation",
-                   "![unlearning time and accuracy](unlearning.png)", "evaluation/results.md", "| 1 | 1e-05 |"):
+                   "![unlearning time and accuracy](unlearning.png)", "evaluation/results.md", "| 1 | 1e-05 |",
+                   "reversed-correlation split", "![gap restored against seconds](gap_restored.png)"):
         assert needle in text, needle
     html = (out / "report.html").read_text()
     assert html.count("<table>") >= 3 and "<img alt='before/after grid' src='grid.png'" in html
@@ -39,7 +40,12 @@ def test_demo_writes_report_html_metrics_and_plots(tiny_model, tmp_path, capsys)
     assert set(metrics["stage_seconds"]) == {"protect", "unlearning", "evaluation"}
     assert [r["epsilon"] for r in metrics["releases"]] == [1.0, math.inf]
     assert {r["method"] for r in metrics["evaluation"]["rows"]} == {"dpdiffusion", "dp_pix"}
-    for name in ("grid.png", "unlearning.png", "evaluation/results.md", "evaluation/privacy_utility.png"):
+    rev = metrics["unlearning"]["table_reversed"]
+    assert list(rev["rows"]) == ["original", "finetune", "first_order", "second_order", "retrain"]
+    gap = rev["rows"]["original"]["gap_restored"]
+    assert rev["reference"]["retrain_seeds"] == 2 and (gap == 0.0 or math.isnan(gap))  # nan: no gap at this size
+    for name in ("grid.png", "unlearning.png", "gap_restored.png", "evaluation/results.md",
+                 "evaluation/privacy_utility.png"):
         assert (out / name).stat().st_size > 0, name
     assert not list(out.glob(".*.tmp"))
     last = capsys.readouterr().out.strip().splitlines()[-1]

@@ -473,8 +473,16 @@ def test_benchmark_script_writes_results(tmp_path):
     assert rows["retrain"]["agreement_with_retrained"] == 1.0 and saved["n_changed"] == 36
     assert (tmp_path / "table.md").read_text().startswith("| method |")
     assert report["checks"]["first_order"]["speedup_target"] == 50
+    rev = saved["table_reversed"]
+    assert list(rev["rows"]) == ["original", "finetune", "first_order", "second_order", "retrain"]
+    assert rev["reference"]["retrain_seeds"] == 3 and len(rev["reference"]["reversed_accuracies"]) == 3
+    assert set(saved["checks"]["second_order"]["reversed_split"]) >= {"gap_ok", "more_gap_per_second_than_finetune"}
+    assert (tmp_path / "table_reversed.md").read_text().startswith("| method |")
+    assert (tmp_path / "gap_restored.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit):
         module.parse_args(["--frac-changed", "0"])
+    with pytest.raises(SystemExit):
+        module.parse_args(["--retrain-seeds", "1"])
 
 
 def _benchmark_module():
