@@ -43,6 +43,12 @@ METRIC_DESCRIPTIONS = {
     "mia_auc": "ROC AUC of a loss-threshold membership-inference attack separating the original images of the "
                "revised examples from held-out images (0.5: no signal; compare with the retrained model)",
     "mia_auc_retrained": "the same attack against the model retrained from scratch on the revised data",
+    "accuracy_shifted_before": "accuracy of the original classifier on the shifted test split (held-out images on "
+                               "which the correlation to unlearn is reversed)",
+    "accuracy_shifted_after": "accuracy of the unlearned classifier on the shifted test split",
+    "accuracy_shifted_retrained": "accuracy of the retrained classifier on the shifted test split",
+    "gap_restored_shifted": "share of the original -> retrained accuracy gap on the shifted split that unlearning "
+                            "restored (1: as good as retraining)",
     "unlearning_seconds": "wall-clock seconds of the unlearning update",
     "retrain_seconds": "wall-clock seconds of retraining from scratch on the revised data",
     "speedup_vs_retrain": "retraining time divided by unlearning time",
@@ -55,6 +61,8 @@ METRIC_DESCRIPTIONS = {
     "probe_accuracy": "accuracy of a linear probe for the protected attribute on the penultimate features",
 }
 METRIC_TYPES = {"accuracy_revised_before": "accuracy", "accuracy_revised_after": "accuracy",
+                "accuracy_shifted_before": "accuracy", "accuracy_shifted_after": "accuracy",
+                "accuracy_shifted_retrained": "accuracy", "gap_restored_shifted": "gap_restored",
                 "agreement_with_retrained": "agreement", "mia_auc": "roc_auc", "mia_auc_retrained": "roc_auc",
                 "test_accuracy": "accuracy", "unlearning_seconds": "wall_time", "retrain_seconds": "wall_time",
                 "wall_seconds": "wall_time", "seconds": "wall_time", "speedup_vs_retrain": "speedup"}

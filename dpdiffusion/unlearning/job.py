@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -68,6 +69,11 @@ class UnlearnConfig:
     held_out: str | None = field(default=None, metadata={
         "help": "Held-out images with the same label column(s), never trained on: the non-members of the "
                 "membership-inference AUC (with --compare-retrain)."})
+    shifted_test: str | None = field(default=None, metadata={
+        "help": "Held-out images with the same label column(s) on which the correlation to unlearn is reversed "
+                "(e.g. dpdiffusion.evaluation.unlearning_shift.reversed_correlation_split rendered to a folder): "
+                "accuracy there before and after; with --compare-retrain, the retrained model's and the share of "
+                "the gap restored."})
     dataset_ids: list[str] | None = field(default=None, metadata={
         "help": "Hub dataset ids listed under `datasets` in the card (default: --original/--revised if they are Hub ids)."})
     push_to_hub: str | None = field(default=None, metadata={"help": "Upload the result to this Hub repo id (needs a token)."})
@@ -136,6 +142,7 @@ def run_unlearn_job(config: UnlearnConfig, *, progress: bool = True) -> Path:
 
     from ..data.attributes import load_attribute_dataset
     from ..evaluation.unlearning_metrics import roc_auc
+    from ..evaluation.unlearning_shift import gap_restored
     from ..hub import push_unlearned_model, write_unlearned_model
     from ..training.classifier import per_example_loss, train_classifier
     from ..utils_accelerate import make_accelerator
@@ -212,6 +219,20 @@ def run_unlearn_job(config: UnlearnConfig, *, progress: bool = True) -> Path:
         metrics["accuracy_revised_after"] = float(_correct(_predict(result.model, rev_pairs, config.batch_size, device),
                                                            y_rev, problem_type).mean())
     metrics["unlearning_seconds"] = result.seconds
+    shifted_accuracy = None
+    if config.shifted_test is not None:
+        if problem_type == "regression":
+            raise ValueError("shifted_test needs a classifier (accuracy); this model does regression")
+        shifted = load_attribute_dataset(config.shifted_test, image_column=config.image_column, attribute_columns=[])
+        shifted_src = as_source(shifted, "shifted_test", transform=transform, label_spec=spec,
+                                image_column=config.image_column)
+
+        def shifted_accuracy(m):
+            logits = _predict(m, shifted_src, config.batch_size, device)
+            return float(_correct(logits, shifted_src.labels, problem_type).mean())
+
+        metrics["accuracy_shifted_before"] = shifted_accuracy(model)
+        metrics["accuracy_shifted_after"] = shifted_accuracy(result.model)
     if config.compare_retrain and config.method != "retrain":
         retrained = unlearn(model, orig_pairs, rev_pairs, method="retrain",
                             retrain_fn=lambda x, y: train_classifier(fresh_model(), x, y, **recipe), **common)
@@ -221,6 +242,12 @@ def run_unlearn_job(config: UnlearnConfig, *, progress: bool = True) -> Path:
             a = _decisions(_predict(result.model, train_set, config.batch_size, device), problem_type)
             b = _decisions(_predict(retrained.model, train_set, config.batch_size, device), problem_type)
             metrics["agreement_with_retrained"] = float((a == b).float().mean())
+        if shifted_accuracy is not None:
+            metrics["accuracy_shifted_retrained"] = shifted_accuracy(retrained.model)
+            restored = gap_restored(metrics["accuracy_shifted_after"], original=metrics["accuracy_shifted_before"],
+                                    retrained=metrics["accuracy_shifted_retrained"])
+            if math.isfinite(restored):  # no gap, no share of it
+                metrics["gap_restored_shifted"] = restored
         if config.held_out is not None:
             held = load_attribute_dataset(config.held_out, image_column=config.image_column, attribute_columns=[])
             held_src = as_source(held, "held_out", transform=transform, label_spec=spec,

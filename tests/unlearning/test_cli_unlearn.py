@@ -59,6 +59,7 @@ def vit_setup(tmp_path_factory):
     names = ["cat", "dog"]
     _folder(tmp / "src", N_IMAGES, 0, names)
     _folder(tmp / "held", N_HELD_OUT, 1, names)
+    _folder(tmp / "shifted", N_HELD_OUT, 3, names)
     prot = tmp / "protected"
     (prot / "images").mkdir(parents=True)
     rng = np.random.default_rng(2)
@@ -92,7 +93,8 @@ def test_cli_unlearns_a_hub_vit_with_bounded_open_files_and_pushes(vit_setup, tm
              "--label-column", "species", "--output-dir", str(out), "--method", "second_order",
              "--batch-size", "16", "--hessian-samples", "32", "--last-k-blocks", "1", "--compare-retrain", "true",
              "--mixed-precision", "bf16",
-             "--epochs", "1", "--held-out", str(s / "held"), "--dataset-ids", "me/protected-faces",
+             "--epochs", "1", "--held-out", str(s / "held"), "--shifted-test", str(s / "shifted"),
+             "--dataset-ids", "me/protected-faces",
              "--push-to-hub", "me/vit-unlearned", "--no-progress"],
             _env(tmp_path, HF_ENDPOINT=hub_api.url, HF_HUB_OFFLINE="0", HF_TOKEN="hf_fake"))
     assert res.returncode == 0, res.stderr[-4000:]
@@ -117,7 +119,12 @@ def test_cli_unlearns_a_hub_vit_with_bounded_open_files_and_pushes(vit_setup, tm
     figures = {r.metric_name: r.metric_value for r in card.data.eval_results}
     assert set(figures) == {"accuracy_revised_before", "accuracy_revised_after", "agreement_with_retrained",
                             "mia_auc", "mia_auc_retrained", "unlearning_seconds", "retrain_seconds",
-                            "speedup_vs_retrain", "wall_seconds"}
+                            "speedup_vs_retrain", "wall_seconds", "accuracy_shifted_before", "accuracy_shifted_after",
+                            "accuracy_shifted_retrained"} | ({"gap_restored_shifted"} & set(metrics))
+    before, after, retrained = (metrics[f"accuracy_shifted_{k}"] for k in ("before", "after", "retrained"))
+    if retrained != before:
+        assert metrics["gap_restored_shifted"] == pytest.approx((after - before) / (retrained - before))
+    assert "shifted test split" in card.text
     assert all(figures[k] == pytest.approx(metrics[k]) for k in figures)
     assert 0 <= figures["mia_auc"] <= 1 and 0 <= figures["agreement_with_retrained"] <= 1
     assert metrics["changed_pairs"] == N_REVISED and metrics["training_rows"] == N_IMAGES
