@@ -16,6 +16,10 @@ Hessian H of L, estimated on a random subsample of the revised training set with
 It costs one HVP on `hessian_samples` rows and no hyperparameter. If the curvature along g is not positive
 (non-convex direction), tau falls back to 1 / (n_train * |lambda_max|), the largest stable gradient-descent step,
 with lambda_max from a few power iterations. A `tau` given by the caller is used as is (the paper's units).
+
+With `unlearn(..., step_search="held_out")` (the default) this tau is only the starting length: it is then scaled
+by the factor that minimises the loss of held-out revised pairs (`dpdiffusion.unlearning.step_search`), and
+`UnlearningResult.tau` is the scaled value (`extra["tau_quadratic"]` the one above).
 """
 
 from __future__ import annotations

@@ -23,7 +23,10 @@ lambda_max, lambda_max from power iteration. This bounds the condition number of
 1/lambda times the gradient. The default ratio 0.1 comes from the SynthFaces benchmark
 (`scripts/benchmark_unlearning.py`): ratios of 0.01-0.03 overshot (test accuracy and membership-inference AUC
 fell well below the retrained model's), 0.3 and above under-corrected. With the exact Hessian, CG stops early
-if it meets non-positive curvature (Steihaug's rule) and returns the iterate so far.
+if it meets non-positive curvature (Steihaug's rule) and returns the iterate so far. With
+`unlearn(..., step_search="held_out")` (the default) the solution is then scaled by the factor that minimises the
+loss of held-out revised pairs (`dpdiffusion.unlearning.step_search`; one more CG solve for the direction of the
+other pairs).
 """
 
 from __future__ import annotations
