@@ -202,7 +202,7 @@ def build_unlearned_model_card(
     config = getattr(model, "config", None)
     label_names = [str(v) for v in getattr(config, "id2label", {}).values()] if config is not None else []
     info = dict(card_info or {})
-    for key in ("updated_modules", "problem_type"):
+    for key in ("updated_modules", "problem_type", "l2", "newton_steps", "certified_distance"):  # the last 3: head_exact
         if summary.get(key) is not None:
             unlearning[key] = summary[key]
     base_model = info.get("base_model")

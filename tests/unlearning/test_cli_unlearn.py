@@ -171,3 +171,24 @@ def test_cli_without_processor_or_image_size_is_one_clear_line(tmp_path, capsys)
         err = capsys.readouterr().err
         assert exc.value.code == 2 and needle in err and "Traceback" not in err, (extra, err)
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_head_exact_records_its_certificate_in_the_card(vit_setup, tmp_path, capsys):
+    """`--method head_exact`: the head is retrained exactly; the card names the head, l2 and the certificate."""
+    from huggingface_hub import ModelCard
+
+    from dpdiffusion.cli import main
+
+    s = vit_setup
+    args = ["unlearn", "--classifier", str(s / "vit"), "--original", str(s / "src"), "--revised", str(s / "protected"),
+            "--label-column", "species", "--method", "head_exact", "--no-progress"]
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["--output-dir", str(tmp_path / "bad"), "--head-l2", "0"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "head_l2 must be a finite number > 0" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
+    out = tmp_path / "exact"
+    main(args + ["--output-dir", str(out), "--head-l2", "0.01"])
+    details = ModelCard.load(out / "README.md").data.to_dict()["unlearning"]
+    assert details["method"] == "head_exact" and details["updated_modules"] == "classifier"
+    assert details["l2"] == 0.01 and details["newton_steps"] >= 1 and 0 <= details["certified_distance"] < 1e-6
