@@ -16,7 +16,7 @@ import PIL.Image
 import pytest
 import yaml
 
-from test_hub import HubStandIn  # noqa: E402 - tests/ is on sys.path (conftest)
+from hub_standin import HubStandIn  # noqa: E402 - tests/ is on sys.path (conftest)
 
 N_IMAGES, N_REVISED, N_HELD_OUT = 90, 72, 12  # more files than `ulimit -n 64` allows open at once
 LICENSE = "cc-by-nc-4.0"
@@ -100,9 +100,10 @@ def test_cli_unlearns_a_hub_vit_with_bounded_open_files_and_pushes(vit_setup, tm
     assert files == {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "unlearning.json"}
     assert not list(tmp_path.glob(".out.*"))  # no temporary folder left behind
     # the pushed files are exactly the folder
-    assert set(hub_api.files) == files
+    pushed = hub_api.files("me/vit-unlearned")
+    assert set(pushed) == files
     for name in files:
-        assert hub_api.files[name] == (out / name).read_bytes(), name
+        assert pushed[name] == (out / name).read_bytes(), name
     # the processor is the classifier's own (32 px, ImageNet statistics), not a 0.5/0.5 default
     proc = json.loads((out / "preprocessor_config.json").read_text())
     assert proc["size"] == {"height": 32, "width": 32} and proc["image_mean"] == [0.485, 0.456, 0.406]
