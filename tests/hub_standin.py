@@ -41,6 +41,7 @@ class HubStandIn:
     def __init__(self):
         self.repos: dict = {}
         self.requests: list = []
+        self.authorizations: list = []  # the Authorization header of every request, in the order of `requests`
         self.unknown: list = []
         self.validated: list = []  # (repo_type, front matter, errors) of every README checked by /api/validate-yaml
         self._lock = threading.Lock()
@@ -61,6 +62,12 @@ class HubStandIn:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(10)
+
+    def __enter__(self) -> "HubStandIn":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     # -- reading the state ------------------------------------------------------------------------------------
     def files(self, repo_id: str, repo_type: str = "model") -> dict:
@@ -109,6 +116,7 @@ class HubStandIn:
                 path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
                 with hub._lock:
                     hub.requests.append((self.command, path))
+                    hub.authorizations.append(self.headers.get("authorization"))
                 body = self._body() if self.command in ("POST", "PUT") else b""
                 parts = [p for p in path.split("/") if p]
                 try:

@@ -19,6 +19,7 @@ import dpdiffusion.hub as hub
 from dpdiffusion.hub import push_unlearned_model, render_model_card
 from dpdiffusion.training.classifier import build_classifier
 from dpdiffusion.unlearning import UnlearningResult
+from hub_standin import HubStandIn  # tests/ is on sys.path (conftest)
 
 PRIVACY = dict(epsilon=1.5, delta=1e-5, guarantee="formal", neighbouring_relation="attribute-neighbours",
                attributes=["dark_skin"])
@@ -179,76 +180,6 @@ def test_model_card_templates_ship_inside_the_package():
 # ----------------------------------------------------------------------------------------------------------------
 # A local stand-in of the Hub API: the requests `HfApi.create_repo` / `upload_folder` send
 # ----------------------------------------------------------------------------------------------------------------
-class HubStandIn:
-    """An `http.server` on 127.0.0.1 answering the endpoints `HfApi` calls for a push (huggingface_hub's
-    `hf_api.py` / `_commit_api.py`): `POST /api/repos/create`, `POST /api/validate-yaml`,
-    `POST /api/models/{repo}/preupload/{rev}` (every file "regular", so contents travel base64 in the commit) and
-    `POST /api/models/{repo}/commit/{rev}` (ndjson: header, then one `file` line per file). It records what it got.
-    """
-
-    def __init__(self):
-        import base64
-        import http.server
-        import threading
-
-        self.requests, self.repos, self.files = [], [], {}
-        stand_in = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, code, payload):
-                body = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self):  # noqa: N802 - http.server's naming
-                data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                path = self.path.split("?")[0]
-                stand_in.requests.append(("POST", path, self.headers.get("authorization")))
-                if path == "/api/repos/create":
-                    payload = json.loads(data)
-                    repo = "/".join(p for p in (payload.get("organization"), payload["name"]) if p)
-                    stand_in.repos.append((repo, payload))
-                    return self._reply(200, {"url": f"http://{self.headers['host']}/{repo}", "name": repo})
-                if path == "/api/validate-yaml":
-                    return self._reply(200, {"errors": [], "warnings": []})
-                m = re.fullmatch(r"/api/models/(.+)/(preupload|commit)/([^/]+)", path)
-                if m and m.group(2) == "preupload":
-                    files = json.loads(data)["files"]
-                    return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular",
-                                                        "shouldIgnore": False} for f in files]})
-                if m and m.group(2) == "commit":
-                    for line in data.decode().splitlines():
-                        item = json.loads(line)
-                        if item["key"] == "file":
-                            value = item["value"]
-                            stand_in.files[value["path"]] = base64.b64decode(value["content"])
-                    return self._reply(200, {"commitUrl": f"http://{self.headers['host']}/{m.group(1)}/commit/abc",
-                                             "commitOid": "a" * 40, "success": True})
-                return self._reply(404, {"error": f"the stand-in does not implement {path}"})
-
-            def do_GET(self):  # noqa: N802
-                stand_in.requests.append(("GET", self.path, None))
-                return self._reply(404, {"error": f"the stand-in does not implement GET {self.path}"})
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def hub_online(monkeypatch):
     """The tests run offline (conftest); requests to the local stand-in must still go out."""
@@ -269,16 +200,18 @@ def test_push_to_local_hub_stand_in_carries_every_file(hub_online, model, result
                              token="hf_fake", image_processor=processor, endpoint=hub_api.url,
                              card_info={"base_model": "someone/base", "datasets": ["someone/faces"],
                                         "license": "mit"})
-    paths = [p for _, p, _ in hub_api.requests]
+    paths = [p for _, p in hub_api.requests]
     assert paths == ["/api/repos/create", "/api/validate-yaml", "/api/models/me/faces-unlearned/preupload/main",
                      "/api/models/me/faces-unlearned/commit/main"]
-    assert all(auth == "Bearer hf_fake" for method, _, auth in hub_api.requests)
-    assert hub_api.repos[0][0] == "me/faces-unlearned" and hub_api.repos[0][1]["visibility"] == "private"
-    assert set(hub_api.files) == {"README.md", "config.json", "model.safetensors", "preprocessor_config.json",
+    assert all(auth == "Bearer hf_fake" for auth in hub_api.authorizations)
+    assert list(hub_api.repos) == [("model", "me/faces-unlearned")]
+    assert hub_api.repos[("model", "me/faces-unlearned")]["create"]["visibility"] == "private"
+    pushed_files = hub_api.files("me/faces-unlearned")
+    assert set(pushed_files) == {"README.md", "config.json", "model.safetensors", "preprocessor_config.json",
                                   "unlearning.json"}
     pushed = tmp_path / "pushed"
     pushed.mkdir()
-    for name, content in hub_api.files.items():
+    for name, content in pushed_files.items():
         (pushed / name).write_bytes(content)
     card = ModelCard.load(pushed / "README.md")  # parses the front matter, model-index included
     data = card.data.to_dict()

@@ -28,6 +28,7 @@ from .core import (
 )
 from .data import LabelSpec, TensorSource, load_classifier, make_transform, materialise
 from .first_order import first_order_step, line_search_tau
+from .head_exact import head_exact_update
 from .second_order import CURVATURES, second_order_step
 from .step_search import STEP_SEARCHES, RowSubset, held_out_scale, split_pairs
 
@@ -65,6 +66,8 @@ def unlearn(
     epochs: int | None = None,
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
+    head_l2: float = 1e-3,
+    head_tol: float = 1e-9,
     seed: int = 0,
     accelerator: Any = None,
     mixed_precision: str = "no",
@@ -82,16 +85,20 @@ def unlearn(
     - `"second_order"`: theta~ = theta - (H + lambda I)^-1 delta / n_train, H the Hessian of the mean training
       loss on a subsample of `train_set`, solved by conjugate gradients on Hessian-vector products; lambda =
       `damping_ratio` * lambda_max (power iteration) unless `damping` is given.
-
-    With `step_search="held_out"` (the default) the length of either update is then scaled by c*, chosen on a
-    held-out `holdout_fraction` of the changed pairs: the direction is computed from the other pairs and c* minimises
-    the held-out revised examples' loss (`dpdiffusion.unlearning.step_search`); on the SynthFaces benchmark
-    (`scripts/benchmark_unlearning.py`) this restores more of the gap to retraining on the reversed-correlation
-    split than the quadratic model's length (`step_search="quadratic"`, c = 1). A `tau` given by the caller is
-    used as is.
+    - `"head_exact"`: the linear head (the layer producing the logits) is replaced by the exact minimiser of its
+      own convex objective on `train_set`, mean loss + (`head_l2`/2)||theta||^2, with the rest of the network
+      frozen: Newton-CG iterated until ||grad|| <= `head_tol`, i.e. retraining the head on the revised data
+      (Guo et al., 2020; see `dpdiffusion.unlearning.head_exact`, which also certifies the distance to it).
     - `"finetune"`: `epochs` (default 1) of AdamW on `train_set`, starting from the model.
     - `"retrain"`: a fresh model trained on `train_set` (`retrain_fn(images, labels)`, or `type(model)(config)`
       trained for `epochs`, default 10, with `lr`, `batch_size`, `seed`).
+
+    With `step_search="held_out"` (the default) the length of the first- or second-order update is then scaled by
+    c*, chosen on a held-out `holdout_fraction` of the changed pairs: the direction is computed from the other pairs
+    and c* minimises the held-out revised examples' loss (`dpdiffusion.unlearning.step_search`); on the SynthFaces
+    benchmark (`scripts/benchmark_unlearning.py`) this restores more of the gap to retraining on the
+    reversed-correlation split than the quadratic model's length (`step_search="quadratic"`, c = 1). A `tau` given
+    by the caller is used as is.
 
     Gradients and Hessian-vector products are taken with the model in eval mode (batch norm uses its running
     statistics, which the approximate methods leave unchanged). Under Accelerate, example sums are sharded
@@ -108,7 +115,7 @@ def unlearn(
         original, revised: the changed examples before and after revision, aligned row by row: `(images, labels)`
             tensors/arrays, a dict, a `torch.utils.data.Dataset` or a `datasets.Dataset` (read lazily, one batch
             at a time).
-        method (`str`): one of `"first_order"`, `"second_order"`, `"finetune"`, `"retrain"`.
+        method (`str`): one of `"first_order"`, `"second_order"`, `"head_exact"`, `"finetune"`, `"retrain"`.
         image_processor (`transformers.BaseImageProcessor`, *optional*): preprocessing of PIL / uint8 images,
             applied exactly (resize, crop, normalisation); float `(N, 3, H, W)` images are taken as pixel values.
             Without one, uint8 images are scaled to [-1, 1] as they are (the project's own classifiers).
@@ -136,6 +143,8 @@ def unlearn(
         n_train (`int`, *optional*): training-set size; defaults to `len(train_set)`.
         retrain_fn (`Callable`, *optional*): `retrain_fn(images, labels) -> model` for `"retrain"`.
         epochs (`int`, *optional*), lr (`float`), weight_decay (`float`): recipe of the training baselines.
+        head_l2 (`float`): L2 penalty of the head objective of `"head_exact"`, > 0 (makes the minimiser unique).
+        head_tol (`float`): `"head_exact"` stops when the head objective's gradient norm is <= this, > 0.
         seed (`int`): seeds the Hessian subsample, power iteration and the baselines' training.
         accelerator (`accelerate.Accelerator`, *optional*): created with `mixed_precision` when omitted.
         progress (`bool`): tqdm bars on the main process.
@@ -147,7 +156,8 @@ def unlearn(
     Raises:
         ValueError: for an unknown `method`, label columns that do not match the model, misaligned `original`/`revised` (lengths, shapes, labels), a missing
             `train_set`, or out-of-range `tau`, `damping`, `batch_size`, `cg_iters`, `hessian_samples`,
-            `last_k_blocks`, `n_train`, `epochs`.
+            `last_k_blocks`, `n_train`, `epochs`, `head_l2`, `head_tol`; for `"head_exact"`, a model whose logits
+            are not the output of a linear layer.
     """
     start = time.perf_counter()
     if method not in METHODS:
@@ -174,6 +184,10 @@ def unlearn(
         raise ValueError(f"power_iters must be >= 1, got power_iters={power_iters}")
     if int(hessian_samples) < 1:
         raise ValueError(f"hessian_samples must be >= 1, got hessian_samples={hessian_samples}")
+    if not (math.isfinite(head_l2) and head_l2 > 0):
+        raise ValueError(f"head_l2 must be a finite number > 0, got head_l2={head_l2}")
+    if not (math.isfinite(head_tol) and head_tol > 0):
+        raise ValueError(f"head_tol must be a finite number > 0, got head_tol={head_tol}")
     if epochs is not None and int(epochs) < 1:
         raise ValueError(f"epochs must be >= 1, got epochs={epochs}")
 
@@ -193,7 +207,7 @@ def unlearn(
         n_train = len(train)
     if n_train is not None and int(n_train) < n_changed:
         raise ValueError(f"n_train must be >= the number of changed examples {n_changed}, got n_train={n_train}")
-    needs_train = method in ("finetune", "retrain")
+    needs_train = method in ("finetune", "retrain", "head_exact")
     needs_hessian = method == "second_order" or (method == "first_order" and tau is None)
     if needs_train and train is None:
         raise ValueError(f"method={method!r} needs train_set= (the full training set after revision)")
@@ -220,7 +234,20 @@ def unlearn(
     if spec is not None:
         result.extra["problem_type"] = spec.problem_type
 
-    if method in ("finetune", "retrain"):
+    if method == "head_exact":
+        was_training = work.training
+        work.eval()
+        try:
+            objective = Objective(work, flat, loss_fn, accelerator)
+            if spec is not None:
+                objective.problem_type = spec.problem_type
+            head, info = head_exact_update(work, objective, train, l2=head_l2, tol=head_tol, max_iters=100,
+                                           batch_size=batch_size, progress=progress)
+        finally:
+            work.train(was_training)
+        result.updated_parameters = sum(p.numel() for p in work.get_submodule(head).parameters())
+        result.extra.update(info, updated_modules=head)
+    elif method in ("finetune", "retrain"):
         if isinstance(train, TensorSource) and image_processor is None:
             train = (train.images, train.labels)  # as given: the trainer converts each batch
         else:

@@ -28,7 +28,7 @@ from ..training.classifier import as_label_tensor, infer_problem_type, per_examp
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("first_order", "second_order", "finetune", "retrain")
+METHODS = ("first_order", "second_order", "head_exact", "finetune", "retrain")
 
 
 @dataclass
@@ -37,7 +37,7 @@ class UnlearningResult:
 
     Attributes:
         model: the unlearned model (eval mode).
-        method (`str`): `"first_order"`, `"second_order"`, `"finetune"` or `"retrain"`.
+        method (`str`): `"first_order"`, `"second_order"`, `"head_exact"`, `"finetune"` or `"retrain"`.
         seconds (`float`): wall-clock time of the unlearning step (data preparation included).
         n_changed (`int`): number of revised examples.
         tau (`float`, *optional*): first-order step size, in the units of Warnecke et al. (multiplies the raw

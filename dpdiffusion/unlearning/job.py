@@ -50,7 +50,10 @@ class UnlearnConfig:
         "help": "Multi-label: one 0/1 column per output of the classifier, named as in its id2label."})
     label_column: str | None = field(default=None, metadata={
         "help": "Single-label: the column of class names (the classifier's label2id) or integer ids."})
-    method: str = field(default="second_order", metadata={"help": "first_order, second_order, finetune or retrain."})
+    method: str = field(default="second_order", metadata={
+        "help": "first_order, second_order, head_exact (exact retraining of the linear head on frozen features), "
+                "finetune or retrain."})
+    head_l2: float = field(default=1e-3, metadata={"help": "L2 penalty of the head objective of --method head_exact (> 0)."})
     image_column: str = field(default="image", metadata={"help": "Image column of the original dataset."})
     image_size: int | None = field(default=None, metadata={
         "help": "Input size for a classifier WITHOUT an image processor (then: centre crop, bicubic resize, [-1, 1]); "
@@ -207,8 +210,9 @@ def run_unlearn_job(config: UnlearnConfig, *, progress: bool = True) -> Path:
     common = dict(train_set=train_set, seed=config.seed, progress=progress, accelerator=accelerator,
                   image_processor=processor, batch_size=config.batch_size)
     result = unlearn(model, orig_pairs, rev_pairs, method=config.method, epochs=config.epochs,
-                     last_k_blocks=config.last_k_blocks, hessian_samples=config.hessian_samples,
-                     step_search=config.step_search, retrain_fn=lambda x, y: train_classifier(fresh_model(), x, y, **recipe), **common)
+                     last_k_blocks=config.last_k_blocks, hessian_samples=config.hessian_samples, head_l2=config.head_l2,
+                     step_search=config.step_search,
+                     retrain_fn=lambda x, y: train_classifier(fresh_model(), x, y, **recipe), **common)
     device = next(result.model.parameters()).device
     problem_type = spec.problem_type
     metrics: dict = {"changed_pairs": len(idx), "training_rows": len(orig_all)}

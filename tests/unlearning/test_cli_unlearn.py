@@ -16,7 +16,7 @@ import PIL.Image
 import pytest
 import yaml
 
-from test_hub import HubStandIn  # noqa: E402 - tests/ is on sys.path (conftest)
+from hub_standin import HubStandIn  # noqa: E402 - tests/ is on sys.path (conftest)
 
 N_IMAGES, N_REVISED, N_HELD_OUT = 90, 72, 12  # more files than `ulimit -n 64` allows open at once
 LICENSE = "cc-by-nc-4.0"
@@ -102,9 +102,10 @@ def test_cli_unlearns_a_hub_vit_with_bounded_open_files_and_pushes(vit_setup, tm
     assert files == {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "unlearning.json"}
     assert not list(tmp_path.glob(".out.*"))  # no temporary folder left behind
     # the pushed files are exactly the folder
-    assert set(hub_api.files) == files
+    pushed = hub_api.files("me/vit-unlearned")
+    assert set(pushed) == files
     for name in files:
-        assert hub_api.files[name] == (out / name).read_bytes(), name
+        assert pushed[name] == (out / name).read_bytes(), name
     # the processor is the classifier's own (32 px, ImageNet statistics), not a 0.5/0.5 default
     proc = json.loads((out / "preprocessor_config.json").read_text())
     assert proc["size"] == {"height": 32, "width": 32} and proc["image_mean"] == [0.485, 0.456, 0.406]
@@ -178,3 +179,24 @@ def test_cli_without_processor_or_image_size_is_one_clear_line(tmp_path, capsys)
         err = capsys.readouterr().err
         assert exc.value.code == 2 and needle in err and "Traceback" not in err, (extra, err)
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_head_exact_records_its_certificate_in_the_card(vit_setup, tmp_path, capsys):
+    """`--method head_exact`: the head is retrained exactly; the card names the head, l2 and the certificate."""
+    from huggingface_hub import ModelCard
+
+    from dpdiffusion.cli import main
+
+    s = vit_setup
+    args = ["unlearn", "--classifier", str(s / "vit"), "--original", str(s / "src"), "--revised", str(s / "protected"),
+            "--label-column", "species", "--method", "head_exact", "--no-progress"]
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["--output-dir", str(tmp_path / "bad"), "--head-l2", "0"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "head_l2 must be a finite number > 0" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
+    out = tmp_path / "exact"
+    main(args + ["--output-dir", str(out), "--head-l2", "0.01"])
+    details = ModelCard.load(out / "README.md").data.to_dict()["unlearning"]
+    assert details["method"] == "head_exact" and details["updated_modules"] == "classifier"
+    assert details["l2"] == 0.01 and details["newton_steps"] >= 1 and 0 <= details["certified_distance"] < 1e-6
