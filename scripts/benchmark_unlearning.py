@@ -298,6 +298,9 @@ def main(argv=None) -> dict:
     results["first_order"] = unlearn(original, orig_pairs, rev_pairs, method="first_order", **so, **common)
     results["second_order"] = unlearn(original, orig_pairs, rev_pairs, method="second_order", cg_iters=args.cg_iters,
                                       power_iters=args.power_iters, damping_ratio=args.damping_ratio, **so, **common)
+    # exact retraining of the linear head on frozen features (dpdiffusion.unlearning.head_exact)
+    results["head_exact"] = unlearn(original, orig_pairs, rev_pairs, method="head_exact",
+                                    batch_size=args.grad_batch_size, **common)
 
     retrained = results.pop("retrain")
     more_retrains = [  # other seeds: other initialisation and data order, the noise floor of retraining itself

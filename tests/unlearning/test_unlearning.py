@@ -469,12 +469,12 @@ def test_benchmark_script_writes_results(tmp_path):
                           "--num-threads", "0", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "results.json").read_text())
     rows = saved["table"]["rows"]
-    assert list(rows) == ["original", "finetune", "first_order", "second_order", "retrain"]
+    assert list(rows) == ["original", "finetune", "first_order", "second_order", "head_exact", "retrain"]
     assert rows["retrain"]["agreement_with_retrained"] == 1.0 and saved["n_changed"] == 36
     assert (tmp_path / "table.md").read_text().startswith("| method |")
     assert report["checks"]["first_order"]["speedup_target"] == 50
     rev = saved["table_reversed"]
-    assert list(rev["rows"]) == ["original", "finetune", "first_order", "second_order", "retrain"]
+    assert list(rev["rows"]) == ["original", "finetune", "first_order", "second_order", "head_exact", "retrain"]
     assert rev["reference"]["retrain_seeds"] == 3 and len(rev["reference"]["reversed_accuracies"]) == 3
     assert set(saved["checks"]["second_order"]["reversed_split"]) >= {"gap_ok", "more_gap_per_second_than_finetune"}
     assert (tmp_path / "table_reversed.md").read_text().startswith("| method |")
