@@ -7,6 +7,12 @@ loader is sharded by ``accelerator.prepare``). Checkpoints are written atomicall
 Objective: the DDPM epsilon loss with the UNet conditioned on ``z = Enc(x_0)`` (DiffAE), plus a small auxiliary
 logistic loss of linear attribute heads on ``z`` (``attribute_loss_weight``) so that the labelled attributes are
 linearly readable from ``z`` -- the premise of ``AttributeDirections``. The heads are training-only.
+
+Two decoders (``unet_type``): ``"unet2d"``, diffusers' ``UNet2DModel`` with ``z`` added to the timestep embedding
+(``class_embed_type="identity"``, cosine schedule); ``"diffae"``, the DiffAE architecture (``DiffAEUNet2DModel``:
+timestep AdaGN and the semantic condition multiplying every residual block, Preechakul et al. 2022, Eq. 7) on the
+official linear schedule, sampled by the official respaced DDIM with ``x0`` clipping. Both use ``SemanticEncoder``;
+``unet_channels`` gives the widths of either (``model_channels = unet_channels[0]``, ``channel_mult`` the ratios).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from ..models.attribute_directions import AttributeDirections
-from ..models.diffae import build_scheduler, build_unet
+from ..models.diffae import _is_official, build_diffae_scheduler, build_diffae_unet, build_scheduler, build_unet
 from ..models.semantic_encoder import SemanticEncoder
 
 logger = logging.getLogger(__name__)
@@ -44,6 +50,8 @@ class AutoencoderTrainingConfig:
     num_images: int = field(default=10000, metadata={"help": "SynthFaces images to generate (ignored for real datasets)."})
     image_size: int = field(default=32, metadata={"help": "Training resolution in pixels."})
     latent_dim: int = field(default=64, metadata={"help": "Dimension d of the semantic latent."})
+    unet_type: str = field(default="unet2d", metadata={"help": "'unet2d' (UNet2DModel, z added to the time "
+                           "embedding) or 'diffae' (DiffAE AdaGN: z multiplies every residual block; linear schedule)."})
     unet_channels: list[int] = field(default_factory=lambda: [32, 64, 64], metadata={"help": "UNet block widths."})
     encoder_channels: list[int] = field(default_factory=lambda: [32, 64, 128], metadata={"help": "Encoder block widths."})
     batch_size: int = field(default=64, metadata={"help": "Per-process batch size."})
@@ -100,7 +108,11 @@ class _Trainable(torch.nn.Module):
         z = self.encoder(x0)
         abar = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-        eps = self.unet(x_t, timesteps, class_labels=self.encoder.condition(z)).sample
+        cond = self.encoder.condition(z)
+        if _is_official(self.unet):  # DiffAEUNet2DModel: the condition multiplies every residual block
+            eps = self.unet(x_t, timesteps, cond=cond).sample
+        else:
+            eps = self.unet(x_t, timesteps, class_labels=cond).sample
         return eps, self.heads(z)
 
 
@@ -122,6 +134,8 @@ def train_autoencoder(config: AutoencoderTrainingConfig):
 
     if config.batch_size < 1 or config.max_steps < 1:
         raise ValueError(f"batch_size and max_steps must be >= 1, got {config.batch_size} and {config.max_steps}")
+    if config.unet_type not in ("unet2d", "diffae"):
+        raise ValueError(f"unet_type must be 'unet2d' or 'diffae', got unet_type={config.unet_type!r}")
     out = Path(config.output_dir)
     ckpt_root = out / "checkpoints"
     accelerator = make_accelerator(mixed_precision=config.mixed_precision)
@@ -198,8 +212,12 @@ def _build_model(config: AutoencoderTrainingConfig, num_attributes: int):
     encoder = SemanticEncoder(sample_size=config.image_size, latent_dim=config.latent_dim,
                               block_out_channels=tuple(config.encoder_channels),
                               condition_dim=4 * config.unet_channels[0])
-    unet = build_unet(sample_size=config.image_size, block_out_channels=tuple(config.unet_channels))
-    scheduler = build_scheduler()
+    if config.unet_type == "diffae":
+        unet = build_diffae_unet(sample_size=config.image_size, block_out_channels=tuple(config.unet_channels))
+        scheduler = build_diffae_scheduler()
+    else:
+        unet = build_unet(sample_size=config.image_size, block_out_channels=tuple(config.unet_channels))
+        scheduler = build_scheduler()
     return _Trainable(encoder, unet, num_attributes), scheduler
 
 
