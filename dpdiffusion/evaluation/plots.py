@@ -162,3 +162,35 @@ def save_sample_grid(rows: list[tuple[str, torch.Tensor]], path: str | Path, *, 
             grid.paste(tile, (label_w + j * w * scale, i * h * scale))
     grid.save(path)
     return Path(path)
+
+
+def plot_postprocessing_effect(rows: list[dict], path: str | Path) -> Path:
+    """Utility (judge agreement on the unprotected attributes, min) and leakage (best attack accuracy on the
+    protected attributes, with the DP bound) against epsilon, one line per post-processing
+    (`dpdiffusion.evaluation.postprocessing.postprocessing_effect` rows)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    styles = {"clip": ("tab:red", "s"), "posterior_mean": ("tab:blue", "o")}
+    for post in dict.fromkeys(r["post_processing"] for r in rows):
+        rs = sorted((r for r in rows if r["post_processing"] == post), key=lambda r: r["epsilon"])
+        color, marker = styles.get(post, ("black", "."))
+        eps = [r["epsilon"] for r in rs]
+        axes[0].plot(eps, [r["utility_agreement_min"] for r in rs], marker=marker, color=color, label=post)
+        axes[1].plot(eps, [r["leakage_best"] for r in rs], marker=marker, color=color, label=post)
+    eps = sorted({r["epsilon"] for r in rows})
+    grid = np.geomspace(eps[0], eps[-1], 100) if len(eps) > 1 else np.array(eps)
+    axes[1].plot(grid, np.exp(grid) / (1 + np.exp(grid)), "k--", lw=1, label="DP bound e^eps/(1+e^eps)")
+    for ax, ylabel in zip(axes, ("utility: agreement on unprotected attributes (min)",
+                                 "leakage: best attack accuracy (protected)")):
+        ax.set_xscale("log")
+        ax.set_xticks(eps)
+        ax.set_xticklabels([f"{e:g}" for e in eps])
+        ax.set_xlabel("epsilon")
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Post-processing of the released coordinates: clip vs posterior mean", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
