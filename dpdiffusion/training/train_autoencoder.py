@@ -207,6 +207,41 @@ def train_autoencoder(config: AutoencoderTrainingConfig):
     return model_dir
 
 
+def export_checkpoint(output_dir: str | Path, *, checkpoint: str | Path | None = None,
+                      model_dir: str | Path | None = None) -> Path:
+    """Save the EMA weights of a training checkpoint as a pipeline (directions fitted as at the end of training),
+    without touching the run: to evaluate a run that is still training, or one stopped before its end.
+
+    Args:
+        output_dir: the run's ``output_dir`` (its ``training_config.json`` rebuilds the model and the fit set).
+        checkpoint (*optional*): a ``checkpoints/step-N`` folder (default: the newest complete one).
+        model_dir (*optional*): where the pipeline goes (default ``output_dir/export-step-N``).
+
+    Returns:
+        `pathlib.Path`: the pipeline folder (its ``training_state.json`` holds the checkpoint's step).
+
+    Raises:
+        ValueError: if ``output_dir`` has no training config or no complete checkpoint.
+    """
+    out = Path(output_dir)
+    if not (out / "training_config.json").is_file():
+        raise ValueError(f"output_dir must be a training run with training_config.json, got output_dir={str(out)!r}")
+    config = AutoencoderTrainingConfig(**json.loads((out / "training_config.json").read_text()))
+    ckpt = Path(checkpoint) if checkpoint is not None else _latest_checkpoint(out / "checkpoints")
+    if ckpt is None or not (ckpt / "trainer_state.json").is_file() or not (ckpt / "custom_checkpoint_0.pkl").is_file():
+        raise ValueError(f"checkpoint must be a complete checkpoints/step-N folder of {out}, got {ckpt}")
+    step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+    images, labels, names = load_training_tensors(config)
+    ema, scheduler = _build_model(config, len(names))
+    # the EMA is the run's first registered custom object (accelerator.register_for_checkpointing(ema)): a plain
+    # state dict of tensors, loaded without unpickling arbitrary objects
+    ema.load_state_dict(torch.load(ckpt / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=True))
+    target = Path(model_dir) if model_dir is not None else out / f"export-step-{step}"
+    _save_pipeline(target, ema.requires_grad_(False), scheduler, images, labels, names, step=step,
+                   clip_quantile=config.clip_quantile)
+    return target
+
+
 def _build_model(config: AutoencoderTrainingConfig, num_attributes: int):
     """The trainable encoder + UNet (+ attribute heads) and the DDIM scheduler of ``config``."""
     encoder = SemanticEncoder(sample_size=config.image_size, latent_dim=config.latent_dim,
@@ -259,7 +294,7 @@ def _save_pipeline(model_dir: Path, ema, scheduler, images, labels, names, *, st
     directions = fit_directions(ema.encoder, images, labels, names, clip_quantile=clip_quantile)
     pipe = DPDiffusionPipeline(unet=ema.unet, encoder=ema.encoder, scheduler=scheduler,
                                attribute_directions=directions)
-    tmp = model_dir.parent / ".tmp-model"
+    tmp = model_dir.parent / f".tmp-{model_dir.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
     (tmp / "training_state.json").write_text(json.dumps({"step": step, "attribute_names": names}))

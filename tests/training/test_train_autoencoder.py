@@ -56,6 +56,23 @@ def test_diffae_pipeline_stages_work_without_guidance(trained):
     assert inverted.guarantee == "heuristic"
 
 
+def test_export_checkpoint_saves_that_steps_ema_as_a_pipeline(trained, tmp_path):
+    from dpdiffusion.models.default import load_pipeline
+    from dpdiffusion.training.train_autoencoder import export_checkpoint
+
+    run = trained[0] / "run"
+    path = export_checkpoint(run, checkpoint=run / "checkpoints" / "step-2", model_dir=tmp_path / "exported")
+    assert json.loads((path / "training_state.json").read_text())["step"] == 2
+    newest = export_checkpoint(run)  # default: the newest checkpoint, next to the run
+    assert newest == run / "export-step-3"
+    a, b = load_pipeline(str(newest)), load_pipeline(str(trained[1]))  # step 3: the final model's EMA weights
+    for (n, p), (_, q) in zip(a.unet.state_dict().items(), b.unet.state_dict().items()):
+        assert torch.equal(p, q), n
+    assert torch.equal(a.attribute_directions.directions, b.attribute_directions.directions)
+    with pytest.raises(ValueError, match="output_dir must be a training run"):
+        export_checkpoint(tmp_path / "nothing")
+
+
 def test_unet_type_is_validated(tmp_path):
     with pytest.raises(ValueError, match="unet_type must be 'unet2d' or 'diffae', got unet_type='dit'"):
         train_autoencoder(AutoencoderTrainingConfig(output_dir=str(tmp_path), unet_type="dit"))
