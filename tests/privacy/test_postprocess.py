@@ -94,6 +94,30 @@ def test_pipeline_posterior_mean_is_post_processing_of_the_same_release(dummy_pi
         dummy_pipe(dummy_images, attributes=names, epsilon=1.0, num_inference_steps=1, post_processing="posterior_mean")
 
 
+def test_default_is_posterior_mean_with_a_prior_and_clip_with_a_warning_without(dummy_pipe, dummy_images, caplog):
+    """The default post-processing (None) is exactly "posterior_mean" when the prior is stored (same seeded noise),
+    and exactly "clip", with a warning, for directions fitted before priors were stored."""
+    names = ["dark_skin", "long_hair"]
+    z = dummy_pipe.encode(dummy_images)
+    kw = dict(attributes=names, epsilon=1.0, secure_mode=False)
+
+    def release(post=None):
+        extra = {} if post is None else {"post_processing": post}
+        return dummy_pipe.apply_privacy_noise(z, generator=torch.Generator().manual_seed(0), **kw, **extra)[0]
+
+    assert torch.equal(release(), release("posterior_mean"))
+    assert not torch.equal(release(), release("clip"))
+    out = dummy_pipe(dummy_images, attributes=names, epsilon=1.0, num_inference_steps=1, output_type="np",
+                     generator=torch.Generator().manual_seed(0), secure_mode=False)
+    pm = dummy_pipe(dummy_images, attributes=names, epsilon=1.0, num_inference_steps=1, output_type="np",
+                    generator=torch.Generator().manual_seed(0), secure_mode=False, post_processing="posterior_mean")
+    np.testing.assert_array_equal(out.images, pm.images)
+    dummy_pipe.attribute_directions.register_to_config(coordinate_prior=None)
+    with caplog.at_level("WARNING", logger="dpdiffusion.pipeline_dp_diffusion"):
+        assert torch.equal(release(), release("clip"))
+    assert "no coordinate prior" in caplog.text and "post_processing='clip'" in caplog.text
+
+
 def test_the_prior_is_saved_with_the_directions(dummy_pipe, tmp_path):
     from dpdiffusion.models.attribute_directions import AttributeDirections
 
