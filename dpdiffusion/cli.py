@@ -176,6 +176,7 @@ def cmd_space(ns) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .models.steps import DEFAULT_NUM_INFERENCE_STEPS
     from .protect import ProtectConfig
     from .training.train_autoencoder import AutoencoderTrainingConfig
 
@@ -187,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-out", help="Output folder (report.md, plots, metrics.json).")
     p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id (default: the embedded one).")
     p.add_argument("--num-images", type=int, default=16, help="SynthFaces images in the before/after grid.")
-    p.add_argument("--num-inference-steps", type=int, default=25, help="DDIM steps.")
+    p.add_argument("--num-inference-steps", type=int, default=DEFAULT_NUM_INFERENCE_STEPS,
+                   help=f"DDIM steps (default {DEFAULT_NUM_INFERENCE_STEPS}, as every entry point).")
     p.add_argument("--seed", type=int, default=0, help="Seed.")
     p.set_defaults(func=cmd_demo)
 
@@ -217,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = evaluate_sub.add_parser("autoencoder", help="Inversion PSNR, attribute keeping from z, probe accuracy (JSON).")
     p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id (default: the embedded one).")
     p.add_argument("--num-images", type=int, default=500, help="Held-out SynthFaces images.")
-    p.add_argument("--num-inference-steps", type=int, default=50, help="DDIM steps.")
+    p.add_argument("--num-inference-steps", type=int, default=DEFAULT_NUM_INFERENCE_STEPS,
+                   help=f"DDIM steps at which the targets are checked (default {DEFAULT_NUM_INFERENCE_STEPS}, the "
+                        "entry points' default).")
     p.add_argument("--seed", type=int, default=12345, help="Seed of the held-out set (differs from training's).")
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="Semantic guidance of random-code decoding (default: the pipeline's own; none for the DiffAE "

@@ -40,7 +40,7 @@ from .models.semantic_encoder import SemanticEncoder
 from .pipeline_hub import CUSTOM_PIPELINE_FILE, CUSTOM_PIPELINE_NAME, PipelineHubMixin  # noqa: F401
 from .pipeline_hub import _download_repo, _from_hub_folder
 from .pipeline_outputs import DPDiffusionPipelineOutput, PrivacyReport
-from .pipeline_sampling import DEFAULT_GUIDANCE_SCALE, DDIMSamplingMixin  # noqa: F401
+from .pipeline_sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, DDIMSamplingMixin  # noqa: F401
 from .privacy import mechanism
 from .privacy.accounting import gaussian_epsilon
 from .privacy.postprocess import posterior_mean
@@ -321,7 +321,7 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         delta: float = 1e-5,
         scope: str = "attributes",
         stochastic_code: str = "random",
-        num_inference_steps: int = 50,
+        num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         ledger=None,
@@ -347,7 +347,8 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
             delta (`float`): target delta in (0, 1).
             scope (`str`): ``"attributes"`` or ``"latent"``.
             stochastic_code (`str`): ``"random"`` (formal guarantee) or ``"inverted"`` (heuristic, higher fidelity).
-            num_inference_steps (`int`): DDIM steps.
+            num_inference_steps (`int`, defaults to `DEFAULT_NUM_INFERENCE_STEPS`): DDIM steps (5: measured on the
+                embedded default, see ``dpdiffusion.models.steps``).
             generator: ``torch.Generator`` for ``x_T`` (and for the privacy noise only with ``secure_mode=False``).
             output_type (`str`): ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (the protected semantic latents
                 z~ (B, d), not decoded, with the same figures: for research; the release meant for people is the 8-bit

@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.synthfaces import SYNTHFACES_ATTRIBUTES, make_synthfaces_arrays
+from ..models.steps import DEFAULT_NUM_INFERENCE_STEPS
 from ..models.diffae import ddim_decode, ddim_invert
 from .probes import probe_accuracy
 
@@ -102,7 +103,8 @@ TARGETS = {"inversion_psnr_db": 30.0, "random_code_psnr_db": 20.0, "attribute_ag
 
 
 @torch.no_grad()
-def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: int = 50, seed: int = 12345,
+def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+                         seed: int = 12345,
                          batch_size: int = 100, progress: bool = True, guidance_scale: float | None = None,
                          classifier=None, agreement_steps: Sequence[int] = ()) -> dict:
     """Compute the figures above for ``pipe`` (a ``DPDiffusionPipeline``); returns a JSON-able dict.

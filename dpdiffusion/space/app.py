@@ -88,7 +88,8 @@ def build_demo(pipe=None, *, ledger_dir=None, feedback_dir=None, budget_epsilon:
             than the existing ledger's, the Space refuses to start.
         delta (`float`, *optional*): delta of every release and of the ledger (same rule; a new ledger gets 1e-5).
         start_epsilon (`float`, *optional*): default first epsilon (``$DPDIFFUSION_SPACE_START_EPSILON`` or 1).
-        num_inference_steps (`int`, *optional*): DDIM steps (``$DPDIFFUSION_SPACE_STEPS`` or 25).
+        num_inference_steps (`int`, *optional*): DDIM steps (``$DPDIFFUSION_SPACE_STEPS`` or
+            ``DEFAULT_NUM_INFERENCE_STEPS``, 5).
         feedback_repo (`str`, *optional*): Hub dataset repo for the feedback (``$DPDIFFUSION_FEEDBACK_REPO``);
             pushed only when a token exists (``hub_token``, ``$HF_TOKEN`` or a saved login).
         model_name (`str`, *optional*): recorded with the feedback.
