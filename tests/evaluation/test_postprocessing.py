@@ -65,3 +65,24 @@ def test_script_writes_json_and_plot(tmp_path, dummy_pipe, judge):
     assert data["command"].startswith("python scripts/postprocessing_effect.py --model")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| 1 | posterior_mean |" in res.stdout
+
+
+def test_sweep_plot_script_reads_two_sweeps(tmp_path):
+    def sweep(shift):
+        rows = [{"method": "dpdiffusion", "epsilon": e, "leakage_accuracy": 0.5 + 0.05 * e,
+                 "utility": {"min_ratio": 0.8 + shift, "mean_ratio": 0.85 + shift}} for e in (0.5, 1.0, 4.0)]
+        rows.append({"method": "dpdiffusion", "epsilon": float("inf"), "leakage_accuracy": 1.0,
+                     "utility": {"min_ratio": 0.9, "mean_ratio": 0.9}})
+        return {"rows": rows}
+
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "plot.png"
+    a.write_text(json.dumps(sweep(0.0)))
+    b.write_text(json.dumps(sweep(-0.05)))
+    res = subprocess.run([sys.executable, "scripts/plot_postprocessing_sweep.py", "--clip", str(a),
+                          "--posterior-mean", str(b), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    b.write_text(json.dumps({"rows": []}))
+    res = subprocess.run([sys.executable, "scripts/plot_postprocessing_sweep.py", "--clip", str(a),
+                          "--posterior-mean", str(b), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "has no finite-epsilon rows" in res.stderr
