@@ -95,13 +95,14 @@ def build_diffae_unet(*, sample_size: int = 32, block_out_channels: tuple[int, .
     return unet
 
 
-def build_diffae_scheduler(num_train_timesteps: int = 1000) -> DDIMScheduler:
+def build_diffae_scheduler(num_train_timesteps: int = 1000, prediction_type: str = "epsilon") -> DDIMScheduler:
     """The scheduler of a ``DiffAEUNet2DModel``: the official linear betas (1e-4 to 0.02 at T = 1000, rescaled for
-    another T) that ``dpdiffusion.models.diffae_sampler`` reads, with ``x0`` clipping to [-1, 1] as it samples."""
+    another T) that ``dpdiffusion.models.diffae_sampler`` reads, with ``x0`` clipping to [-1, 1] as it samples;
+    ``prediction_type`` what the network predicts (``"epsilon"``, official, or ``"v_prediction"``)."""
     scale = 1000 / num_train_timesteps  # get_named_beta_schedule("linear", T)
     return DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_start=scale * 0.0001, beta_end=scale * 0.02,
                          beta_schedule="linear", clip_sample=True, clip_sample_range=1.0, set_alpha_to_one=True,
-                         steps_offset=0, timestep_spacing="leading", prediction_type="epsilon")
+                         steps_offset=0, timestep_spacing="leading", prediction_type=prediction_type)
 
 
 def build_scheduler(num_train_timesteps: int = 1000) -> DDIMScheduler:

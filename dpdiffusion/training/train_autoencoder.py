@@ -52,6 +52,9 @@ class AutoencoderTrainingConfig:
     latent_dim: int = field(default=64, metadata={"help": "Dimension d of the semantic latent."})
     unet_type: str = field(default="unet2d", metadata={"help": "'unet2d' (UNet2DModel, z added to the time "
                            "embedding) or 'diffae' (DiffAE AdaGN: z multiplies every residual block; linear schedule)."})
+    prediction_type: str = field(default="epsilon", metadata={"help": "What the UNet predicts: 'epsilon' (the noise) "
+                                 "or 'v_prediction' (v = sqrt(abar) eps - sqrt(1 - abar) x0; with --unet_type diffae "
+                                 "only)."})
     unet_channels: list[int] = field(default_factory=lambda: [32, 64, 64], metadata={"help": "UNet block widths."})
     encoder_channels: list[int] = field(default_factory=lambda: [32, 64, 128], metadata={"help": "Encoder block widths."})
     batch_size: int = field(default=64, metadata={"help": "Per-process batch size."})
@@ -116,6 +119,15 @@ class _Trainable(torch.nn.Module):
         return eps, self.heads(z)
 
 
+def _target(prediction_type: str, x0, noise, timesteps, alphas_cumprod) -> torch.Tensor:
+    """The regression target: the noise, or ``v = sqrt(abar) eps - sqrt(1 - abar) x0`` (Salimans & Ho 2022), which
+    at high noise asks for the image itself, so that the decoder must read it from ``z`` early in training."""
+    if prediction_type == "epsilon":
+        return noise
+    abar = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    return abar.sqrt() * noise - (1 - abar).sqrt() * x0  # (B, C, H, W)
+
+
 def _latest_checkpoint(ckpt_root: Path) -> Path | None:
     done = sorted((p for p in ckpt_root.glob("step-*") if (p / "trainer_state.json").exists()),
                   key=lambda p: int(p.name.split("-")[1]))
@@ -136,6 +148,10 @@ def train_autoencoder(config: AutoencoderTrainingConfig):
         raise ValueError(f"batch_size and max_steps must be >= 1, got {config.batch_size} and {config.max_steps}")
     if config.unet_type not in ("unet2d", "diffae"):
         raise ValueError(f"unet_type must be 'unet2d' or 'diffae', got unet_type={config.unet_type!r}")
+    if config.prediction_type not in ("epsilon", "v_prediction") or (
+            config.prediction_type == "v_prediction" and config.unet_type != "diffae"):
+        raise ValueError(f"prediction_type must be 'epsilon', or 'v_prediction' with unet_type='diffae', got "
+                         f"prediction_type={config.prediction_type!r} with unet_type={config.unet_type!r}")
     out = Path(config.output_dir)
     ckpt_root = out / "checkpoints"
     accelerator = make_accelerator(mixed_precision=config.mixed_precision)
@@ -176,7 +192,7 @@ def train_autoencoder(config: AutoencoderTrainingConfig):
             t = torch.randint(0, num_t, (x0.shape[0],), generator=noise_gen).to(x0.device)
             with accelerator.autocast():
                 eps, logits = model(x0, noise, t, alphas_cumprod)
-                loss_eps = F.mse_loss(eps.float(), noise)
+                loss_eps = F.mse_loss(eps.float(), _target(config.prediction_type, x0, noise, t, alphas_cumprod))
                 loss_attr = F.binary_cross_entropy_with_logits(logits.float(), y)
                 loss = loss_eps + config.attribute_loss_weight * loss_attr
             accelerator.backward(loss)
@@ -249,7 +265,7 @@ def _build_model(config: AutoencoderTrainingConfig, num_attributes: int):
                               condition_dim=4 * config.unet_channels[0])
     if config.unet_type == "diffae":
         unet = build_diffae_unet(sample_size=config.image_size, block_out_channels=tuple(config.unet_channels))
-        scheduler = build_diffae_scheduler()
+        scheduler = build_diffae_scheduler(prediction_type=config.prediction_type)
     else:
         unet = build_unet(sample_size=config.image_size, block_out_channels=tuple(config.unet_channels))
         scheduler = build_scheduler()
