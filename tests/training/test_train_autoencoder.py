@@ -151,3 +151,17 @@ def test_v_target_is_salimans_and_ho():
     a = ac[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
     torch.testing.assert_close(a.sqrt() * x_t - (1 - a).sqrt() * v, x0, rtol=0, atol=1e-5)  # x0 from (x_t, v)
+
+
+def test_check_checkpoint_script_prints_its_figures(trained):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "scripts/check_checkpoint.py", "--output_dir", str(trained[0] / "run"),
+                          "--num-images", "4", "--steps", "2", "--timesteps", "10", "999"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["checkpoint"].endswith("step-3") and out["prediction_type"] == "epsilon"
+    assert set(out["random_code_psnr_db"]) == {"2"} and out["inversion_psnr_db"] > 0
+    assert set(out["z_swap_effect"]) == {"10", "999"} and all(v >= 0 for v in out["z_swap_effect"].values())
