@@ -118,13 +118,14 @@ def cmd_evaluate_experiments(ns) -> int:
 
 
 def cmd_evaluate(ns) -> int:
-    from .evaluation.default_model import evaluate_autoencoder
+    from .evaluation.default_model import evaluate_autoencoder, load_or_train_judge
 
     import json
 
     pipe = _load_pipeline(ns.model)
+    judge = load_or_train_judge(ns.judge, pipe.image_size) if ns.judge else None
     metrics = evaluate_autoencoder(pipe, num_images=ns.num_images, num_inference_steps=ns.num_inference_steps,
-                                   seed=ns.seed, guidance_scale=ns.guidance_scale,
+                                   seed=ns.seed, guidance_scale=ns.guidance_scale, classifier=judge,
                                    agreement_steps=ns.agreement_steps or ())
     text = json.dumps(metrics, indent=2)
     if ns.out:
@@ -175,6 +176,7 @@ def cmd_space(ns) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .models.steps import DEFAULT_NUM_INFERENCE_STEPS
     from .protect import ProtectConfig
     from .training.train_autoencoder import AutoencoderTrainingConfig
 
@@ -186,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-out", help="Output folder (report.md, plots, metrics.json).")
     p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id (default: the embedded one).")
     p.add_argument("--num-images", type=int, default=16, help="SynthFaces images in the before/after grid.")
-    p.add_argument("--num-inference-steps", type=int, default=25, help="DDIM steps.")
+    p.add_argument("--num-inference-steps", type=int, default=DEFAULT_NUM_INFERENCE_STEPS,
+                   help=f"DDIM steps (default {DEFAULT_NUM_INFERENCE_STEPS}, as every entry point).")
     p.add_argument("--seed", type=int, default=0, help="Seed.")
     p.set_defaults(func=cmd_demo)
 
@@ -216,13 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = evaluate_sub.add_parser("autoencoder", help="Inversion PSNR, attribute keeping from z, probe accuracy (JSON).")
     p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id (default: the embedded one).")
     p.add_argument("--num-images", type=int, default=500, help="Held-out SynthFaces images.")
-    p.add_argument("--num-inference-steps", type=int, default=50, help="DDIM steps.")
+    p.add_argument("--num-inference-steps", type=int, default=DEFAULT_NUM_INFERENCE_STEPS,
+                   help=f"DDIM steps at which the targets are checked (default {DEFAULT_NUM_INFERENCE_STEPS}, the "
+                        "entry points' default).")
     p.add_argument("--seed", type=int, default=12345, help="Seed of the held-out set (differs from training's).")
     p.add_argument("--guidance-scale", type=float, default=None,
-                   help="Semantic guidance of random-code decoding (default: the pipeline's DEFAULT_GUIDANCE_SCALE).")
+                   help="Semantic guidance of random-code decoding (default: the pipeline's own; none for the DiffAE "
+                        "architecture, DEFAULT_GUIDANCE_SCALE otherwise).")
     p.add_argument("--agreement-steps", type=int, nargs="*", default=None,
-                   help="Further DDIM step counts at which random-code decoding is also judged (e.g. 5 20); the "
-                        "targets are checked at --num-inference-steps only.")
+                   help="Further DDIM step counts at which random-code decoding is also judged (agreement, PSNR, CPU "
+                        "seconds per image; e.g. 5 20); the targets are checked at --num-inference-steps only.")
+    p.add_argument("--judge", default=None,
+                   help="Folder of the independent attribute classifier: loaded when it holds one, else trained and "
+                        "saved there (default: trained afresh, not saved).")
     p.add_argument("--out", default=None, help="Also write the JSON here.")
     p.set_defaults(func=cmd_evaluate)
 

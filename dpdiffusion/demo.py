@@ -31,6 +31,8 @@ import PIL.Image
 import PIL.ImageDraw
 import torch
 
+from .models.steps import DEFAULT_NUM_INFERENCE_STEPS
+
 logger = logging.getLogger(__name__)
 
 DEMO_EPSILONS = (0.5, 1.0, 4.0, math.inf)
@@ -124,7 +126,7 @@ def plot_unlearning(table: dict, path: str | Path) -> Path:
 
 
 def run_demo(out: str | Path, *, model: str | None = None, num_images: int = 16, seed: int = 0,
-             num_inference_steps: int = 25, epsilons=DEMO_EPSILONS, delta: float = 1e-5,
+             num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS, epsilons=DEMO_EPSILONS, delta: float = 1e-5,
              attributes=("dark_skin", "long_hair"), unlearning_options: dict | None = None,
              evaluation_options: dict | None = None) -> Path:
     """Run the demo and return the path of ``report.md``.

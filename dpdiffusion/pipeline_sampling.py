@@ -16,9 +16,10 @@ from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from .data.images import tensor_to_output
+from .models.steps import DEFAULT_NUM_INFERENCE_STEPS
 from .models.diffae import _is_official, ddim_decode, ddim_invert, predict_noise
 
-__all__ = ["DEFAULT_GUIDANCE_SCALE", "DDIMSamplingMixin"]
+__all__ = ["DEFAULT_GUIDANCE_SCALE", "DEFAULT_NUM_INFERENCE_STEPS", "DDIMSamplingMixin"]
 
 # semantic guidance for random stochastic codes: measured on the embedded default with
 # scripts/evaluate_default_model.py --guidance-scale S (on 100 held-out faces, 20 steps, the agreement of
@@ -35,7 +36,8 @@ class DDIMSamplingMixin:
     _callback_tensor_inputs = ["latents", "noise_pred"]
 
     @torch.no_grad()
-    def invert(self, images: Any, z: torch.Tensor | None = None, *, num_inference_steps: int = 50) -> torch.Tensor:
+    def invert(self, images: Any, z: torch.Tensor | None = None, *,
+               num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS) -> torch.Tensor:
         """DDIM inversion: the stochastic code ``x_T`` (B, 3, H, W) of ``images`` given their latents."""
         x0 = self.preprocess(images) if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.min() >= 0 \
             else images
@@ -106,7 +108,8 @@ class DDIMSamplingMixin:
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, *, stochastic_code: str | torch.Tensor = "random", images: Any = None,
-               num_inference_steps: int = 50, generator=None, output_type: str = "pil", progress: bool = True,
+               num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS, generator=None, output_type: str = "pil",
+               progress: bool = True,
                guidance_scale: float | None = None, callback_on_step_end=None,
                callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)):
         """Decode latents ``z`` (B, d) to images with deterministic DDIM (the registered scheduler's ``step``).

@@ -47,6 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.images import MAX_IMAGE_PIXELS
+from .models.steps import DEFAULT_NUM_INFERENCE_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ class ProtectConfig:
     delta: float = field(default=1e-5, metadata={"help": "Delta of each image's release, in (0, 1)."})
     scope: str = field(default="attributes", metadata={"help": "'attributes' or 'latent'."})
     stochastic_code: str = field(default="random", metadata={"help": "'random' (formal) or 'inverted' (heuristic)."})
-    num_inference_steps: int = field(default=50, metadata={"help": "DDIM steps."})
+    num_inference_steps: int = field(default=DEFAULT_NUM_INFERENCE_STEPS, metadata={
+        "help": f"DDIM steps (default {DEFAULT_NUM_INFERENCE_STEPS}: the measured best of the embedded default)."})
     batch_size: int = field(default=16, metadata={"help": "Images per batch."})
     insecure_seed: int | None = field(default=None, metadata={"help": (
         "Reproducible noise for tests and research, NOT a private release: row i's privacy noise and stochastic "

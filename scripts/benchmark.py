@@ -63,8 +63,9 @@ def _interleaved_times(floor, full, repeats: int) -> tuple[list, list]:
 
 def bench_pipeline(pipe, *, batch_size: int, steps: int, repeats: int = 3) -> dict:
     from dpdiffusion.data.synthfaces import make_synthfaces_arrays
-    from dpdiffusion.models.diffae import ddim_pairs
+    from dpdiffusion.models.diffae import _is_official, ddim_pairs
 
+    official = _is_official(pipe.unet)
     images, _ = make_synthfaces_arrays(batch_size, image_size=pipe.image_size, seed=31337)
     pil = [__import__("PIL.Image").Image.fromarray(im) for im in images]
     pipe.set_progress_bar_config(disable=True)
@@ -82,8 +83,9 @@ def bench_pipeline(pipe, *, batch_size: int, steps: int, repeats: int = 3) -> di
             xt = torch.randn_like(x)
             if guided:
                 xt, cond = torch.cat([xt, xt]), torch.cat([cond, cond])
-            for t, _, _ in pairs:
-                pipe.unet(xt, torch.full((xt.shape[0],), t, dtype=torch.long), class_labels=cond)
+            for t, _, _ in pairs:  # the DiffAE architecture takes its condition as ``cond`` (same count of calls)
+                timestep = torch.full((xt.shape[0],), t, dtype=torch.long)
+                pipe.unet(xt, timestep, cond=cond) if official else pipe.unet(xt, timestep, class_labels=cond)
 
     def full():
         pipe(pil, attributes=["dark_skin"], epsilon=1.0, num_inference_steps=steps,
@@ -276,13 +278,16 @@ def bench_faces(pipe, *, steps: int, repeats: int = 3) -> dict:
 
 
 def main(argv=None) -> int:
+    from dpdiffusion.models.steps import DEFAULT_NUM_INFERENCE_STEPS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="Pipeline folder or Hub id (default: the embedded one).")
     parser.add_argument("--sections", nargs="+", default=["pipeline", "protect_memory", "data_parallel", "unlearning",
                                                         "faces"],
                         help="Which sections to run.")
     parser.add_argument("--batch-size", type=int, default=16, help="Batch of the pipeline section.")
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps of the pipeline and data-parallel sections.")
+    parser.add_argument("--steps", type=int, default=DEFAULT_NUM_INFERENCE_STEPS,
+                        help="DDIM steps of the pipeline and data-parallel sections (default: the entry points').")
     parser.add_argument("--memory-sizes", type=int, nargs="+", default=[1000, 10000],
                         help="Dataset sizes of the protect memory section (1 DDIM step per image).")
     parser.add_argument("--parallel-images", type=int, default=128, help="Images of the data-parallel section.")

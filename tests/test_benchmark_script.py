@@ -45,3 +45,19 @@ def test_benchmark_diffae_section_on_the_tiny_official_architecture(tmp_path, ca
     d = json.loads(out.read_text())["diffae"]
     assert d["config"] == "tiny32" and d["image_size"] == 32 and d["pipeline_over_floor"] > 0
     assert "DiffAE tiny32 (32 px" in capsys.readouterr().out
+
+
+def test_benchmark_pipeline_section_on_a_trained_diffae_architecture_default(tmp_path):
+    """The pipeline section on a pipeline as `train_autoencoder --unet_type diffae` saves it (DiffAEUNet2DModel +
+    SemanticEncoder): the floor calls the UNet with ``cond=``; no guidance."""
+    from dpdiffusion import DPDiffusionPipeline
+    from dpdiffusion.models.diffae import build_diffae_scheduler, build_diffae_unet
+
+    parts = get_dummy_components(image_size=32)
+    parts.update(unet=build_diffae_unet(sample_size=32, block_out_channels=(8, 16)), scheduler=build_diffae_scheduler())
+    pipe = DPDiffusionPipeline(**parts)
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.bench_pipeline(pipe, batch_size=2, steps=2, repeats=1)
+    assert result["semantic_guidance"] is False and result["pipeline_over_floor"] > 0

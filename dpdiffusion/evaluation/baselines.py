@@ -356,16 +356,19 @@ class DiffusionMethod(ProtectionMethod):
 
     def __init__(self, pipe, *, name: str = "dpdiffusion", scope: str = "attributes",
                  attributes: Sequence[str] = ("dark_skin", "long_hair"), delta: float = 1e-5,
-                 num_inference_steps: int = 10, batch_size: int = 128, secure_mode: bool = True):
+                 num_inference_steps: int = 10, batch_size: int = 128, secure_mode: bool = True,
+                 post_processing: str | None = None):
         spec = pipe.privacy_spec(attributes=list(attributes), epsilon=1.0, delta=delta, scope=scope,
                                  secure_mode=secure_mode)
         relation = pipe.report_for(spec).neighbouring_relation
         super().__init__(name=name, neighbouring_relation=relation, formal=True,
                          parameters={"scope": scope, "attributes": list(attributes), "delta": delta,
                                      "num_inference_steps": num_inference_steps, "stochastic_code": "random",
-                                     "noise_source": spec.noise_source})
+                                     "noise_source": spec.noise_source,
+                                     "post_processing": pipe._check_post_processing(post_processing, spec)})
         self.pipe, self.scope, self.attributes, self.delta = pipe, scope, list(attributes), delta
         self.num_inference_steps, self.batch_size, self.secure_mode = num_inference_steps, batch_size, secure_mode
+        self.post_processing = post_processing  # None: the pipeline's default ("clip")
 
     def describe(self, epsilon: float) -> dict:
         out = super().describe(epsilon)
@@ -393,7 +396,8 @@ class DiffusionMethod(ProtectionMethod):
             z = pipe.encode_tensor(x)
             x_t = torch.randn(x.shape, generator=generator).to(pipe.device, pipe.unet.dtype)
             z_noisy, _ = pipe.apply_privacy_noise(z, attributes=self.attributes, epsilon=epsilon, delta=self.delta,
-                                                  scope=self.scope, generator=generator, secure_mode=self.secure_mode)
+                                                  scope=self.scope, generator=generator, secure_mode=self.secure_mode,
+                                                  post_processing=self.post_processing)
             img = pipe.decode(z_noisy, stochastic_code=x_t, num_inference_steps=self.num_inference_steps,
                               output_type="pt", progress=False)
             out.append(quantize(img.float().cpu()))

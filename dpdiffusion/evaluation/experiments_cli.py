@@ -72,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--no-utility-augment", action="store_true",
                    help="Train the utility classifiers on the released images as they are (default: with flips and "
                         "colour jitter, as a data user would); the leakage attackers never augment.")
+    p.add_argument("--post-processing", choices=["clip", "posterior_mean"], default=None,
+                   help="Post-processing of the released coordinates of dpdiffusion and latent (default: the "
+                        "pipeline's, clip).")
     p.add_argument("--out", default="paper-results", help="Output folder.")
     p.add_argument("--quick", action="store_true", help="The small sweep of `dpdiffusion demo` (minutes).")
     p.add_argument("--seed", type=int, default=0, help="Seed of data, noise and classifiers.")
@@ -104,6 +107,7 @@ def run_from_args(args: argparse.Namespace, command: str) -> dict:
         audit_decoded_trials=args.audit_decoded_trials, dp_pix_cell_size=args.dp_pix_cell_size,
         dp_pix_m=args.dp_pix_m, pixel_l2_sensitivity=args.pixel_l2_sensitivity, match_metric=args.match_metric,
         quick=args.quick, seed=args.seed, utility_augment=not args.no_utility_augment,
+        post_processing=args.post_processing,
         progress=not args.no_progress, command=command)
     print(f"results: {results['files']['results_md']}")
     return results

@@ -187,3 +187,72 @@ def save_sample_grid(rows: list[tuple[str, torch.Tensor]], path: str | Path, *, 
             grid.paste(tile, (label_w + j * w * scale, i * h * scale))
     grid.save(path)
     return Path(path)
+
+
+def plot_postprocessing_effect(rows: list[dict], path: str | Path) -> Path:
+    """Utility (judge agreement on the unprotected attributes, min) and leakage (best attack accuracy on the
+    protected attributes, with the DP bound) against epsilon, one line per post-processing
+    (`dpdiffusion.evaluation.postprocessing.postprocessing_effect` rows)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    styles = {"clip": ("tab:red", "s"), "posterior_mean": ("tab:blue", "o")}
+    for post in dict.fromkeys(r["post_processing"] for r in rows):
+        rs = sorted((r for r in rows if r["post_processing"] == post), key=lambda r: r["epsilon"])
+        color, marker = styles.get(post, ("black", "."))
+        eps = [r["epsilon"] for r in rs]
+        axes[0].plot(eps, [r["utility_agreement_min"] for r in rs], marker=marker, color=color, label=post)
+        axes[1].plot(eps, [r["leakage_best"] for r in rs], marker=marker, color=color, label=post)
+    eps = sorted({r["epsilon"] for r in rows})
+    bound = [max(max(v["bound"] for v in r["leakage"].values()) for r in rows if r["epsilon"] == e) for e in eps]
+    axes[1].plot(eps, bound, "k--", lw=1, marker="_", markersize=12,
+                 label="DP bound at the attribute's prior (max over attributes)")
+    return _finish_epsilon_panels(fig, axes, eps, path, ("utility: agreement on unprotected attributes (min)",
+                                                        "leakage: best attack accuracy (protected)"),
+                                  "Post-processing of the released coordinates: clip vs posterior mean")
+
+
+def _finish_epsilon_panels(fig, axes, eps, path, ylabels, title) -> Path:
+    """Log epsilon axes ticked at ``eps``, labels, legends, title; save to ``path`` and close."""
+    for ax, ylabel in zip(axes, ylabels):
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(eps)
+        ax.set_xticklabels([f"{e:g}" for e in eps])
+        ax.set_xlabel("epsilon")
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+    return Path(path)
+
+
+def plot_postprocessing_sweep(results: dict, path: str | Path, *, method: str = "dpdiffusion") -> Path:
+    """The paper sweep's utility / clean (worst attribute and mean) and leakage (best attack, with the DP bound)
+    against epsilon for ``method``, one line per post-processing; ``results`` maps a post-processing name to the
+    ``results.json`` of a ``dpdiffusion evaluate experiments --post-processing NAME`` run."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    styles = {"clip": ("tab:red", "s"), "posterior_mean": ("tab:blue", "o")}
+    eps_all = set()
+    for post, res in results.items():
+        rs = sorted((r for r in res["rows"] if r["method"] == method and r.get("epsilon") is not None
+                     and not math.isinf(r["epsilon"])), key=lambda r: r["epsilon"])
+        if not rs:
+            raise ValueError(f"results[{post!r}] has no finite-epsilon rows of method {method!r}")
+        color, marker = styles.get(post, ("black", "."))
+        eps = [r["epsilon"] for r in rs]
+        eps_all.update(eps)
+        axes[0].plot(eps, [r["utility"]["min_ratio"] for r in rs], marker=marker, color=color,
+                     label=f"{post}: worst attribute")
+        axes[0].plot(eps, [r["utility"]["mean_ratio"] for r in rs], marker=marker, color=color, ls=":",
+                     label=f"{post}: mean")
+        axes[1].plot(eps, [r["leakage_accuracy"] for r in rs], marker=marker, color=color, label=post)
+    eps = sorted(eps_all)
+    grid = np.geomspace(eps[0], eps[-1], 100) if len(eps) > 1 else np.array(eps)
+    axes[1].plot(grid, np.exp(grid) / (1 + np.exp(grid)), "k--", lw=1, label="DP bound e^eps/(1+e^eps)")
+    return _finish_epsilon_panels(fig, axes, eps, path, ("utility / clean (classifier trained on releases, clean test)",
+                                                        "leakage: best attack accuracy (protected)"),
+                                  "Paper sweep by post-processing of the released coordinates")

@@ -57,6 +57,54 @@ def build_unet(
     )
 
 
+def build_diffae_unet(*, sample_size: int = 32, block_out_channels: tuple[int, ...] = (32, 64, 64),
+                      num_res_blocks: int = 1):
+    """A small ``DiffAEUNet2DModel`` (the DiffAE architecture) to train from scratch, with zero-initialised outputs.
+
+    ``model_channels = block_out_channels[0]``, ``channel_mult`` the ratios of the widths (each a multiple of the
+    first), timestep and semantic-condition width ``4 * block_out_channels[0]`` (``SemanticEncoder.condition``'s
+    output), self-attention at the lowest resolution and in the middle block. The last convolution of every residual
+    block, of every attention block and of the output are zero-initialised, as in the official code (each block
+    starts as the identity), which the inference-only blocks leave out.
+
+    Raises:
+        ValueError: if a width is not a positive multiple of the first.
+    """
+    from .diffae_unet import DiffAEUNet2DModel
+
+    c0 = int(block_out_channels[0])
+    if c0 < 1 or any(int(c) < 1 or int(c) % c0 for c in block_out_channels):
+        raise ValueError(f"block_out_channels must be positive multiples of the first width, "
+                         f"got block_out_channels={list(block_out_channels)}")
+    lowest = sample_size // 2 ** (len(block_out_channels) - 1)
+    unet = DiffAEUNet2DModel(sample_size=sample_size, model_channels=c0,
+                             channel_mult=tuple(int(c) // c0 for c in block_out_channels), num_res_blocks=num_res_blocks,
+                             embed_channels=4 * c0, cond_channels=4 * c0, attention_resolutions=(lowest,),
+                             num_heads=1, resblock_updown=True)
+    from .diffae_blocks import AttentionBlock, ResBlock
+
+    with torch.no_grad():
+        for m in unet.modules():
+            last = (m.out_layers[3] if isinstance(m, ResBlock) and m.use_condition
+                    else m.proj_out if isinstance(m, AttentionBlock) else None)
+            if last is not None:
+                last.weight.zero_()
+                last.bias.zero_()
+        unet.out[-1].weight.zero_()
+        unet.out[-1].bias.zero_()
+    return unet
+
+
+def build_diffae_scheduler(num_train_timesteps: int = 1000, prediction_type: str = "epsilon") -> DDIMScheduler:
+    """The scheduler of a ``DiffAEUNet2DModel``: the official linear betas (1e-4 to 0.02 at T = 1000, rescaled for
+    another T) that ``dpdiffusion.models.diffae_sampler`` reads, with ``x0`` clipping to [-1, 1] as it samples;
+    ``prediction_type`` what the network predicts (``"epsilon"``, official, or ``"v_prediction"``)."""
+    scale = 1000 / num_train_timesteps  # get_named_beta_schedule("linear", T)
+    return DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_start=scale * 0.0001, beta_end=scale * 0.02,
+                         beta_schedule="linear", clip_sample=True, clip_sample_range=1.0, set_alpha_to_one=True,
+                         steps_offset=0, timestep_spacing="leading", prediction_type=prediction_type)
+
+
 def build_scheduler(num_train_timesteps: int = 1000) -> DDIMScheduler:
     """The DDIM scheduler used for training, decoding and inversion (cosine schedule, no x0 clipping)."""
     return DDIMScheduler(

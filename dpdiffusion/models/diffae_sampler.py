@@ -24,6 +24,9 @@ official ones float64), (2) its grid differs from ``space_timesteps`` when ``N``
 ends on ``abar = 0`` as the official inversion does. The scheduler of a converted pipeline is still a
 ``DDIMScheduler`` with the official betas: it stores the schedule (``beta_start``, ``beta_end``,
 ``num_train_timesteps``) that this module reads, and the privacy code maps noise to diffusion strength on it.
+
+A network trained here with ``prediction_type="v_prediction"`` (``train_autoencoder --prediction_type``; not an
+official option) is sampled on the same grid, its output converted to the noise prediction first (``_eps``).
 """
 
 from __future__ import annotations
@@ -85,13 +88,29 @@ class OfficialDDIMGrid:
         return torch.tensor(getattr(self, name)[i], dtype=torch.float64).float().to(device=like.device)
 
 
-def _eps(unet, x, t, cond, guidance_scale=1.0, guidance_cond=None):
+def _prediction_type(scheduler) -> str:
+    kind = getattr(scheduler.config, "prediction_type", "epsilon")
+    if kind not in ("epsilon", "v_prediction"):
+        raise ValueError(f"the DiffAE sampler needs prediction_type 'epsilon' (official) or 'v_prediction', "
+                         f"got prediction_type={kind!r}")
+    return kind
+
+
+def _eps(unet, x, t, cond, guidance_scale=1.0, guidance_cond=None, *, grid=None, i=None, kind="epsilon"):
+    """The noise prediction at ``(x, t)``; a ``v_prediction`` network's output ``v`` is turned into it first,
+    ``eps = sqrt(abar) v + sqrt(1 - abar) x`` (Salimans & Ho 2022, with ``v = sqrt(abar) eps - sqrt(1 - abar) x0``;
+    the respaced ``abar_i`` equals the original ``abar`` at ``t_i``)."""
     timestep = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
     if guidance_scale != 1.0:  # semantic guidance (see dpdiffusion.models.diffae.ddim_decode), one batched call
-        eps, eps_c = unet(torch.cat([x, x]), timestep.repeat(2),
+        out, out_c = unet(torch.cat([x, x]), timestep.repeat(2),
                           cond=torch.cat([cond, guidance_cond.expand_as(cond)])).sample.chunk(2)
-        return eps_c + guidance_scale * (eps - eps_c)
-    return unet(x, timestep, cond=cond).sample
+        out = out_c + guidance_scale * (out - out_c)
+    else:
+        out = unet(x, timestep, cond=cond).sample
+    if kind == "v_prediction":
+        a = grid.coef("alphas_cumprod", i, x)
+        return torch.sqrt(a) * out + torch.sqrt(1 - a) * x
+    return out
 
 
 def _x0_and_eps(grid: OfficialDDIMGrid, i: int, x: torch.Tensor, eps: torch.Tensor, clip: bool):
@@ -110,9 +129,10 @@ def diffae_ddim_decode(unet, scheduler, x_T: torch.Tensor, cond: torch.Tensor, n
     if guidance_scale != 1.0 and guidance_cond is None:
         raise ValueError("guidance_cond (the condition of the centre latent) is needed when guidance_scale != 1")
     grid = OfficialDDIMGrid(official_betas(scheduler.config), num_inference_steps)
+    kind = _prediction_type(scheduler)
     x = x_T
     for k, i in enumerate(reversed(range(len(grid.timesteps)))):
-        eps = _eps(unet, x, grid.timesteps[i], cond, guidance_scale, guidance_cond)
+        eps = _eps(unet, x, grid.timesteps[i], cond, guidance_scale, guidance_cond, grid=grid, i=i, kind=kind)
         x0, eps = _x0_and_eps(grid, i, x, eps, clip_denoised)
         a_prev = grid.coef("alphas_cumprod_prev", i, x)
         x = x0 * torch.sqrt(a_prev) + torch.sqrt(1 - a_prev) * eps  # (B, 3, H, W)
@@ -125,9 +145,10 @@ def diffae_ddim_invert(unet, scheduler, x_0: torch.Tensor, cond: torch.Tensor, n
                        clip_denoised: bool = True, callback: Callable[[int], None] | None = None) -> torch.Tensor:
     """The official ``ddim_reverse_sample_loop``: ``x_0`` (B, 3, H, W) in [-1, 1] -> stochastic code ``x_T``."""
     grid = OfficialDDIMGrid(official_betas(scheduler.config), num_inference_steps)
+    kind = _prediction_type(scheduler)
     x = x_0
     for i, t in enumerate(grid.timesteps):
-        x0, eps = _x0_and_eps(grid, i, x, _eps(unet, x, t, cond), clip_denoised)
+        x0, eps = _x0_and_eps(grid, i, x, _eps(unet, x, t, cond, grid=grid, i=i, kind=kind), clip_denoised)
         a_next = grid.coef("alphas_cumprod_next", i, x)
         x = x0 * torch.sqrt(a_next) + torch.sqrt(1 - a_next) * eps
         if callback is not None:

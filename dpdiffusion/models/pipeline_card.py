@@ -29,6 +29,11 @@ def render_pipeline_card(model_dir: str | Path, *, command: str, training_state:
     unet_cfg = json.loads((model_dir / "unet" / "config.json").read_text())
     enc_cfg = json.loads((model_dir / "encoder" / "config.json").read_text())
     state = training_state or {}
+    index = json.loads((model_dir / "model_index.json").read_text())
+    unet_class, encoder_class = index["unet"][1], index["encoder"][1]
+    decoder = ("`DiffAEUNet2DModel` decoder (the DiffAE architecture: timestep AdaGN, z multiplying every residual "
+               "block; official respaced DDIM sampler, no semantic guidance)" if unet_class == "DiffAEUNet2DModel"
+               else f"`{unet_class}` decoder conditioned on z (added to the timestep embedding)")
     data = ModelCardData(library_name="diffusers", license="apache-2.0",
                          tags=["differential-privacy", "diffusion-autoencoder", "dpdiffusion", "synthetic-data"],
                          pipeline_tag="image-to-image")
@@ -43,7 +48,7 @@ def render_pipeline_card(model_dir: str | Path, *, command: str, training_state:
     card = render_model_card(
         "dp_diffusion_pipeline", card_data=data,
         title=title or "dpdiffusion default diffusion autoencoder (SynthFaces)", privacy=privacy,
-        custom_pipeline=custom_pipeline,
+        custom_pipeline=custom_pipeline, encoder_class=encoder_class, decoder=decoder,
         latent_dim=enc_cfg.get("latent_dim", "?"), attribute_names=list(dirs.names),
         image_size=unet_cfg.get("sample_size", unet_cfg.get("image_size", "?")),
         steps=state.get("step", "unknown"), dataset=state.get("dataset", "SynthFaces"), command=command,

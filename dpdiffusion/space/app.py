@@ -33,6 +33,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from ..models.steps import DEFAULT_NUM_INFERENCE_STEPS
 from .config import (
     ENV_BUDGET, ENV_DIR, ENV_FEEDBACK_REPO, ENV_MODEL, ENV_START, ENV_STEPS, ENV_THREADS, SESSION_TTL_S, SpaceConfig,
     default_space_dir, env_float, load_pipeline)
@@ -88,7 +89,8 @@ def build_demo(pipe=None, *, ledger_dir=None, feedback_dir=None, budget_epsilon:
             than the existing ledger's, the Space refuses to start.
         delta (`float`, *optional*): delta of every release and of the ledger (same rule; a new ledger gets 1e-5).
         start_epsilon (`float`, *optional*): default first epsilon (``$DPDIFFUSION_SPACE_START_EPSILON`` or 1).
-        num_inference_steps (`int`, *optional*): DDIM steps (``$DPDIFFUSION_SPACE_STEPS`` or 25).
+        num_inference_steps (`int`, *optional*): DDIM steps (``$DPDIFFUSION_SPACE_STEPS`` or
+            ``DEFAULT_NUM_INFERENCE_STEPS``, 5).
         feedback_repo (`str`, *optional*): Hub dataset repo for the feedback (``$DPDIFFUSION_FEEDBACK_REPO``);
             pushed only when a token exists (``hub_token``, ``$HF_TOKEN`` or a saved login).
         model_name (`str`, *optional*): recorded with the feedback.
@@ -118,7 +120,7 @@ def build_demo(pipe=None, *, ledger_dir=None, feedback_dir=None, budget_epsilon:
         budget_epsilon=ledger.budget_epsilon, delta=ledger.delta,
         start_epsilon=start_epsilon if start_epsilon is not None else env_float(ENV_START, 1.0),
         num_inference_steps=num_inference_steps if num_inference_steps is not None
-        else int(env_float(ENV_STEPS, 25)), **config_kwargs)
+        else int(env_float(ENV_STEPS, DEFAULT_NUM_INFERENCE_STEPS)), **config_kwargs)
     repo = feedback_repo if feedback_repo is not None else os.environ.get(ENV_FEEDBACK_REPO)
     token = (hub_token or _hub_token()) if repo else None
     feedback = FeedbackLog(feedback_dir, repo_id=repo, token=token)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..models.steps import DEFAULT_NUM_INFERENCE_STEPS
 from .hardware import persistent_storage, select_device
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class SpaceConfig:
     budget_epsilon: float = DEFAULT_BUDGET_EPSILON
     delta: float = DEFAULT_DELTA
     start_epsilon: float = 1.0
-    num_inference_steps: int = 25
+    num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS
     step_factor: float = 2.0
     min_epsilon: float = 0.01
     max_epsilon: float = 100.0

@@ -7,6 +7,12 @@ loader is sharded by ``accelerator.prepare``). Checkpoints are written atomicall
 Objective: the DDPM epsilon loss with the UNet conditioned on ``z = Enc(x_0)`` (DiffAE), plus a small auxiliary
 logistic loss of linear attribute heads on ``z`` (``attribute_loss_weight``) so that the labelled attributes are
 linearly readable from ``z`` -- the premise of ``AttributeDirections``. The heads are training-only.
+
+Two decoders (``unet_type``): ``"unet2d"``, diffusers' ``UNet2DModel`` with ``z`` added to the timestep embedding
+(``class_embed_type="identity"``, cosine schedule); ``"diffae"``, the DiffAE architecture (``DiffAEUNet2DModel``:
+timestep AdaGN and the semantic condition multiplying every residual block, Preechakul et al. 2022, Eq. 7) on the
+official linear schedule, sampled by the official respaced DDIM with ``x0`` clipping. Both use ``SemanticEncoder``;
+``unet_channels`` gives the widths of either (``model_channels = unet_channels[0]``, ``channel_mult`` the ratios).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from ..models.attribute_directions import AttributeDirections
-from ..models.diffae import build_scheduler, build_unet
+from ..models.diffae import _is_official, build_diffae_scheduler, build_diffae_unet, build_scheduler, build_unet
 from ..models.semantic_encoder import SemanticEncoder
 
 logger = logging.getLogger(__name__)
@@ -44,6 +50,11 @@ class AutoencoderTrainingConfig:
     num_images: int = field(default=10000, metadata={"help": "SynthFaces images to generate (ignored for real datasets)."})
     image_size: int = field(default=32, metadata={"help": "Training resolution in pixels."})
     latent_dim: int = field(default=64, metadata={"help": "Dimension d of the semantic latent."})
+    unet_type: str = field(default="unet2d", metadata={"help": "'unet2d' (UNet2DModel, z added to the time "
+                           "embedding) or 'diffae' (DiffAE AdaGN: z multiplies every residual block; linear schedule)."})
+    prediction_type: str = field(default="epsilon", metadata={"help": "What the UNet predicts: 'epsilon' (the noise) "
+                                 "or 'v_prediction' (v = sqrt(abar) eps - sqrt(1 - abar) x0; with --unet_type diffae "
+                                 "only)."})
     unet_channels: list[int] = field(default_factory=lambda: [32, 64, 64], metadata={"help": "UNet block widths."})
     encoder_channels: list[int] = field(default_factory=lambda: [32, 64, 128], metadata={"help": "Encoder block widths."})
     batch_size: int = field(default=64, metadata={"help": "Per-process batch size."})
@@ -100,8 +111,21 @@ class _Trainable(torch.nn.Module):
         z = self.encoder(x0)
         abar = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-        eps = self.unet(x_t, timesteps, class_labels=self.encoder.condition(z)).sample
+        cond = self.encoder.condition(z)
+        if _is_official(self.unet):  # DiffAEUNet2DModel: the condition multiplies every residual block
+            eps = self.unet(x_t, timesteps, cond=cond).sample
+        else:
+            eps = self.unet(x_t, timesteps, class_labels=cond).sample
         return eps, self.heads(z)
+
+
+def _target(prediction_type: str, x0, noise, timesteps, alphas_cumprod) -> torch.Tensor:
+    """The regression target: the noise, or ``v = sqrt(abar) eps - sqrt(1 - abar) x0`` (Salimans & Ho 2022), which
+    at high noise asks for the image itself, so that the decoder must read it from ``z`` early in training."""
+    if prediction_type == "epsilon":
+        return noise
+    abar = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    return abar.sqrt() * noise - (1 - abar).sqrt() * x0  # (B, C, H, W)
 
 
 def _latest_checkpoint(ckpt_root: Path) -> Path | None:
@@ -122,6 +146,12 @@ def train_autoencoder(config: AutoencoderTrainingConfig):
 
     if config.batch_size < 1 or config.max_steps < 1:
         raise ValueError(f"batch_size and max_steps must be >= 1, got {config.batch_size} and {config.max_steps}")
+    if config.unet_type not in ("unet2d", "diffae"):
+        raise ValueError(f"unet_type must be 'unet2d' or 'diffae', got unet_type={config.unet_type!r}")
+    if config.prediction_type not in ("epsilon", "v_prediction") or (
+            config.prediction_type == "v_prediction" and config.unet_type != "diffae"):
+        raise ValueError(f"prediction_type must be 'epsilon', or 'v_prediction' with unet_type='diffae', got "
+                         f"prediction_type={config.prediction_type!r} with unet_type={config.unet_type!r}")
     out = Path(config.output_dir)
     ckpt_root = out / "checkpoints"
     accelerator = make_accelerator(mixed_precision=config.mixed_precision)
@@ -162,7 +192,7 @@ def train_autoencoder(config: AutoencoderTrainingConfig):
             t = torch.randint(0, num_t, (x0.shape[0],), generator=noise_gen).to(x0.device)
             with accelerator.autocast():
                 eps, logits = model(x0, noise, t, alphas_cumprod)
-                loss_eps = F.mse_loss(eps.float(), noise)
+                loss_eps = F.mse_loss(eps.float(), _target(config.prediction_type, x0, noise, t, alphas_cumprod))
                 loss_attr = F.binary_cross_entropy_with_logits(logits.float(), y)
                 loss = loss_eps + config.attribute_loss_weight * loss_attr
             accelerator.backward(loss)
@@ -193,13 +223,52 @@ def train_autoencoder(config: AutoencoderTrainingConfig):
     return model_dir
 
 
+def export_checkpoint(output_dir: str | Path, *, checkpoint: str | Path | None = None,
+                      model_dir: str | Path | None = None) -> Path:
+    """Save the EMA weights of a training checkpoint as a pipeline (directions fitted as at the end of training),
+    without touching the run: to evaluate a run that is still training, or one stopped before its end.
+
+    Args:
+        output_dir: the run's ``output_dir`` (its ``training_config.json`` rebuilds the model and the fit set).
+        checkpoint (*optional*): a ``checkpoints/step-N`` folder (default: the newest complete one).
+        model_dir (*optional*): where the pipeline goes (default ``output_dir/export-step-N``).
+
+    Returns:
+        `pathlib.Path`: the pipeline folder (its ``training_state.json`` holds the checkpoint's step).
+
+    Raises:
+        ValueError: if ``output_dir`` has no training config or no complete checkpoint.
+    """
+    out = Path(output_dir)
+    if not (out / "training_config.json").is_file():
+        raise ValueError(f"output_dir must be a training run with training_config.json, got output_dir={str(out)!r}")
+    config = AutoencoderTrainingConfig(**json.loads((out / "training_config.json").read_text()))
+    ckpt = Path(checkpoint) if checkpoint is not None else _latest_checkpoint(out / "checkpoints")
+    if ckpt is None or not (ckpt / "trainer_state.json").is_file() or not (ckpt / "custom_checkpoint_0.pkl").is_file():
+        raise ValueError(f"checkpoint must be a complete checkpoints/step-N folder of {out}, got {ckpt}")
+    step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+    images, labels, names = load_training_tensors(config)
+    ema, scheduler = _build_model(config, len(names))
+    # the EMA is the run's first registered custom object (accelerator.register_for_checkpointing(ema)): a plain
+    # state dict of tensors, loaded without unpickling arbitrary objects
+    ema.load_state_dict(torch.load(ckpt / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=True))
+    target = Path(model_dir) if model_dir is not None else out / f"export-step-{step}"
+    _save_pipeline(target, ema.requires_grad_(False), scheduler, images, labels, names, step=step,
+                   clip_quantile=config.clip_quantile)
+    return target
+
+
 def _build_model(config: AutoencoderTrainingConfig, num_attributes: int):
     """The trainable encoder + UNet (+ attribute heads) and the DDIM scheduler of ``config``."""
     encoder = SemanticEncoder(sample_size=config.image_size, latent_dim=config.latent_dim,
                               block_out_channels=tuple(config.encoder_channels),
                               condition_dim=4 * config.unet_channels[0])
-    unet = build_unet(sample_size=config.image_size, block_out_channels=tuple(config.unet_channels))
-    scheduler = build_scheduler()
+    if config.unet_type == "diffae":
+        unet = build_diffae_unet(sample_size=config.image_size, block_out_channels=tuple(config.unet_channels))
+        scheduler = build_diffae_scheduler(prediction_type=config.prediction_type)
+    else:
+        unet = build_unet(sample_size=config.image_size, block_out_channels=tuple(config.unet_channels))
+        scheduler = build_scheduler()
     return _Trainable(encoder, unet, num_attributes), scheduler
 
 
@@ -241,7 +310,7 @@ def _save_pipeline(model_dir: Path, ema, scheduler, images, labels, names, *, st
     directions = fit_directions(ema.encoder, images, labels, names, clip_quantile=clip_quantile)
     pipe = DPDiffusionPipeline(unet=ema.unet, encoder=ema.encoder, scheduler=scheduler,
                                attribute_directions=directions)
-    tmp = model_dir.parent / ".tmp-model"
+    tmp = model_dir.parent / f".tmp-{model_dir.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
     (tmp / "training_state.json").write_text(json.dumps({"step": step, "attribute_names": names}))

@@ -147,3 +147,19 @@ def test_attribute_level_dp_pix_covers_a_counterfactual_flip():
     images, params = make_synthfaces_arrays(40, image_size=16, seed=7)
     changed = (images != render_faces(counterfactual_params(params, "dark_skin"), image_size=16)).any(-1)
     assert (changed.reshape(40, -1).sum(1) <= m).mean() >= 0.95
+
+
+def test_diffusion_method_passes_its_post_processing_to_the_pipeline(dummy_pipe):
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    attrs = ["dark_skin"]
+    for post in ("clip", "posterior_mean"):
+        method = DiffusionMethod(dummy_pipe, attributes=attrs, num_inference_steps=2, secure_mode=False,
+                                 post_processing=post)
+        assert method.describe(1.0)["parameters"]["post_processing"] == post
+        got = method.protect(images, epsilon=1.0, generator=torch.Generator().manual_seed(0))
+        ref = dummy_pipe(images, attributes=attrs, epsilon=1.0, num_inference_steps=2, output_type="pt",
+                         generator=torch.Generator().manual_seed(0), secure_mode=False, post_processing=post).images
+        assert float((got - quantize(ref)).abs().max()) <= 1 / 255 + 1e-6, post
+    assert DiffusionMethod(dummy_pipe, attributes=attrs).describe(1.0)["parameters"]["post_processing"] == "clip"
+    with pytest.raises(ValueError, match="post_processing must be"):
+        DiffusionMethod(dummy_pipe, attributes=attrs, post_processing="round")

@@ -85,10 +85,13 @@ def test_evaluate_autoencoder_reports_agreement_and_the_judges_accuracy(dummy_pi
         assert set(out[key]) == set(judge[1]) and all(0 <= v <= 1 for v in out[key].values()), key
     assert out["independent_classifier_accuracy"] == judge[1]
     assert out["all_targets_met"] in (True, False) and out["num_images"] == 20
-    met = (out["inversion_psnr_db"] >= 28.0 and min(out["attribute_agreement"].values()) >= 0.9
-           and min(out["probe_accuracy"].values()) >= 0.95)
-    assert out["all_targets_met"] == met
+    met = (out["inversion_psnr_db"] >= 30.0 and out["random_code_psnr_db"] >= 20.0
+           and min(out["attribute_agreement"].values()) >= 0.95 and min(out["probe_accuracy"].values()) >= 0.95)
+    assert out["all_targets_met"] == met == all(out["targets_met"].values())
     assert out["attribute_agreement_by_steps"] == {"2": out["attribute_agreement"]}
+    assert out["random_code_psnr_db_by_steps"] == {"2": out["random_code_psnr_db"]}
+    assert 0 < out["random_code_psnr_db"] < out["inversion_psnr_db"] + 60
+    assert out["guidance_scale"] == dummy_pipe._guidance(None, "random")
     with pytest.raises(ValueError, match="num_images"):
         evaluate_autoencoder(dummy_pipe, num_images=5, classifier=judge)
     # further step counts: judged on the same codes; the main count's figures are unchanged by them
@@ -97,6 +100,8 @@ def test_evaluate_autoencoder_reports_agreement_and_the_judges_accuracy(dummy_pi
     assert list(more["attribute_agreement_by_steps"]) == ["1", "2", "3"]
     assert more["attribute_agreement_by_steps"]["2"] == more["attribute_agreement"] == out["attribute_agreement"]
     assert more["inversion_psnr_db"] == out["inversion_psnr_db"]
+    assert more["random_code_psnr_db_by_steps"]["2"] == out["random_code_psnr_db"]
+    assert set(more["decode_cpu_seconds_per_image_by_steps"]) == {"1", "2", "3"}
     with pytest.raises(ValueError, match="agreement_steps"):
         evaluate_autoencoder(dummy_pipe, num_images=20, classifier=judge, agreement_steps=[0])
 
@@ -135,3 +140,25 @@ def test_augmented_classifier_still_learns_is_seeded_and_records_its_recipe():
     # training is seeded: the same recipe gives the same weights
     again = train_attribute_classifier(x, y, names=["left", "top"], epochs=4, enlarge=1, augment=True)
     assert all(torch.equal(p, q) for p, q in zip(aug.state_dict().values(), again.state_dict().values()))
+
+
+def test_judge_is_saved_once_and_loaded_after(tmp_path, monkeypatch):
+    from dpdiffusion.evaluation import default_model
+
+    calls = []
+    real = default_model.train_attribute_classifier
+
+    def small(size, progress=True):
+        calls.append(size)
+        return real(size, num_images=64, epochs=1, progress=False)
+
+    monkeypatch.setattr(default_model, "train_attribute_classifier", small)
+    model, acc = default_model.load_or_train_judge(str(tmp_path / "judge"), 16)
+    again, acc2 = default_model.load_or_train_judge(str(tmp_path / "judge"), 16)
+    assert calls == [16] and acc2 == acc
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    from dpdiffusion.evaluation.utility import predict_labels
+
+    assert torch.equal(predict_labels(model, x), predict_labels(again, x))
+    with pytest.raises(ValueError, match="trained for 16 px inputs, not 24 px"):
+        default_model.load_or_train_judge(str(tmp_path / "judge"), 24)

@@ -94,6 +94,26 @@ def test_pipeline_posterior_mean_is_post_processing_of_the_same_release(dummy_pi
         dummy_pipe(dummy_images, attributes=names, epsilon=1.0, num_inference_steps=1, post_processing="posterior_mean")
 
 
+def test_default_post_processing_is_clip(dummy_pipe, dummy_images):
+    """The default (measured better on the paper sweep's utility than "posterior_mean", README) is exactly "clip"
+    (same seeded noise), for apply_privacy_noise and the whole release."""
+    names = ["dark_skin", "long_hair"]
+    z = dummy_pipe.encode(dummy_images)
+    kw = dict(attributes=names, epsilon=1.0, secure_mode=False)
+
+    def release(post=None):
+        extra = {} if post is None else {"post_processing": post}
+        return dummy_pipe.apply_privacy_noise(z, generator=torch.Generator().manual_seed(0), **kw, **extra)[0]
+
+    assert torch.equal(release(), release("clip"))
+    assert not torch.equal(release(), release("posterior_mean"))
+    out = dummy_pipe(dummy_images, attributes=names, epsilon=1.0, num_inference_steps=1, output_type="np",
+                     generator=torch.Generator().manual_seed(0), secure_mode=False)
+    clip = dummy_pipe(dummy_images, attributes=names, epsilon=1.0, num_inference_steps=1, output_type="np",
+                      generator=torch.Generator().manual_seed(0), secure_mode=False, post_processing="clip")
+    np.testing.assert_array_equal(out.images, clip.images)
+
+
 def test_the_prior_is_saved_with_the_directions(dummy_pipe, tmp_path):
     from dpdiffusion.models.attribute_directions import AttributeDirections
 

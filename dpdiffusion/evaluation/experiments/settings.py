@@ -144,7 +144,8 @@ def _residual_leakage(sw: _Sweep, log) -> dict:
 
 
 def _build_methods(pipe, methods: list, protected: list, *, delta: float, steps: int, batch_size: int,
-                   dp_pix_cell_size: int, dp_pix_m: int, pixel_l2_sensitivity: float | None) -> dict:
+                   dp_pix_cell_size: int, dp_pix_m: int, pixel_l2_sensitivity: float | None,
+                   post_processing: str | None = None) -> dict:
     """The formal methods of the sweep, by name (blur and pixelate are built per epsilon, matched in quality)."""
     from ...data.synthfaces import SYNTHFACES_ATTRIBUTES
 
@@ -153,10 +154,12 @@ def _build_methods(pipe, methods: list, protected: list, *, delta: float, steps:
     objs: dict = {}
     if "dpdiffusion" in methods:
         objs["dpdiffusion"] = DiffusionMethod(pipe, name="dpdiffusion", scope="attributes", attributes=protected,
-                                              delta=delta, num_inference_steps=steps, batch_size=batch_size)
+                                              delta=delta, num_inference_steps=steps, batch_size=batch_size,
+                                              post_processing=post_processing)
     if "latent" in methods:
         objs["latent"] = DiffusionMethod(pipe, name="latent", scope="latent", attributes=protected, delta=delta,
-                                         num_inference_steps=steps, batch_size=batch_size)
+                                         num_inference_steps=steps, batch_size=batch_size,
+                                         post_processing=post_processing)
     if "dp_pix" in methods:
         objs["dp_pix"] = DPPixMethod(name="dp_pix", neighbouring_relation=(
             f"m-neighbours: images differing in at most m={dp_pix_m} pixels (Fan 2018)"), cell_size=dp_pix_cell_size,

@@ -53,6 +53,7 @@ def run_paper_experiments(
     match_metric: str = "fd",
     batch_size: int = 128,
     utility_augment: bool = True,
+    post_processing: str | None = None,
     quick: bool = False,
     seed: int = 0,
     progress: bool = True,
@@ -89,6 +90,8 @@ def run_paper_experiments(
         match_metric (`str`): quality the obfuscations are matched on, ``"fd"`` (default) or ``"psnr"``.
         utility_augment (`bool`): the utility classifiers (clean reference included) train with flips and colour
             jitter (`flip_colour_augment`, the default); the leakage attackers never do.
+        post_processing (`str`, *optional*): of dpdiffusion's and latent's released coordinates (``"clip"``,
+            ``"posterior_mean"``; default: the pipeline's, ``"clip"``).
         quick (`bool`): the small sweep of ``dpdiffusion demo`` (about 2-3 minutes on 2 cores).
         seed (`int`): seeds data (disjoint from the default model's training seed), noise and classifiers.
         progress (`bool`): progress bars.
@@ -129,7 +132,7 @@ def run_paper_experiments(
     # 2. methods, 3. obfuscations
     objs = _build_methods(pipe, methods, protected, delta=delta, steps=steps, batch_size=batch_size,
                           dp_pix_cell_size=dp_pix_cell_size, dp_pix_m=dp_pix_m,
-                          pixel_l2_sensitivity=pixel_l2_sensitivity)
+                          pixel_l2_sensitivity=pixel_l2_sensitivity, post_processing=post_processing)
     rows, samples, quality_key = _sweep_rows(sw, objs, methods, epsilons, match_metric)
     # 4. audits
     audit = run_audits(pipe, data, objs, protected=protected, epsilons=list(audit_epsilons), delta=delta,
