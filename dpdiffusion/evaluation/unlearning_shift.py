@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .unlearning_metrics import _model, accuracy, membership_inference, prediction_agreement, predictions
+from .unlearning_metrics import _model, accuracy, membership_inference, predictions
 
 __all__ = [
     "reversed_correlation_split",
@@ -100,18 +100,31 @@ def gap_restored(accuracy_method: float, *, original: float, retrained: float) -
     return (float(accuracy_method) - float(original)) / gap
 
 
+def _column_accuracy(pred: torch.Tensor, labels: Any, column: int) -> float:
+    y = torch.as_tensor(np.asarray(labels))
+    if y.ndim != 2 or not 0 <= int(column) < y.shape[1]:
+        raise ValueError(f"column must be in [0, {y.shape[1] - 1 if y.ndim == 2 else 0}] for multi-label labels of "
+                         f"shape {tuple(y.shape)}, got column={column}")
+    return float((pred[:, int(column)] == (y[:, int(column)] > 0.5)).float().mean())
+
+
+def _agreement(pa: torch.Tensor, pb: torch.Tensor) -> float:
+    return float((pa == pb).float().mean())
+
+
+def _pairwise_floor(preds: Sequence[torch.Tensor]) -> float:
+    if len(preds) < 2:
+        raise ValueError(f"retrained must hold >= 2 models (different seeds), got {len(preds)}")
+    return float(np.mean([_agreement(a, b) for a, b in itertools.combinations(preds, 2)]))
+
+
 def label_accuracy(model: Any, images: Any, labels: Any, *, column: int, batch_size: int = 256) -> float:
     """Accuracy of one output of a multi-label classifier (`column`), e.g. `smiling` on the reversed split.
 
     Raises:
         ValueError: if `column` is not a valid output index.
     """
-    y = torch.as_tensor(np.asarray(labels))
-    if y.ndim != 2 or not 0 <= int(column) < y.shape[1]:
-        raise ValueError(f"column must be in [0, {y.shape[1] - 1 if y.ndim == 2 else 0}] for multi-label labels of "
-                         f"shape {tuple(y.shape)}, got column={column}")
-    pred = predictions(model, images, batch_size=batch_size)
-    return float((pred[:, int(column)] == (y[:, int(column)] > 0.5)).float().mean())
+    return _column_accuracy(predictions(model, images, batch_size=batch_size), labels, column)
 
 
 def retrain_agreement_floor(retrained: Sequence[Any], images: Any, *, batch_size: int = 256) -> float:
@@ -122,8 +135,7 @@ def retrain_agreement_floor(retrained: Sequence[Any], images: Any, *, batch_size
     """
     if len(retrained) < 2:
         raise ValueError(f"retrained must hold >= 2 models (different seeds), got {len(retrained)}")
-    pairs = itertools.combinations(retrained, 2)
-    return float(np.mean([prediction_agreement(a, b, images, batch_size=batch_size) for a, b in pairs]))
+    return _pairwise_floor([predictions(m, images, batch_size=batch_size) for m in retrained])
 
 
 SHIFT_COLUMNS = (
@@ -176,19 +188,24 @@ def compare_on_reversed_split(
     retrained = list(retrained)
     if len(retrained) < 2:
         raise ValueError(f"retrained must hold >= 2 models (different seeds), got {len(retrained)}")
-    x_rev = reversed_split[0]
+    x_rev, y_rev = reversed_split
     kw = dict(batch_size=batch_size)
-    rev_accs = [label_accuracy(m, *reversed_split, column=column, **kw) for m in retrained]
+    # every model's predictions on the reversed split are computed once and shared by its accuracy, its agreement
+    # with each retrained model and the floor
+    rev_pred = {id(m): predictions(m, x_rev, **kw) for m in [original, *results.values(), *retrained]}
+    retrained_preds = [rev_pred[id(m)] for m in retrained]
+    rev_accs = [_column_accuracy(p, y_rev, column) for p in retrained_preds]
     mias = [membership_inference(m, members, non_members, seed=seed, **kw)["auc"] for m in retrained]
     ref_acc = float(np.mean(rev_accs))
-    orig_acc = label_accuracy(original, *reversed_split, column=column, **kw)
+    orig_acc = _column_accuracy(rev_pred[id(original)], y_rev, column)
     retrain_seconds = getattr(retrained[0], "seconds", None)
     rows: dict[str, dict] = {}
     entries = {"original": original, **results, "retrain": retrained[0]}
     for name, entry in entries.items():
-        others = retrained[1:] if name == "retrain" else retrained
+        others = retrained_preds[1:] if name == "retrain" else retrained_preds
         seconds = None if name == "original" else getattr(entry, "seconds", None)
-        acc = rev_accs[0] if name == "retrain" else label_accuracy(entry, *reversed_split, column=column, **kw)
+        pred = rev_pred[id(entry)]
+        acc = _column_accuracy(pred, y_rev, column)
         restored = gap_restored(acc, original=orig_acc, retrained=ref_acc)
         rows[name] = {
             "seconds": seconds,
@@ -197,14 +214,14 @@ def compare_on_reversed_split(
             "reversed_accuracy": acc,
             "gap_restored": restored,
             "gap_restored_per_second": (restored / seconds) if seconds else None,
-            "agreement_with_retrained": float(np.mean([prediction_agreement(entry, r, x_rev, **kw) for r in others])),
+            "agreement_with_retrained": float(np.mean([_agreement(pred, r) for r in others])),
             "mia_auc": mias[0] if name == "retrain" else membership_inference(entry, members, non_members,
                                                                                seed=seed, **kw)["auc"],
         }
     reference = {
         "reversed_accuracy": ref_acc,
         "reversed_accuracies": rev_accs,
-        "agreement_floor": retrain_agreement_floor(retrained, x_rev, **kw),
+        "agreement_floor": _pairwise_floor(retrained_preds),
         "mia_auc": float(np.mean(mias)),
         "retrain_seeds": len(retrained),
     }
