@@ -234,13 +234,13 @@ def unlearn(
     if spec is not None:
         result.extra["problem_type"] = spec.problem_type
 
+    objective = Objective(work, flat, loss_fn, accelerator)  # the per-example loss of the closed-form methods
+    if spec is not None:
+        objective.problem_type = spec.problem_type
     if method == "head_exact":
         was_training = work.training
         work.eval()
         try:
-            objective = Objective(work, flat, loss_fn, accelerator)
-            if spec is not None:
-                objective.problem_type = spec.problem_type
             head, info = head_exact_update(work, objective, train, l2=head_l2, tol=head_tol, max_iters=100,
                                            batch_size=batch_size, progress=progress)
         finally:
@@ -271,9 +271,6 @@ def unlearn(
         for p in work.parameters():
             p.requires_grad_(False)
         try:
-            objective = Objective(work, flat, loss_fn, accelerator)
-            if spec is not None:
-                objective.problem_type = spec.problem_type
             theta = flat.flatten(work).to(accelerator.device)
             search = step_search == "held_out" and not (method == "first_order" and tau is not None)
             if search and n_changed < 2:
