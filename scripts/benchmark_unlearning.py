@@ -107,6 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="first/second order update only the last k ResNet stages + head (-1: all parameters)")
     p.add_argument("--hessian-samples", type=int, default=256, help="training rows for Hessian-vector products")
     p.add_argument("--cg-iters", type=int, default=10, help="conjugate-gradient iterations (second order)")
+    p.add_argument("--cg-tol", type=float, default=1e-2,
+                   help="relative residual at which conjugate gradients stop (second order), in (0, 1)")
     p.add_argument("--power-iters", type=int, default=5, help="power iterations for lambda_max (second order)")
     p.add_argument("--damping-ratio", type=float, default=0.1, help="second-order damping lambda / lambda_max")
     p.add_argument("--grad-batch-size", type=int, default=256, help="batch size of gradient sums and HVPs")
@@ -297,6 +299,7 @@ def main(argv=None) -> dict:
         warmup_seconds = time.perf_counter() - t0
     results["first_order"] = unlearn(original, orig_pairs, rev_pairs, method="first_order", **so, **common)
     results["second_order"] = unlearn(original, orig_pairs, rev_pairs, method="second_order", cg_iters=args.cg_iters,
+                                      cg_tol=args.cg_tol,
                                       power_iters=args.power_iters, damping_ratio=args.damping_ratio, **so, **common)
     # exact retraining of the linear head on frozen features (dpdiffusion.unlearning.head_exact)
     results["head_exact"] = unlearn(original, orig_pairs, rev_pairs, method="head_exact",

@@ -179,7 +179,7 @@ def compare_on_reversed_split(
     Returns:
         `dict` with `"columns"` (`SHIFT_COLUMNS`), `"rows"` (`original`, the methods, `retrain`), and
         `"reference"`: `reversed_accuracy` (mean over retraining seeds), `agreement_floor`, `mia_auc` (mean),
-        `retrain_seeds`, and the per-seed `reversed_accuracies`. `agreement_with_retrained` (reversed split, every
+        `retrain_seeds`, the per-seed `reversed_accuracies`, and `clean_accuracy` (mean) / `clean_accuracies`. `agreement_with_retrained` (reversed split, every
         output) is the mean over the retrained models; for the `retrain` row, over the other seeds.
 
     Raises:
@@ -196,6 +196,7 @@ def compare_on_reversed_split(
     retrained_preds = [rev_pred[id(m)] for m in retrained]
     rev_accs = [_column_accuracy(p, y_rev, column) for p in retrained_preds]
     mias = [membership_inference(m, members, non_members, seed=seed, **kw)["auc"] for m in retrained]
+    clean_accs = [accuracy(_model(m), *clean, **kw) for m in retrained]
     ref_acc = float(np.mean(rev_accs))
     orig_acc = _column_accuracy(rev_pred[id(original)], y_rev, column)
     retrain_seconds = getattr(retrained[0], "seconds", None)
@@ -210,7 +211,7 @@ def compare_on_reversed_split(
         rows[name] = {
             "seconds": seconds,
             "speedup_vs_retrain": (retrain_seconds / seconds) if seconds and retrain_seconds else None,
-            "clean_accuracy": accuracy(_model(entry), *clean, **kw),
+            "clean_accuracy": clean_accs[0] if name == "retrain" else accuracy(_model(entry), *clean, **kw),
             "reversed_accuracy": acc,
             "gap_restored": restored,
             "gap_restored_per_second": (restored / seconds) if seconds else None,
@@ -221,6 +222,8 @@ def compare_on_reversed_split(
     reference = {
         "reversed_accuracy": ref_acc,
         "reversed_accuracies": rev_accs,
+        "clean_accuracy": float(np.mean(clean_accs)),
+        "clean_accuracies": clean_accs,
         "agreement_floor": _pairwise_floor(retrained_preds),
         "mia_auc": float(np.mean(mias)),
         "retrain_seeds": len(retrained),

@@ -57,6 +57,7 @@ def unlearn(
     damping_ratio: float = 0.1,
     curvature: str = "gauss_newton",
     cg_iters: int = 10,
+    cg_tol: float = 1e-2,
     power_iters: int = 5,
     hessian_samples: int = 256,
     last_k_blocks: int | None = None,
@@ -135,6 +136,9 @@ def unlearn(
         damping (`float`, *optional*): lambda >= 0 added to the Hessian.
         damping_ratio (`float`): lambda / lambda_max when `damping` is None (second order).
         cg_iters (`int`), power_iters (`int`): iteration caps of conjugate gradients and power iteration.
+        cg_tol (`float`): conjugate gradients stop at this relative residual ||r|| / ||b||, in (0, 1). The default
+            1e-2 is a truncated Newton step: on the SynthFaces benchmark the reversed-split accuracy is the same
+            from a residual of 3e-2 (4 iterations) down to 8e-5 (9), because the step search sets the length.
         hessian_samples (`int`): rows of `train_set` on which the Hessian is estimated.
         last_k_blocks (`int`, *optional*): update only the last k blocks and the head (0: the head only).
         train_set: the full training set after revision; required by `"finetune"` and `"retrain"`, and by the
@@ -155,7 +159,7 @@ def unlearn(
 
     Raises:
         ValueError: for an unknown `method`, label columns that do not match the model, misaligned `original`/`revised` (lengths, shapes, labels), a missing
-            `train_set`, or out-of-range `tau`, `damping`, `batch_size`, `cg_iters`, `hessian_samples`,
+            `train_set`, or out-of-range `tau`, `damping`, `batch_size`, `cg_iters`, `cg_tol`, `hessian_samples`,
             `last_k_blocks`, `n_train`, `epochs`, `head_l2`, `head_tol`; for `"head_exact"`, a model whose logits
             are not the output of a linear layer.
     """
@@ -180,6 +184,8 @@ def unlearn(
         raise ValueError(f"curvature must be one of {CURVATURES}, got curvature={curvature!r}")
     if int(cg_iters) < 1:
         raise ValueError(f"cg_iters must be >= 1, got cg_iters={cg_iters}")
+    if not (math.isfinite(cg_tol) and 0 < cg_tol < 1):
+        raise ValueError(f"cg_tol must be in (0, 1), got cg_tol={cg_tol}")
     if int(power_iters) < 1:
         raise ValueError(f"power_iters must be >= 1, got power_iters={power_iters}")
     if int(hessian_samples) < 1:
@@ -284,8 +290,14 @@ def unlearn(
                                                        RowSubset(rev, fit_rows), **sums)
                 delta_held, info_held = changed_gradient_sum(objective, theta, RowSubset(orig, held_rows), held, **sums)
                 delta = delta_fit + delta_held
+                differing_fit = len(fit_rows) - info["identical_pairs_skipped"]
                 info = {k: v + info_held[k] for k, v in info.items()}
-                rescale = n_changed / len(fit_rows)
+                if differing_fit == 0:
+                    logger.warning("step_search='held_out': no pair of the fit part differs; using the quadratic "
+                                   "model's length")
+                    search = False
+                else:  # s_F counts as many revisions as s: pairs whose images differ, in all and in F
+                    rescale = (n_changed - info["identical_pairs_skipped"]) / differing_fit
             else:
                 delta, info = changed_gradient_sum(objective, theta, orig, rev, **sums)
             result.extra.update(info, gradient_difference_norm=float(delta.norm()))
@@ -306,7 +318,7 @@ def unlearn(
                 steps, used_damping, so_info = second_order_step(
                     objective, theta, [delta, delta_fit * rescale] if search else [delta], hess_data, rows,
                     n_train=int(n_train), curvature=curvature, damping=damping, damping_ratio=damping_ratio,
-                    cg_iters=int(cg_iters), power_iters=int(power_iters), batch_size=batch_size, seed=seed,
+                    cg_iters=int(cg_iters), cg_tol=float(cg_tol), power_iters=int(power_iters), batch_size=batch_size, seed=seed,
                     progress=progress,
                 )
                 step, direction = steps[0], (steps[1] if search else None)
@@ -314,7 +326,8 @@ def unlearn(
                 result.extra.update(so_info)
             if search:
                 scale, search_info = held_out_scale(objective, theta, direction, held, batch_size=batch_size,
-                                                    max_step_scale=max_step_scale)
+                                                    max_step_scale=max_step_scale,
+                                                    held_original=RowSubset(orig, held_rows))
                 step = scale * step
                 result.extra.update(search_info)
                 if method == "first_order":

@@ -12,8 +12,10 @@ Choice of tau (`tau=None`): the exact line search along -g of the local quadrati
     =>  t* = g^T g / g^T (H + lambda I) g,      tau = t* / n_train,
 
 i.e. the inverse of the curvature of the training loss along the update direction (a Rayleigh quotient of the
-Hessian H of L, estimated on a random subsample of the revised training set with one Hessian-vector product).
-It costs one HVP on `hessian_samples` rows and no hyperparameter. If the curvature along g is not positive
+Hessian H of L, estimated on a random subsample of the revised training set). With the Gauss-Newton curvature
+(the default) g^T G g = (1/m) sum_j (J_j g)^T H_f,j (J_j g) takes one forward-mode pass over `hessian_samples`
+rows and no backward pass (`HessianOperator.quadratic_form`); with the exact Hessian one Hessian-vector product.
+No hyperparameter. If the curvature along g is not positive
 (non-convex direction), tau falls back to 1 / (n_train * |lambda_max|), the largest stable gradient-descent step,
 with lambda_max from a few power iterations. A `tau` given by the caller is used as is (the paper's units).
 
@@ -57,7 +59,7 @@ def line_search_tau(
     gg = float(torch.dot(g, g))
     if gg == 0.0:
         return 0.0, {"curvature_along_update": 0.0, "hessian_vector_products": 0}
-    curvature = float(torch.dot(g, op(g))) / gg
+    curvature = op.quadratic_form(g) / gg
     info = {"curvature_along_update": curvature, "hessian_samples": int(len(rows))}
     if curvature <= 0.0:
         op.damping = 0.0

@@ -92,13 +92,17 @@ class HessianOperator:
             return objective._losses(th, x, y).sum()
 
         self._grad = torch.func.grad(loss_sum)
-        # theta is fixed: for Gauss-Newton, keep each batch's logits and pullback J^T (one forward per batch
-        # instead of one per product)
-        self._pullbacks = []
-        if curvature == "gauss_newton":
+        # theta is fixed: for Gauss-Newton, each batch's logits and pullback J^T are kept after the first product
+        # (one forward per batch instead of one per product)
+        self._pullbacks: list = []
+
+    def _pullback(self, i: int):
+        if not self._pullbacks:
+            objective = self.objective
             for x, _ in self.batches:
-                logits, vjp_fn = torch.func.vjp(lambda th, x=x: objective._logits(th, x), theta)
+                logits, vjp_fn = torch.func.vjp(lambda th, x=x: objective._logits(th, x), self.theta)
                 self._pullbacks.append((logits.detach(), vjp_fn))
+        return self._pullbacks[i]
 
     def _hvp_batch(self, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # exact Hessian: forward-over-reverse, d/dt grad L(theta + t v) at t = 0
@@ -108,7 +112,7 @@ class HessianOperator:
         # Gauss-Newton: J^T H_f J v with f the logits and H_f the Hessian of the loss w.r.t. the logits
         objective = self.objective
         x, y = self.batches[i]
-        logits, pullback = self._pullbacks[i]
+        logits, pullback = self._pullback(i)
         _, jv = torch.func.jvp(lambda th: objective._logits(th, x), (self.theta,), (v,))  # (B, L)
         loss_of_logits = torch.func.grad(lambda z: objective._loss_of_logits(z, y).sum())
         h_jv = torch.func.jvp(loss_of_logits, (logits,), (jv.detach(),))[1]  # H_f J v, (B, L)
@@ -122,6 +126,23 @@ class HessianOperator:
         for i, (x, y) in enumerate(self.batches):
             out += self._hvp_batch(v, x, y) if self.curvature == "hessian" else self._ggn_batch(v, i)
         return self.objective.reduce_sum(out) / self.count
+
+    def quadratic_form(self, v: torch.Tensor) -> float:
+        """v^T (C + damping I) v without forming C v: for Gauss-Newton (1/m) sum_j (J_j v)^T H_f,j (J_j v), one
+        forward-mode pass per batch and no backward pass; for the exact Hessian v^T H v from one product."""
+        if self.curvature == "hessian":
+            return float(torch.dot(v, self(v)))
+        self.calls += 1
+        objective = self.objective
+        v = v.to(self.theta.dtype)
+        total = torch.zeros((), device=self.theta.device, dtype=torch.float64)
+        for x, y in self.batches:
+            logits, jv = torch.func.jvp(lambda th: objective._logits(th, x), (self.theta,), (v,))  # (B, L)
+            loss_of_logits = torch.func.grad(lambda z: objective._loss_of_logits(z, y).sum())
+            h_jv = torch.func.jvp(loss_of_logits, (logits.detach(),), (jv.detach(),))[1]  # H_f J v
+            total += torch.sum(jv.detach().double() * h_jv.double())
+        quad = float(self.objective.reduce_sum(total)) / self.count
+        return quad + self.damping * float(torch.dot(v, v))
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         hv = self.hvp_undamped(v)
@@ -223,6 +244,7 @@ def second_order_step(
     damping_ratio: float,
     cg_iters: int,
     power_iters: int,
+    cg_tol: float = 1e-4,
     batch_size: int,
     seed: int,
     progress: bool,
@@ -241,7 +263,7 @@ def second_order_step(
         if damping <= 0:
             damping = 1e-3
     op.damping = float(damping)
-    solves = [conjugate_gradient(op, delta / n_train, max_iters=cg_iters, progress=show) for delta in deltas]
+    solves = [conjugate_gradient(op, delta / n_train, max_iters=cg_iters, tol=cg_tol, progress=show) for delta in deltas]
     cg_info = solves[0][1]
     info = {
         "lambda_max": float(lam_max),

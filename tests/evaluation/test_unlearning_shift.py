@@ -109,6 +109,11 @@ def test_compare_on_reversed_split_rows_and_reference(tmp_path):
     accs = [label_accuracy(m, rev_x, rev_y, column=0) for m in (r0, r1)]
     assert ref["reversed_accuracy"] == pytest.approx(np.mean(accs)) and ref["retrain_seeds"] == 2
     assert rows["original"]["reversed_accuracy"] == label_accuracy(original, rev_x, rev_y, column=0)
+    # clean accuracy of every retraining seed (all outputs: predictions > 0 against the labels, counted here)
+    clean = [float(((m(pixel_values=torch.from_numpy(clean_x).permute(0, 3, 1, 2).float() / 127.5 - 1).logits > 0)
+                    == torch.from_numpy(clean_y).bool()).float().mean()) for m in (r0, r1)]
+    assert ref["clean_accuracies"] == pytest.approx(clean) and ref["clean_accuracy"] == pytest.approx(np.mean(clean))
+    assert rows["retrain"]["clean_accuracy"] == ref["clean_accuracies"][0]
     if accs[0] != accs[1] or np.mean(accs) != rows["original"]["reversed_accuracy"]:
         assert rows["original"]["gap_restored"] == 0.0
         # the two retrained models straddle their own mean: their shares of the gap sum to exactly 2

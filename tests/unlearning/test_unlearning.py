@@ -139,6 +139,18 @@ def test_hvp_matches_full_hessian_on_tiny_mlp():
     torch.testing.assert_close(op(v), full_h @ v, rtol=1e-4, atol=1e-6)
     op.damping = 0.3
     torch.testing.assert_close(op(v), full_h @ v + 0.3 * v, rtol=1e-4, atol=1e-6)
+    assert op.quadratic_form(v) == pytest.approx(float(v @ full_h @ v) + 0.3 * float(v @ v), rel=1e-4)
+
+
+def _explicit_ggn(model, flat, theta, x):
+    """J^T H_f J / B from the explicit Jacobian of the logits, H_f of the BCE averaged over the L=2 labels."""
+
+    def logits(th):
+        return torch.func.functional_call(model, flat.unflatten(th), (), {"pixel_values": x}).logits
+
+    jac = torch.autograd.functional.jacobian(logits, theta).reshape(2 * len(x), -1)  # (B*L, P)
+    p = torch.sigmoid(logits(theta)).reshape(-1)
+    return jac.T @ torch.diag(p * (1 - p) / 2) @ jac / len(x)
 
 
 def test_gauss_newton_product_matches_explicit_jacobian_form():
@@ -147,17 +159,13 @@ def test_gauss_newton_product_matches_explicit_jacobian_form():
     x, y = torch.randn(6, 3, 4, 4), (torch.rand(6, 2) > 0.5).float()
     obj, flat = _objective(model)
     theta = flat.flatten(model)
-
-    def logits(th):
-        return torch.func.functional_call(model, flat.unflatten(th), (), {"pixel_values": x}).logits
-
-    jac = torch.autograd.functional.jacobian(logits, theta).reshape(12, -1)  # (B*L, P)
-    p = torch.sigmoid(logits(theta)).reshape(-1)
-    h_f = torch.diag(p * (1 - p) / 2)  # BCE averaged over L=2 labels
-    ggn = jac.T @ h_f @ jac / 6
-    op = HessianOperator(obj, theta, x, y, torch.arange(6), batch_size=4, curvature="gauss_newton")
+    ggn = _explicit_ggn(model, flat, theta, x)
+    op = HessianOperator(obj, theta, x, y, torch.arange(6), batch_size=4, curvature="gauss_newton", damping=0.2)
     v = torch.randn(theta.numel(), generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(op(v), ggn @ v, rtol=1e-4, atol=1e-6)
+    # v^T (G + damping I) v by forward mode alone, before any product has built the reverse-mode graphs
+    assert op.quadratic_form(v) == pytest.approx(float(v @ ggn @ v) + 0.2 * float(v @ v), rel=1e-4)
+    assert op._pullbacks == []
+    torch.testing.assert_close(op(v), ggn @ v + 0.2 * v, rtol=1e-4, atol=1e-6)
 
 
 def test_gauss_newton_equals_hessian_for_a_linear_model():
@@ -215,6 +223,26 @@ def test_gradient_sums_are_sharded_and_add_up():
     torch.testing.assert_close(full, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_gradient_sums_buffer_differing_pairs_and_skip_identical_ones():
+    """Identical pairs interleaved with changed ones, small batches: the sum is that of the changed pairs alone."""
+    torch.manual_seed(0)
+    model = TinyNet(hidden=3)
+    x, revised, y, _ = known_answer_data(n=23, n_changed=23)
+    same = torch.tensor([i % 3 == 1 for i in range(23)])
+    revised[same] = x[same]
+    obj, flat = _objective(model)
+    theta = flat.flatten(model)
+    full, info = changed_gradient_sum(obj, theta, (x, y), (revised, y), batch_size=4, progress=False)
+    d = ~same
+    f_rev, f_orig = _full_loss_fn(model, flat, revised[d], y[d]), _full_loss_fn(model, flat, x[d], y[d])
+    expected = int(d.sum()) * (torch.func.grad(f_rev)(theta) - torch.func.grad(f_orig)(theta))
+    torch.testing.assert_close(full, expected, rtol=1e-5, atol=1e-6)
+    assert info["identical_pairs_skipped"] == int(same.sum())
+    with torch.no_grad():  # a caller's no_grad does not break the backward passes
+        again, _ = changed_gradient_sum(obj, theta, (x, y), (revised, y), batch_size=7, progress=False)
+    torch.testing.assert_close(again, full, rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Known answer: unlearning moves towards retraining
 # ----------------------------------------------------------------------------------------------------------------
@@ -222,7 +250,7 @@ def test_gradient_sums_are_sharded_and_add_up():
 def test_unlearning_moves_towards_retrained_model(convex_problem, method):
     p = convex_problem
     kwargs = dict(train_set=(p.revised, p.y), progress=False, damping=p.wd, hessian_samples=10_000, cg_iters=30,
-                  batch_size=len(p.x), step_search="quadratic")  # the closed forms themselves
+                  cg_tol=1e-6, batch_size=len(p.x), step_search="quadratic")  # the closed forms themselves
     result = unlearn(p.original, (p.x[: p.k], p.y[: p.k]), (p.revised[: p.k], p.y[: p.k]), method=method, **kwargs)
     before = parameter_distance(p.original, p.retrained)
     after = parameter_distance(result.model, p.retrained)
@@ -380,6 +408,52 @@ def test_held_out_first_order_step_is_a_local_minimiser_of_the_held_out_loss(con
             assert held_loss(c) <= held_loss(neighbour) + 1e-7
 
 
+def test_held_out_search_leaves_out_pairs_that_did_not_change(convex_problem):
+    """Half the pairs are no-op revisions: the held-out loss is that of the changed held-out pairs only, and the
+    fit direction is rescaled by the counts of changed pairs (oracle: brute force over those rows)."""
+    p = convex_problem
+    revised = p.revised[: p.k].clone()
+    noop = torch.arange(p.k) % 2 == 0
+    revised[noop] = p.x[: p.k][noop]
+    pairs = dict(original=(p.x[: p.k], p.y[: p.k]), revised=(revised, p.y[: p.k]))
+    train = torch.cat([revised, p.x[p.k :]])
+    kw = dict(train_set=(train, p.y), progress=False, batch_size=len(p.x), hessian_samples=10_000, seed=2)
+    r = unlearn(p.original, **pairs, method="first_order", **kw)
+    q = unlearn(p.original, **pairs, method="first_order", step_search="quadratic", **kw)
+    fit, held = split_pairs(p.k, 0.2, seed=2)
+    fit_changed, held_changed = fit[~noop[fit]], held[~noop[held]]
+    assert r.extra["held_out_pairs"] == len(held_changed) < len(held)
+    rescale = int((~noop).sum()) / len(fit_changed)
+
+    def held_loss(scale, rows):
+        m = unlearn(p.original, (p.x[fit], p.y[fit]), (revised[fit], p.y[fit]), method="first_order",
+                    tau=q.tau * scale * rescale, **kw).model
+        with torch.no_grad():
+            return float(per_example_loss(m(pixel_values=revised[rows]).logits, p.y[rows],
+                                          "multi_label_classification").mean())
+
+    c = r.extra["step_scale"]
+    assert held_loss(c, held_changed) == pytest.approx(r.extra["held_out_loss"], rel=1e-4)
+    assert held_loss(1.0, held_changed) == pytest.approx(r.extra["held_out_loss_at_1"], rel=1e-4)
+    assert held_loss(1.0, held) != pytest.approx(r.extra["held_out_loss_at_1"], rel=1e-3)  # the no-ops are out
+    for neighbour in (c * 2**0.5, c / 2**0.5):
+        if 0.125 - 1e-9 <= neighbour <= 8.0 + 1e-9:
+            assert held_loss(c, held_changed) <= held_loss(neighbour, held_changed) + 1e-7
+
+
+def test_cg_tol_stops_conjugate_gradients_at_the_residual(convex_problem):
+    p = convex_problem
+    pairs = dict(original=(p.x[: p.k], p.y[: p.k]), revised=(p.revised[: p.k], p.y[: p.k]))
+    kw = dict(train_set=(p.revised, p.y), progress=False, batch_size=len(p.x), hessian_samples=10_000, cg_iters=50,
+              damping_ratio=0.01, method="second_order", step_search="quadratic")
+    loose, tight = unlearn(p.original, **pairs, cg_tol=0.3, **kw), unlearn(p.original, **pairs, cg_tol=1e-6, **kw)
+    assert loose.extra["cg_relative_residual"] <= 0.3 and tight.extra["cg_relative_residual"] <= 1e-6
+    assert loose.extra["cg_iterations"] < tight.extra["cg_iterations"]
+    for bad in (0.0, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="cg_tol"):
+            unlearn(p.original, **pairs, cg_tol=bad, **kw)
+
+
 def test_held_out_second_order_scales_the_full_solve(convex_problem):
     p = convex_problem
     pairs = dict(original=(p.x[: p.k], p.y[: p.k]), revised=(p.revised[: p.k], p.y[: p.k]))
@@ -476,6 +550,7 @@ def test_benchmark_script_writes_results(tmp_path):
     rev = saved["table_reversed"]
     assert list(rev["rows"]) == ["original", "finetune", "first_order", "second_order", "head_exact", "retrain"]
     assert rev["reference"]["retrain_seeds"] == 3 and len(rev["reference"]["reversed_accuracies"]) == 3
+    assert len(rev["reference"]["clean_accuracies"]) == 3
     assert set(saved["checks"]["second_order"]["reversed_split"]) >= {"gap_ok", "more_gap_per_second_than_finetune"}
     assert (tmp_path / "table_reversed.md").read_text().startswith("| method |")
     assert (tmp_path / "gap_restored.png").read_bytes()[:4] == b"\x89PNG"
