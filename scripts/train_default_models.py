@@ -22,6 +22,9 @@ from dpdiffusion.training.train_autoencoder import AutoencoderTrainingConfig, tr
 @dataclass
 class InstallArguments:
     install: bool = field(default=False, metadata={"help": "Install the result as dpdiffusion's DEFAULT_MODEL."})
+    install_as: str = field(default="default", metadata={
+        "help": "Which embedded model --install replaces: default (DEFAULT_MODEL) or diffae (DIFFAE_MODEL, the "
+                "DiffAE-architecture model, not the default)."})
     earlier_commands: list[str] = field(default_factory=list, metadata={
         "help": "Earlier runs of the same --output_dir that this one resumed from (recorded first in the model card, "
                 "so that the card holds the whole recipe; the learning-rate schedule follows --max_steps of each run)."})
@@ -30,6 +33,8 @@ class InstallArguments:
 def main(argv=None) -> int:
     parser = HfArgumentParser((AutoencoderTrainingConfig, InstallArguments))
     config, install = parser.parse_args_into_dataclasses(args=argv)
+    if install.install_as not in ("default", "diffae"):  # before hours of training, not after
+        raise SystemExit(f"--install_as must be default or diffae, got {install.install_as!r}")
     model_dir = train_autoencoder(config)
     print(f"pipeline saved to {model_dir}")
     if install.install:
@@ -42,8 +47,8 @@ def main(argv=None) -> int:
             args = args[:i] + args[j:]
         command = "\n".join([*install.earlier_commands,
                               "python scripts/train_default_models.py " + " ".join(shlex.quote(a) for a in args)])
-        target = install_default_model(model_dir, command=command)
-        print(f"installed as DEFAULT_MODEL at {target}")
+        target = install_default_model(model_dir, command=command, name=install.install_as)
+        print(f"installed as the embedded {install.install_as!r} model at {target}")
     return 0
 
 

@@ -3,6 +3,12 @@
 ``DEFAULT_MODEL`` is a local folder, so ``DPDiffusionPipeline.from_pretrained(DEFAULT_MODEL)`` works offline; any
 Hub repo id or folder saved by ``save_pretrained`` works the same way. It is produced by
 ``scripts/train_default_models.py --install`` (the exact command is recorded in its README.md model card).
+
+``DIFFAE_MODEL`` (``load_pipeline("diffae")``, ``--model diffae`` on the command line) is a second embedded model, the
+DiffAE architecture (``DiffAEUNet2DModel``: the semantic condition multiplies every residual block) trained on the
+same SynthFaces with v-prediction and sampled without guidance (``--install --install_as diffae``). Its figures are
+in the README section "The embedded default model"; it is not the default until the figures that depend on the
+default (demo, sweeps, step count) have been measured on it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from pathlib import Path
 from .pipeline_card import render_pipeline_card  # noqa: F401  (kept here: its first home)
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "default_model")
+DIFFAE_MODEL = str(Path(__file__).resolve().parent.parent / "diffae_model")
+EMBEDDED_MODELS = {"default": DEFAULT_MODEL, "diffae": DIFFAE_MODEL}
 
 
 def default_model_available() -> bool:
@@ -23,10 +31,11 @@ def default_model_available() -> bool:
 
 def load_pipeline(model: str | None = None, **kwargs):
     """``DPDiffusionPipeline.from_pretrained`` of ``model`` (a folder or a Hub repo id; ``None`` or ``"default"``:
-    the embedded default), safetensors weights only: the one loader of the CLI, the demo and the evaluation.
+    the embedded default; ``"diffae"``: the embedded DiffAE-architecture model), safetensors weights only: the one
+    loader of the CLI, the demo and the evaluation.
 
     Raises:
-        ValueError: if the embedded default is asked for but not installed.
+        ValueError: if an embedded model is asked for but not installed.
         OSError: if the model has no safetensors weights (pickled weights are never loaded).
     """
     from ..pipeline_dp_diffusion import DPDiffusionPipeline
@@ -36,14 +45,26 @@ def load_pipeline(model: str | None = None, **kwargs):
             raise ValueError("the embedded default model is not installed; train it with "
                              "scripts/train_default_models.py --install or pass --model PATH_OR_REPO")
         model = DEFAULT_MODEL
+    elif model in ("diffae", "DIFFAE_MODEL"):
+        if not (Path(DIFFAE_MODEL) / "model_index.json").is_file():
+            raise ValueError("the embedded DiffAE model is not installed; train it with scripts/train_default_models.py "
+                             "--unet_type diffae ... --install --install_as diffae, or pass --model PATH_OR_REPO")
+        model = DIFFAE_MODEL
     kwargs["use_safetensors"] = True  # never unpickle weights
     return DPDiffusionPipeline.from_pretrained(model, **kwargs)
 
 
-def install_default_model(model_dir: str | Path, *, command: str) -> Path:
-    """Copy a trained pipeline folder to ``DEFAULT_MODEL`` (weights as safetensors only) with its model card."""
-    src, dst = Path(model_dir), Path(DEFAULT_MODEL)
-    tmp = dst.with_name(".tmp-default_model")
+def install_default_model(model_dir: str | Path, *, command: str, name: str = "default") -> Path:
+    """Copy a trained pipeline folder to the embedded model `name` (``"default"``: ``DEFAULT_MODEL``, ``"diffae"``:
+    ``DIFFAE_MODEL``), weights as safetensors only, with its model card.
+
+    Raises:
+        ValueError: for another `name`.
+    """
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"name must be one of {sorted(EMBEDDED_MODELS)}, got name={name!r}")
+    src, dst = Path(model_dir), Path(EMBEDDED_MODELS[name])
+    tmp = dst.with_name(f".tmp-{dst.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.bin", "*.pkl", "*.pt"))
     state = json.loads((src / "training_state.json").read_text()) if (src / "training_state.json").exists() else {}

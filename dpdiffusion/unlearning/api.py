@@ -27,7 +27,7 @@ from .core import (
     select_parameters,
 )
 from .data import LabelSpec, TensorSource, load_classifier, make_transform, materialise
-from .first_order import first_order_step, line_search_tau
+from .first_order import first_order_step, line_search_tau, polyak_tau
 from .head_exact import head_exact_update
 from .second_order import CURVATURES, second_order_step
 from .step_search import STEP_SEARCHES, RowSubset, held_out_scale, split_pairs
@@ -81,8 +81,10 @@ def unlearn(
     replaced by `revised[i] = (x~_i, y_i)` (e.g. a protected image in which the skin tone was resampled). The
     returned model approximates the one retraining on the revised set would give:
 
-    - `"first_order"`: theta~ = theta - tau * delta, delta = sum_i grad l(z~_i) - sum_i grad l(z_i); `tau=None`
-      starts from the exact line-search step of the local quadratic model (see `dpdiffusion.unlearning.first_order`).
+    - `"first_order"`: theta~ = theta - tau * delta, delta = sum_i grad l(z~_i) - sum_i grad l(z_i); with `tau=None`
+      the step search scales Polyak's step sum_i [l(z~_i) - l(z_i)] / ||delta||^2, which costs nothing beyond delta
+      (`step_search="quadratic"`: the exact line-search step of the local quadratic model; see
+      `dpdiffusion.unlearning.first_order`).
     - `"second_order"`: theta~ = theta - (H + lambda I)^-1 delta / n_train, H the Hessian of the mean training
       loss on a subsample of `train_set`, solved by conjugate gradients on Hessian-vector products; lambda =
       `damping_ratio` * lambda_max (power iteration) unless `damping` is given.
@@ -304,7 +306,13 @@ def unlearn(
             hess_data = train if train is not None else rev
             rows = hessian_subsample(len(hess_data), int(hessian_samples), seed) if needs_hessian else None
             if method == "first_order":
+                if tau is None and search:  # the search's origin: Polyak's step, from what the sums gave for free
+                    tau = polyak_tau(info["loss_sum_revised"] - info["loss_sum_original"], delta)
+                    if tau is not None:
+                        result.extra.update(step_origin="polyak", tau_origin=tau)
                 if tau is None:
+                    if search:
+                        result.extra["step_origin"] = "quadratic"
                     tau, ls_info = line_search_tau(
                         objective, theta, delta, hess_data, rows, n_train=int(n_train), curvature=curvature,
                         damping=damping or 0.0, batch_size=batch_size, seed=seed,
@@ -331,12 +339,12 @@ def unlearn(
                 step = scale * step
                 result.extra.update(search_info)
                 if method == "first_order":
-                    result.extra["tau_quadratic"] = result.tau
+                    result.extra.setdefault("tau_origin", result.tau)
                     result.tau *= scale
             result.extra["step_search"] = "held_out" if search else "none"
             flat.add_(work, -step)
             result.extra["update_norm"] = float(step.norm())
-            if needs_hessian:
+            if "hessian_samples" in result.extra:  # a curvature was used (not by the Polyak origin)
                 result.extra["curvature"] = curvature
         finally:
             attention.__exit__(None, None, None)

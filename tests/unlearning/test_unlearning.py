@@ -389,7 +389,18 @@ def test_held_out_first_order_step_is_a_local_minimiser_of_the_held_out_loss(con
     q = unlearn(p.original, **pairs, method="first_order", step_search="quadratic", **kw)
     c = r.extra["step_scale"]
     assert r.extra["step_search"] == "held_out" and q.extra["step_search"] == "none"
-    assert r.extra["tau_quadratic"] == pytest.approx(q.tau, rel=1e-6) and r.tau == pytest.approx(c * q.tau, rel=1e-6)
+    # the origin is Polyak's step sum(l~ - l) / ||delta||^2, computed here from the losses and gradients themselves
+    model = TinyNet(seed=0)
+    model.load_state_dict(p.original.state_dict())
+    obj, flat = _objective(model)
+    theta = flat.flatten(model)
+    f_rev, f_orig = (_full_loss_fn(model, flat, p.revised[: p.k], p.y[: p.k]),
+                     _full_loss_fn(model, flat, p.x[: p.k], p.y[: p.k]))
+    delta = p.k * (torch.func.grad(f_rev)(theta) - torch.func.grad(f_orig)(theta))
+    polyak = p.k * float(f_rev(theta) - f_orig(theta)) / float(delta @ delta)
+    assert r.extra["step_origin"] == "polyak" and "hessian_vector_products" not in r.extra
+    assert r.extra["tau_origin"] == pytest.approx(polyak, rel=1e-4) and r.tau == pytest.approx(c * polyak, rel=1e-4)
+    assert "curvature_along_update" in q.extra and q.tau != pytest.approx(polyak, rel=1e-2)
     # the update applied is the full-delta step of length c* (the held-out pairs are unlearned too)
     same = unlearn(p.original, **pairs, method="first_order", tau=r.tau, **kw)
     assert parameter_distance(r.model, same.model) < 1e-6
@@ -398,7 +409,7 @@ def test_held_out_first_order_step_is_a_local_minimiser_of_the_held_out_loss(con
 
     def held_loss(scale):
         m = unlearn(p.original, (p.x[fit], p.y[fit]), (p.revised[fit], p.y[fit]), method="first_order",
-                    tau=q.tau * scale * p.k / len(fit), **kw).model
+                    tau=r.extra["tau_origin"] * scale * p.k / len(fit), **kw).model
         with torch.no_grad():
             return per_example_loss(m(pixel_values=p.revised[held]).logits, p.y[held], "multi_label_classification").mean()
 
@@ -419,7 +430,6 @@ def test_held_out_search_leaves_out_pairs_that_did_not_change(convex_problem):
     train = torch.cat([revised, p.x[p.k :]])
     kw = dict(train_set=(train, p.y), progress=False, batch_size=len(p.x), hessian_samples=10_000, seed=2)
     r = unlearn(p.original, **pairs, method="first_order", **kw)
-    q = unlearn(p.original, **pairs, method="first_order", step_search="quadratic", **kw)
     fit, held = split_pairs(p.k, 0.2, seed=2)
     fit_changed, held_changed = fit[~noop[fit]], held[~noop[held]]
     assert r.extra["held_out_pairs"] == len(held_changed) < len(held)
@@ -427,7 +437,7 @@ def test_held_out_search_leaves_out_pairs_that_did_not_change(convex_problem):
 
     def held_loss(scale, rows):
         m = unlearn(p.original, (p.x[fit], p.y[fit]), (revised[fit], p.y[fit]), method="first_order",
-                    tau=q.tau * scale * rescale, **kw).model
+                    tau=r.extra["tau_origin"] * scale * rescale, **kw).model
         with torch.no_grad():
             return float(per_example_loss(m(pixel_values=revised[rows]).logits, p.y[rows],
                                           "multi_label_classification").mean())
@@ -439,6 +449,20 @@ def test_held_out_search_leaves_out_pairs_that_did_not_change(convex_problem):
     for neighbour in (c * 2**0.5, c / 2**0.5):
         if 0.125 - 1e-9 <= neighbour <= 8.0 + 1e-9:
             assert held_loss(c, held_changed) <= held_loss(neighbour, held_changed) + 1e-7
+
+
+def test_polyak_origin_falls_back_to_the_quadratic_model_when_revisions_lower_the_loss(convex_problem):
+    """Swapped roles: the 'revisions' are the images the model was trained on, so the loss falls and no Polyak
+    step exists; the origin is then the quadratic model's tau (one curvature pass)."""
+    from dpdiffusion.unlearning.first_order import polyak_tau
+
+    p = convex_problem
+    r = unlearn(p.original, (p.revised[: p.k], p.y[: p.k]), (p.x[: p.k], p.y[: p.k]), method="first_order",
+                train_set=(p.x, p.y), progress=False, batch_size=len(p.x), hessian_samples=10_000)
+    assert r.extra["loss_sum_revised"] < r.extra["loss_sum_original"]
+    assert r.extra["step_origin"] == "quadratic" and r.extra["curvature_along_update"] > 0
+    assert polyak_tau(-1.0, torch.ones(3)) is None and polyak_tau(1.0, torch.zeros(3)) is None
+    assert polyak_tau(2.0, torch.tensor([1.0, 1.0])) == 1.0
 
 
 def test_cg_tol_stops_conjugate_gradients_at_the_residual(convex_problem):
