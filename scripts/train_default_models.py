@@ -33,8 +33,10 @@ class InstallArguments:
 def main(argv=None) -> int:
     parser = HfArgumentParser((AutoencoderTrainingConfig, InstallArguments))
     config, install = parser.parse_args_into_dataclasses(args=argv)
-    if install.install_as not in ("default", "diffae"):  # before hours of training, not after
-        raise SystemExit(f"--install_as must be default or diffae, got {install.install_as!r}")
+    from dpdiffusion.models.default import EMBEDDED_MODELS
+
+    if install.install_as not in EMBEDDED_MODELS:  # before hours of training, not after
+        raise SystemExit(f"--install_as must be one of {sorted(EMBEDDED_MODELS)}, got {install.install_as!r}")
     model_dir = train_autoencoder(config)
     print(f"pipeline saved to {model_dir}")
     if install.install:

@@ -21,12 +21,19 @@ from .pipeline_card import render_pipeline_card  # noqa: F401  (kept here: its f
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "default_model")
 DIFFAE_MODEL = str(Path(__file__).resolve().parent.parent / "diffae_model")
-EMBEDDED_MODELS = {"default": DEFAULT_MODEL, "diffae": DIFFAE_MODEL}
+# name -> (folder, constant, card title, how to make it)
+EMBEDDED_MODELS = {
+    "default": (DEFAULT_MODEL, "DEFAULT_MODEL", "dpdiffusion default diffusion autoencoder (SynthFaces)",
+                "scripts/train_default_models.py --install"),
+    "diffae": (DIFFAE_MODEL, "DIFFAE_MODEL",
+               "dpdiffusion DiffAE-architecture diffusion autoencoder (SynthFaces; embedded, not the default)",
+               "scripts/train_default_models.py --unet_type diffae ... --install --install_as diffae"),
+}
 
 
-def default_model_available() -> bool:
-    """Whether the embedded default is installed (its ``model_index.json`` exists)."""
-    return (Path(DEFAULT_MODEL) / "model_index.json").is_file()
+def default_model_available(name: str = "default") -> bool:
+    """Whether the embedded model `name` (``"default"`` or ``"diffae"``) is installed (its ``model_index.json``)."""
+    return (Path(EMBEDDED_MODELS[name][0]) / "model_index.json").is_file()
 
 
 def load_pipeline(model: str | None = None, **kwargs):
@@ -40,16 +47,13 @@ def load_pipeline(model: str | None = None, **kwargs):
     """
     from ..pipeline_dp_diffusion import DPDiffusionPipeline
 
-    if model in (None, "default", "DEFAULT_MODEL"):
-        if not default_model_available():
-            raise ValueError("the embedded default model is not installed; train it with "
-                             "scripts/train_default_models.py --install or pass --model PATH_OR_REPO")
-        model = DEFAULT_MODEL
-    elif model in ("diffae", "DIFFAE_MODEL"):
-        if not (Path(DIFFAE_MODEL) / "model_index.json").is_file():
-            raise ValueError("the embedded DiffAE model is not installed; train it with scripts/train_default_models.py "
-                             "--unet_type diffae ... --install --install_as diffae, or pass --model PATH_OR_REPO")
-        model = DIFFAE_MODEL
+    name = {None: "default", "DEFAULT_MODEL": "default", "DIFFAE_MODEL": "diffae"}.get(model, model)
+    if name in EMBEDDED_MODELS:
+        folder, constant, _, how = EMBEDDED_MODELS[name]
+        if not default_model_available(name):
+            raise ValueError(f"the embedded {constant} model is not installed; train it with {how} or pass "
+                             "--model PATH_OR_REPO")
+        model = folder
     kwargs["use_safetensors"] = True  # never unpickle weights
     return DPDiffusionPipeline.from_pretrained(model, **kwargs)
 
@@ -63,12 +67,13 @@ def install_default_model(model_dir: str | Path, *, command: str, name: str = "d
     """
     if name not in EMBEDDED_MODELS:
         raise ValueError(f"name must be one of {sorted(EMBEDDED_MODELS)}, got name={name!r}")
-    src, dst = Path(model_dir), Path(EMBEDDED_MODELS[name])
+    folder, constant, title, _ = EMBEDDED_MODELS[name]
+    src, dst = Path(model_dir), Path(folder)
     tmp = dst.with_name(f".tmp-{dst.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.bin", "*.pkl", "*.pt"))
     state = json.loads((src / "training_state.json").read_text()) if (src / "training_state.json").exists() else {}
-    card = render_pipeline_card(tmp, command=command, training_state=state)
+    card = render_pipeline_card(tmp, command=command, training_state=state, repo_or_path=constant, title=title)
     (tmp / "README.md").write_text(card)
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)

@@ -290,7 +290,9 @@ def unlearn(
                 held = RowSubset(rev, held_rows)
                 delta_fit, info = changed_gradient_sum(objective, theta, RowSubset(orig, fit_rows),
                                                        RowSubset(rev, fit_rows), **sums)
-                delta_held, info_held = changed_gradient_sum(objective, theta, RowSubset(orig, held_rows), held, **sums)
+                held_differing: list[int] = []  # positions in `held` of the held-out pairs that are revisions
+                delta_held, info_held = changed_gradient_sum(objective, theta, RowSubset(orig, held_rows), held,
+                                                             differing_rows=held_differing, **sums)
                 delta = delta_fit + delta_held
                 differing_fit = len(fit_rows) - info["identical_pairs_skipped"]
                 info = {k: v + info_held[k] for k, v in info.items()}
@@ -313,6 +315,7 @@ def unlearn(
                 if tau is None:
                     if search:
                         result.extra["step_origin"] = "quadratic"
+                    result.extra["curvature"] = curvature
                     tau, ls_info = line_search_tau(
                         objective, theta, delta, hess_data, rows, n_train=int(n_train), curvature=curvature,
                         damping=damping or 0.0, batch_size=batch_size, seed=seed,
@@ -330,12 +333,12 @@ def unlearn(
                     progress=progress,
                 )
                 step, direction = steps[0], (steps[1] if search else None)
+                result.extra["curvature"] = curvature
                 result.damping = used_damping
                 result.extra.update(so_info)
             if search:
                 scale, search_info = held_out_scale(objective, theta, direction, held, batch_size=batch_size,
-                                                    max_step_scale=max_step_scale,
-                                                    held_original=RowSubset(orig, held_rows))
+                                                    max_step_scale=max_step_scale, rows=held_differing)
                 step = scale * step
                 result.extra.update(search_info)
                 if method == "first_order":
@@ -344,8 +347,6 @@ def unlearn(
             result.extra["step_search"] = "held_out" if search else "none"
             flat.add_(work, -step)
             result.extra["update_norm"] = float(step.norm())
-            if "hessian_samples" in result.extra:  # a curvature was used (not by the Polyak origin)
-                result.extra["curvature"] = curvature
         finally:
             attention.__exit__(None, None, None)
             for n, p in work.named_parameters():

@@ -408,6 +408,7 @@ def changed_gradient_sum(
     *,
     batch_size: int,
     progress: bool = True,
+    differing_rows: list | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """delta = sum_i grad l(z~_i) - sum_i grad l(z_i), one backward pass per `batch_size` differing pairs.
 
@@ -415,6 +416,9 @@ def changed_gradient_sum(
     read, preprocessed and dropped, so memory does not grow with the number of pairs. Pairs whose two
     preprocessed images are identical (a revision that left the image unchanged) are skipped: their terms cancel
     exactly.
+
+    `differing_rows`, when given, is extended with this process's rows (indices into `original`) whose images
+    differ, the ones that entered delta.
 
     Returns:
         `(delta, info)` with `delta` flat `(P,)` (all-reduced across processes) and the summed losses of the
@@ -455,6 +459,8 @@ def changed_gradient_sum(
                              f"{tuple(xb_o.shape[1:])} and {tuple(xb_r.shape[1:])}")
         differs = (xb_r != xb_o).reshape(len(rows), -1).any(dim=1)
         stats[2] += float((~differs).sum())
+        if differing_rows is not None:
+            differing_rows.extend(rows[differs.cpu()].tolist())
         if bool(differs.any()):
             pending.append((xb_r[differs], yb_r[differs], xb_o[differs], yb_o[differs]))
         while pending and (sum(len(p[0]) for p in pending) >= batch_size or start + batch_size >= len(rows_all)):

@@ -91,29 +91,22 @@ def scale_grid(max_step_scale: float) -> list[float]:
 
 @torch.no_grad()
 def held_out_scale(objective: Any, theta: torch.Tensor, direction: torch.Tensor, held: Any, *, batch_size: int,
-                   max_step_scale: float, held_original: Any = None) -> tuple[float, dict]:
+                   max_step_scale: float, rows: Any = None) -> tuple[float, dict]:
     """c* = argmin_c mean loss of the `held` revised examples at `theta - c * direction` (see the module docstring).
 
-    With `held_original` (the same rows of the original data), pairs whose two preprocessed images are identical
-    are left out of the loss (they are not revisions). Unimodal search on `scale_grid`: start at c = 1, walk up by
-    sqrt(2) while the held-out loss falls; if the first step up does not lower it, walk down instead (at most to
-    1/8). The held-out batches are read once; the loss is summed over this process's rows and all-reduced.
+    `rows`: this process's rows of `held` to use (in `unlearn`, the held-out pairs whose images differ, as
+    `core.changed_gradient_sum` found them); default: this process's shard of all of them. Unimodal search on
+    `scale_grid`: start at c = 1, walk up by sqrt(2) while the held-out loss falls; if the first step up does not
+    lower it, walk down instead (at most to 1/8). The held-out batches are read once; the loss is summed over this
+    process's rows and all-reduced.
 
     Returns:
         `(c*, info)` with the chosen scale, its held-out loss, the loss at c = 1, the number of scales tried and
         of held-out pairs used.
     """
-    rows = objective.shard(len(held))
-    batches = []
-    for s in range(0, len(rows), batch_size):
-        x, y = objective.batch(held, rows[s : s + batch_size])
-        if held_original is not None:
-            xo, _ = objective.batch(held_original, rows[s : s + batch_size])
-            differs = (x != xo).reshape(len(x), -1).any(dim=1)
-            x, y = x[differs], y[differs]
-        if len(x):
-            batches.append((x, y))
-    count = objective.reduce_sum(torch.tensor([float(sum(len(x) for x, _ in batches))], device=theta.device))
+    rows = objective.shard(len(held)) if rows is None else torch.as_tensor(rows, dtype=torch.long)
+    batches = [objective.batch(held, rows[s : s + batch_size]) for s in range(0, len(rows), batch_size)]
+    count = objective.reduce_sum(torch.tensor([float(len(rows))], device=theta.device))
     count = int(round(float(count)))
     grid = scale_grid(max_step_scale)
     if count == 0:

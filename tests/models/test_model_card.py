@@ -38,15 +38,16 @@ def test_install_writes_the_named_embedded_model_and_load_pipeline_finds_it(dumm
     src = tmp_path / "trained"
     DPDiffusionPipeline(**dummy_components).save_pretrained(src)
     (src / "unet" / "stray.bin").write_bytes(b"pickle")
-    models = {"default": str(tmp_path / "default_model"), "diffae": str(tmp_path / "diffae_model")}
+    models = {name: (str(tmp_path / f"{name}_model"), *rest) for name, (_, *rest) in default.EMBEDDED_MODELS.items()}
     monkeypatch.setattr(default, "EMBEDDED_MODELS", models)
-    monkeypatch.setattr(default, "DIFFAE_MODEL", models["diffae"])
-    with pytest.raises(ValueError, match="DiffAE model is not installed"):
+    with pytest.raises(ValueError, match="embedded DIFFAE_MODEL model is not installed"):
         default.load_pipeline("diffae")
     target = default.install_default_model(src, command="python scripts/train_default_models.py --install_as diffae",
                                            name="diffae")
-    assert str(target) == models["diffae"] and not (tmp_path / "default_model").exists()
-    assert not list(target.rglob("*.bin")) and "--install_as diffae" in (target / "README.md").read_text()
+    assert str(target) == models["diffae"][0] and not (tmp_path / "default_model").exists()
+    card = (target / "README.md").read_text()
+    assert not list(target.rglob("*.bin")) and "--install_as diffae" in card
+    assert "from_pretrained(DIFFAE_MODEL)" in card and "DEFAULT_MODEL" not in card and "not the default" in card
     pipe = default.load_pipeline("diffae")
     assert pipe.attribute_directions.names == dummy_components["attribute_directions"].names
     with pytest.raises(ValueError, match="name must be one of"):
@@ -61,5 +62,5 @@ def test_train_default_models_refuses_an_unknown_install_target_before_training(
     script = Path(__file__).resolve().parents[2] / "scripts" / "train_default_models.py"
     res = subprocess.run([sys.executable, str(script), "--output_dir", "/nonexistent/never-made", "--install",
                           "--install_as", "other"], capture_output=True, text=True, timeout=120)
-    assert res.returncode != 0 and "--install_as must be default or diffae" in res.stderr
+    assert res.returncode != 0 and "--install_as must be one of ['default', 'diffae']" in res.stderr
     assert not Path("/nonexistent/never-made").exists()
