@@ -13,7 +13,7 @@ _LAZY = {
     "DPDiffusionPipeline": "dpdiffusion.pipeline_dp_diffusion",
     "DPDiffusionPipelineOutput": "dpdiffusion.pipeline_dp_diffusion",
     "DEFAULT_MODEL": "dpdiffusion.models.default",
-    "DIFFAE_MODEL": "dpdiffusion.models.default",
+    "UNET2D_MODEL": "dpdiffusion.models.default",
     "load_pipeline": "dpdiffusion.models.default",
     "SemanticEncoder": "dpdiffusion.models.semantic_encoder",
     "DiffAEUNet2DModel": "dpdiffusion.models.diffae_unet",
@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .data.attributes import load_attribute_dataset
     from .data.synthfaces import make_synthfaces, render_counterfactual
     from .models.attribute_directions import AttributeDirections
-    from .models.default import DEFAULT_MODEL, DIFFAE_MODEL, load_pipeline
+    from .models.default import DEFAULT_MODEL, UNET2D_MODEL, load_pipeline
     from .models.diffae_encoder import DiffAESemanticEncoder
     from .models.diffae_unet import DiffAEUNet2DModel
     from .models.semantic_encoder import SemanticEncoder

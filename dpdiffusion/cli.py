@@ -122,14 +122,32 @@ def cmd_evaluate(ns) -> int:
 
     import json
 
+    card_name = {None: "default", "default": "default", "DEFAULT_MODEL": "default", "unet2d": "unet2d",
+                 "UNET2D_MODEL": "unet2d"}.get(ns.model)
+    if ns.card and card_name is None:  # before the evaluation, not after
+        raise SystemExit(f"--card writes into an embedded model's card: --model must be omitted or unet2d, got "
+                         f"--model {ns.model}")
     pipe = _load_pipeline(ns.model)
     judge = load_or_train_judge(ns.judge, pipe.image_size) if ns.judge else None
     metrics = evaluate_autoencoder(pipe, num_images=ns.num_images, num_inference_steps=ns.num_inference_steps,
+                                   inversion_steps=ns.inversion_steps,
                                    seed=ns.seed, guidance_scale=ns.guidance_scale, classifier=judge,
                                    agreement_steps=ns.agreement_steps or ())
     text = json.dumps(metrics, indent=2)
     if ns.out:
         Path(ns.out).write_text(text + "\n")
+    if ns.card:
+        from .models.default import refresh_model_card
+
+        args = [*(["--model", ns.model] if ns.model else []), "--num-images", str(ns.num_images),
+                "--num-inference-steps", str(ns.num_inference_steps), "--inversion-steps", str(ns.inversion_steps),
+                "--seed", str(ns.seed),
+                *(["--guidance-scale", str(ns.guidance_scale)] if ns.guidance_scale is not None else []),
+                *(["--agreement-steps", *map(str, ns.agreement_steps)] if ns.agreement_steps else []),
+                *(["--judge", ns.judge] if ns.judge else []), "--card"]
+        command = "python scripts/evaluate_default_model.py " + " ".join(args)
+        card = refresh_model_card(card_name, evaluation=metrics, evaluation_command=command)
+        print(f"wrote the figures into {card}", file=sys.stderr)
     print(text)
     return 0
 
@@ -176,7 +194,7 @@ def cmd_space(ns) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .models.steps import DEFAULT_NUM_INFERENCE_STEPS
+    from .models.steps import DEFAULT_INVERSION_STEPS, DEFAULT_NUM_INFERENCE_STEPS
     from .protect import ProtectConfig
     from .training.train_autoencoder import AutoencoderTrainingConfig
 
@@ -186,16 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="The main job on the embedded default: protect, unlearn, evaluate, report.")
     p.add_argument("--out", default="demo-out", help="Output folder (report.md, plots, metrics.json).")
-    p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id, or diffae for the embedded DiffAE-architecture model (default: the embedded default).")
+    p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id, or unet2d for the embedded former default (default: the embedded default).")
     p.add_argument("--num-images", type=int, default=16, help="SynthFaces images in the before/after grid.")
     p.add_argument("--num-inference-steps", type=int, default=DEFAULT_NUM_INFERENCE_STEPS,
-                   help=f"DDIM steps (default {DEFAULT_NUM_INFERENCE_STEPS}, as every entry point).")
+                   help=f"DDIM steps (default {DEFAULT_NUM_INFERENCE_STEPS}, as every random-code release).")
     p.add_argument("--seed", type=int, default=0, help="Seed.")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("protect", help="Protect a whole dataset (resumable, streaming, data-parallel).")
     add_dataclass_arguments(p, ProtectConfig)
-    p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id, or diffae for the embedded DiffAE-architecture model (default: the embedded default).")
+    p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id, or unet2d for the embedded former default (default: the embedded default).")
     p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     p.set_defaults(func=cmd_protect)
 
@@ -217,11 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_experiment_arguments(p)
     p.set_defaults(func=cmd_evaluate_experiments)
     p = evaluate_sub.add_parser("autoencoder", help="Inversion PSNR, attribute keeping from z, probe accuracy (JSON).")
-    p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id, or diffae for the embedded DiffAE-architecture model (default: the embedded default).")
+    p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id, or unet2d for the embedded former default (default: the embedded default).")
     p.add_argument("--num-images", type=int, default=500, help="Held-out SynthFaces images.")
     p.add_argument("--num-inference-steps", type=int, default=DEFAULT_NUM_INFERENCE_STEPS,
-                   help=f"DDIM steps at which the targets are checked (default {DEFAULT_NUM_INFERENCE_STEPS}, the "
-                        "entry points' default).")
+                   help=f"DDIM steps of random-code decoding at which its targets are checked (default "
+                        f"{DEFAULT_NUM_INFERENCE_STEPS}, the entry points' default for random codes).")
+    p.add_argument("--inversion-steps", type=int, default=DEFAULT_INVERSION_STEPS,
+                   help=f"DDIM steps of the inversion round trip (default {DEFAULT_INVERSION_STEPS}, the entry points' "
+                        "default for stochastic_code='inverted').")
     p.add_argument("--seed", type=int, default=12345, help="Seed of the held-out set (differs from training's).")
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="Semantic guidance of random-code decoding (default: the pipeline's own; none for the DiffAE "
@@ -233,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Folder of the independent attribute classifier: loaded when it holds one, else trained and "
                         "saved there (default: trained afresh, not saved).")
     p.add_argument("--out", default=None, help="Also write the JSON here.")
+    p.add_argument("--card", action="store_true",
+                   help="Also write the figures, with this command, into the model card of the embedded model named "
+                        "by --model (the default or unet2d).")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="Train a diffusion autoencoder and fit attribute directions (Accelerate).")

@@ -37,10 +37,12 @@ from .models.diffae import ddim_invert
 from .models.diffae_encoder import DiffAESemanticEncoder
 from .models.diffae_unet import DiffAEUNet2DModel
 from .models.semantic_encoder import SemanticEncoder
+from .models.steps import resolve_num_inference_steps
 from .pipeline_hub import CUSTOM_PIPELINE_FILE, CUSTOM_PIPELINE_NAME, PipelineHubMixin  # noqa: F401
 from .pipeline_hub import _download_repo, _from_hub_folder
 from .pipeline_outputs import DPDiffusionPipelineOutput, PrivacyReport
-from .pipeline_sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, DDIMSamplingMixin  # noqa: F401
+from .pipeline_sampling import (DEFAULT_GUIDANCE_SCALE, DEFAULT_INVERSION_STEPS,  # noqa: F401
+                                DEFAULT_NUM_INFERENCE_STEPS, DDIMSamplingMixin)
 from .privacy import mechanism
 from .privacy.accounting import gaussian_epsilon
 from .privacy.postprocess import posterior_mean
@@ -314,7 +316,7 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         delta: float = 1e-5,
         scope: str = "attributes",
         stochastic_code: str = "random",
-        num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+        num_inference_steps: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         ledger=None,
@@ -340,8 +342,9 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
             delta (`float`): target delta in (0, 1).
             scope (`str`): ``"attributes"`` or ``"latent"``.
             stochastic_code (`str`): ``"random"`` (formal guarantee) or ``"inverted"`` (heuristic, higher fidelity).
-            num_inference_steps (`int`, defaults to `DEFAULT_NUM_INFERENCE_STEPS`): DDIM steps (5: measured on the
-                embedded default, see ``dpdiffusion.models.steps``).
+            num_inference_steps (`int`, *optional*): DDIM steps; default ``DEFAULT_NUM_INFERENCE_STEPS`` (5) with a
+                random code, ``DEFAULT_INVERSION_STEPS`` (25) with ``"inverted"`` (inversion and decoding then walk
+                the same grid); measured on the embedded default, see ``dpdiffusion.models.steps``.
             generator: ``torch.Generator`` for ``x_T`` (and for the privacy noise only with ``secure_mode=False``).
             output_type (`str`): ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (the protected semantic latents
                 z~ (B, d), not decoded, with the same figures: for research; the release meant for people is the 8-bit
@@ -392,6 +395,7 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         spec = self.privacy_spec(attributes=attributes, weights=weights, epsilon=epsilon, strength=strength,
                                  delta=delta, scope=scope, stochastic_code=stochastic_code, secure_mode=secure_mode)
         x0 = self.preprocess(images)  # (B, 3, H, W)
+        num_inference_steps = resolve_num_inference_steps(num_inference_steps, stochastic_code)
         self.check_inputs(num_inference_steps, output_type, ledger, subject_ids, x0.shape[0], generator, secure_mode)
         self._guidance(guidance_scale, stochastic_code)  # validate before anything is charged
         self._check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)

@@ -16,10 +16,10 @@ from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from .data.images import tensor_to_output
-from .models.steps import DEFAULT_NUM_INFERENCE_STEPS
+from .models.steps import DEFAULT_INVERSION_STEPS, DEFAULT_NUM_INFERENCE_STEPS, resolve_num_inference_steps
 from .models.diffae import _is_official, ddim_decode, ddim_invert, predict_noise
 
-__all__ = ["DEFAULT_GUIDANCE_SCALE", "DEFAULT_NUM_INFERENCE_STEPS", "DDIMSamplingMixin"]
+__all__ = ["DEFAULT_GUIDANCE_SCALE", "DEFAULT_INVERSION_STEPS", "DEFAULT_NUM_INFERENCE_STEPS", "DDIMSamplingMixin"]
 
 # semantic guidance for random stochastic codes: measured on the embedded default with
 # scripts/evaluate_default_model.py --guidance-scale S (on 100 held-out faces, 20 steps, the agreement of
@@ -38,7 +38,9 @@ class DDIMSamplingMixin:
     @torch.no_grad()
     def invert(self, images: Any, z: torch.Tensor | None = None, *,
                num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS) -> torch.Tensor:
-        """DDIM inversion: the stochastic code ``x_T`` (B, 3, H, W) of ``images`` given their latents."""
+        """DDIM inversion: the stochastic code ``x_T`` (B, 3, H, W) of ``images`` given their latents. Decode it with
+        the same ``num_inference_steps`` (its grid); ``stochastic_code="inverted"`` in ``decode`` / ``__call__`` does
+        both on ``DEFAULT_INVERSION_STEPS`` (25) by default."""
         x0 = self.preprocess(images) if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.min() >= 0 \
             else images
         z = self.encode_tensor(x0) if z is None else z
@@ -108,7 +110,7 @@ class DDIMSamplingMixin:
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, *, stochastic_code: str | torch.Tensor = "random", images: Any = None,
-               num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS, generator=None, output_type: str = "pil",
+               num_inference_steps: int | None = None, generator=None, output_type: str = "pil",
                progress: bool = True,
                guidance_scale: float | None = None, callback_on_step_end=None,
                callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)):
@@ -117,6 +119,9 @@ class DDIMSamplingMixin:
         Args:
             stochastic_code: ``"random"`` (x_T ~ N(0, I) from ``generator``), ``"inverted"`` (DDIM inversion of
                 ``images``, which must then be given) or a tensor ``x_T`` (B, 3, H, W).
+            num_inference_steps (`int`, *optional*): DDIM steps; default ``DEFAULT_NUM_INFERENCE_STEPS`` (5) for a
+                random code or a given ``x_T`` (pass the count ``invert`` used for an ``x_T`` it made),
+                ``DEFAULT_INVERSION_STEPS`` (25) for ``"inverted"`` (the inversion walks the same grid).
             guidance_scale (`float`, *optional*): semantic guidance towards ``z`` relative to the public centre
                 latent (``predict_noise``); default ``DEFAULT_GUIDANCE_SCALE`` for a random code, 1 for an inverted
                 one. Uses only ``z`` and public values: post-processing, no privacy cost.
@@ -131,6 +136,10 @@ class DDIMSamplingMixin:
         """
         scale = self._guidance(guidance_scale, stochastic_code)
         self._check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        num_inference_steps = resolve_num_inference_steps(num_inference_steps, stochastic_code)
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got "
+                             f"num_inference_steps={num_inference_steps!r}")
         device = self._execution_device
         b, size = z.shape[0], self.image_size
         if isinstance(stochastic_code, torch.Tensor):

@@ -47,7 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.images import MAX_IMAGE_PIXELS
-from .models.steps import DEFAULT_NUM_INFERENCE_STEPS
+from .models.steps import DEFAULT_INVERSION_STEPS, DEFAULT_NUM_INFERENCE_STEPS, resolve_num_inference_steps
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +64,9 @@ class ProtectConfig:
     delta: float = field(default=1e-5, metadata={"help": "Delta of each image's release, in (0, 1)."})
     scope: str = field(default="attributes", metadata={"help": "'attributes' or 'latent'."})
     stochastic_code: str = field(default="random", metadata={"help": "'random' (formal) or 'inverted' (heuristic)."})
-    num_inference_steps: int = field(default=DEFAULT_NUM_INFERENCE_STEPS, metadata={
-        "help": f"DDIM steps (default {DEFAULT_NUM_INFERENCE_STEPS}: the measured best of the embedded default)."})
+    num_inference_steps: int | None = field(default=None, metadata={
+        "help": f"DDIM steps (default {DEFAULT_NUM_INFERENCE_STEPS} with a random code, {DEFAULT_INVERSION_STEPS} with "
+                "'inverted': measured on the embedded default, see dpdiffusion.models.steps)."})
     batch_size: int = field(default=16, metadata={"help": "Images per batch."})
     insecure_seed: int | None = field(default=None, metadata={"help": (
         "Reproducible noise for tests and research, NOT a private release: row i's privacy noise and stochastic "
@@ -151,6 +152,8 @@ def _check_config(config: ProtectConfig) -> None:
             raise ValueError(f"{name} must be a non-empty str, got {name}={value!r}")
     for name, low in (("num_inference_steps", 1), ("batch_size", 1)):
         value = getattr(config, name)
+        if name == "num_inference_steps" and value is None:  # the stochastic code's default
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {name}={value!r}")
     if config.insecure_seed is not None and (isinstance(config.insecure_seed, bool)
@@ -328,7 +331,8 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
 
     privacy = dict(attributes=list(spec.attributes), weights=spec.weights, epsilon=spec.epsilon, delta=spec.delta,
                    scope=spec.scope, stochastic_code=spec.stochastic_code,
-                   num_inference_steps=config.num_inference_steps, secure_mode=config.secure_mode)
+                   num_inference_steps=resolve_num_inference_steps(config.num_inference_steps, spec.stochastic_code),
+                   secure_mode=config.secure_mode)
 
     def release(batch) -> list[str]:
         """Protect ``batch``, write the images of its rows still to do (atomically) and return their records."""

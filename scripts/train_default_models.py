@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Train the embedded default diffusion autoencoder on SynthFaces and install it into the package.
 
-    python scripts/train_default_models.py --output_dir runs/default --max_steps 3000 --install
+    python scripts/train_default_models.py --output_dir runs/default --unet_type diffae \
+        --prediction_type v_prediction --max_steps 10000 --install
 
 Every option of ``AutoencoderTrainingConfig`` is a flag (``--help`` lists them). Rerunning with the same
 ``--output_dir`` resumes from the newest checkpoint. ``--install`` copies ``output_dir/model`` to
@@ -23,8 +24,8 @@ from dpdiffusion.training.train_autoencoder import AutoencoderTrainingConfig, tr
 class InstallArguments:
     install: bool = field(default=False, metadata={"help": "Install the result as dpdiffusion's DEFAULT_MODEL."})
     install_as: str = field(default="default", metadata={
-        "help": "Which embedded model --install replaces: default (DEFAULT_MODEL) or diffae (DIFFAE_MODEL, the "
-                "DiffAE-architecture model, not the default)."})
+        "help": "Which embedded model --install replaces: default (DEFAULT_MODEL) or unet2d (UNET2D_MODEL, the "
+                "former default's UNet2DModel, not the default)."})
     earlier_commands: list[str] = field(default_factory=list, metadata={
         "help": "Earlier runs of the same --output_dir that this one resumed from (recorded first in the model card, "
                 "so that the card holds the whole recipe; the learning-rate schedule follows --max_steps of each run)."})

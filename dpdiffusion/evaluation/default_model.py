@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.synthfaces import SYNTHFACES_ATTRIBUTES, make_synthfaces_arrays
-from ..models.steps import DEFAULT_NUM_INFERENCE_STEPS
+from ..models.steps import DEFAULT_INVERSION_STEPS, DEFAULT_NUM_INFERENCE_STEPS
 from ..models.diffae import ddim_decode, ddim_invert
 from .probes import probe_accuracy
 
@@ -104,17 +104,21 @@ TARGETS = {"inversion_psnr_db": 30.0, "random_code_psnr_db": 20.0, "attribute_ag
 
 @torch.no_grad()
 def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
-                         seed: int = 12345,
+                         inversion_steps: int = DEFAULT_INVERSION_STEPS, seed: int = 12345,
                          batch_size: int = 100, progress: bool = True, guidance_scale: float | None = None,
                          classifier=None, agreement_steps: Sequence[int] = ()) -> dict:
     """Compute the figures above for ``pipe`` (a ``DPDiffusionPipeline``); returns a JSON-able dict.
 
     ``agreement_steps`` lists further DDIM step counts at which random-code decoding is judged too (same images,
     same stochastic codes), reported in the ``*_by_steps`` figures; the targets (``TARGETS``) are checked at
-    ``num_inference_steps`` only.
+    ``num_inference_steps`` only. The inversion round trip (invert, then decode the inverted code) walks
+    ``inversion_steps`` (default ``DEFAULT_INVERSION_STEPS``, what ``stochastic_code="inverted"`` uses by default).
     """
     if num_images < 20:
         raise ValueError(f"num_images must be >= 20, got num_images={num_images}")
+    for name, value in (("num_inference_steps", num_inference_steps), ("inversion_steps", inversion_steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
     extra = _extra_steps(agreement_steps, num_inference_steps)
     steps = sorted([num_inference_steps, *extra])
     started = time.monotonic()
@@ -133,8 +137,8 @@ def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: in
         xb = x[i:i + batch_size].to(pipe.device)
         z = pipe.encode_tensor(xb)
         cond = pipe.encoder.condition(z)
-        x_t = ddim_invert(pipe.unet, pipe.scheduler, xb, cond, num_inference_steps)
-        inv.append(ddim_decode(pipe.unet, pipe.scheduler, x_t, cond, num_inference_steps).cpu())
+        x_t = ddim_invert(pipe.unet, pipe.scheduler, xb, cond, inversion_steps)
+        inv.append(ddim_decode(pipe.unet, pipe.scheduler, x_t, cond, inversion_steps).cpu())
         noise = torch.randn(xb.shape, generator=g).to(pipe.device)
         for k in steps:
             t0 = time.process_time()
@@ -170,6 +174,7 @@ def evaluate_autoencoder(pipe, *, num_images: int = 500, num_inference_steps: in
     return {
         "num_images": num_images,
         "num_inference_steps": num_inference_steps,
+        "inversion_steps": inversion_steps,
         "guidance_scale": scale,
         "image_size": size,
         "unet_class": type(pipe.unet).__name__,

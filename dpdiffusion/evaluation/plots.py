@@ -239,7 +239,7 @@ def plot_postprocessing_sweep(results: dict, path: str | Path, *, method: str = 
     eps_all = set()
     for post, res in results.items():
         rs = sorted((r for r in res["rows"] if r["method"] == method and r.get("epsilon") is not None
-                     and not math.isinf(r["epsilon"])), key=lambda r: r["epsilon"])
+                     and not math.isinf(float(r["epsilon"]))), key=lambda r: r["epsilon"])
         if not rs:
             raise ValueError(f"results[{post!r}] has no finite-epsilon rows of method {method!r}")
         color, marker = styles.get(post, ("black", "."))

@@ -1,14 +1,15 @@
-"""The embedded default model: a small diffusion autoencoder trained on SynthFaces, shipped in the package.
+"""The embedded models: small diffusion autoencoders trained on SynthFaces, shipped in the package.
 
 ``DEFAULT_MODEL`` is a local folder, so ``DPDiffusionPipeline.from_pretrained(DEFAULT_MODEL)`` works offline; any
-Hub repo id or folder saved by ``save_pretrained`` works the same way. It is produced by
-``scripts/train_default_models.py --install`` (the exact command is recorded in its README.md model card).
+Hub repo id or folder saved by ``save_pretrained`` works the same way. It is the DiffAE architecture
+(``DiffAEUNet2DModel``: the semantic condition multiplies every residual block), trained with v-prediction and
+sampled by the official DDIM without guidance; ``scripts/train_default_models.py --unet_type diffae ... --install``
+makes it (the exact commands are recorded in its README.md model card).
 
-``DIFFAE_MODEL`` (``load_pipeline("diffae")``, ``--model diffae`` on the command line) is a second embedded model, the
-DiffAE architecture (``DiffAEUNet2DModel``: the semantic condition multiplies every residual block) trained on the
-same SynthFaces with v-prediction and sampled without guidance (``--install --install_as diffae``). Its figures are
-in the README section "The embedded default model"; it is not the default until the figures that depend on the
-default (demo, sweeps, step count) have been measured on it.
+``UNET2D_MODEL`` (``load_pipeline("unet2d")``, ``--model unet2d`` on the command line) is the former default: a
+diffusers ``UNet2DModel`` with z added to the timestep embedding, sampled with semantic guidance 5
+(``--install --install_as unet2d``). It stays embedded so that the figures measured on it can be rerun; the README
+section "The embedded default model" compares the two.
 """
 
 from __future__ import annotations
@@ -20,25 +21,26 @@ from pathlib import Path
 from .pipeline_card import render_pipeline_card  # noqa: F401  (kept here: its first home)
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "default_model")
-DIFFAE_MODEL = str(Path(__file__).resolve().parent.parent / "diffae_model")
+UNET2D_MODEL = str(Path(__file__).resolve().parent.parent / "unet2d_model")
 # name -> (folder, constant, card title, how to make it)
 EMBEDDED_MODELS = {
-    "default": (DEFAULT_MODEL, "DEFAULT_MODEL", "dpdiffusion default diffusion autoencoder (SynthFaces)",
-                "scripts/train_default_models.py --install"),
-    "diffae": (DIFFAE_MODEL, "DIFFAE_MODEL",
-               "dpdiffusion DiffAE-architecture diffusion autoencoder (SynthFaces; embedded, not the default)",
-               "scripts/train_default_models.py --unet_type diffae ... --install --install_as diffae"),
+    "default": (DEFAULT_MODEL, "DEFAULT_MODEL",
+                "dpdiffusion default diffusion autoencoder (DiffAE architecture, SynthFaces)",
+                "scripts/train_default_models.py --unet_type diffae --prediction_type v_prediction ... --install"),
+    "unet2d": (UNET2D_MODEL, "UNET2D_MODEL",
+               "dpdiffusion UNet2DModel diffusion autoencoder (SynthFaces; the former default, embedded, not the "
+               "default)", "scripts/train_default_models.py ... --install --install_as unet2d"),
 }
 
 
 def default_model_available(name: str = "default") -> bool:
-    """Whether the embedded model `name` (``"default"`` or ``"diffae"``) is installed (its ``model_index.json``)."""
+    """Whether the embedded model `name` (``"default"`` or ``"unet2d"``) is installed (its ``model_index.json``)."""
     return (Path(EMBEDDED_MODELS[name][0]) / "model_index.json").is_file()
 
 
 def load_pipeline(model: str | None = None, **kwargs):
     """``DPDiffusionPipeline.from_pretrained`` of ``model`` (a folder or a Hub repo id; ``None`` or ``"default"``:
-    the embedded default; ``"diffae"``: the embedded DiffAE-architecture model), safetensors weights only: the one
+    the embedded default; ``"unet2d"``: the embedded former default), safetensors weights only: the one
     loader of the CLI, the demo and the evaluation.
 
     Raises:
@@ -47,7 +49,7 @@ def load_pipeline(model: str | None = None, **kwargs):
     """
     from ..pipeline_dp_diffusion import DPDiffusionPipeline
 
-    name = {None: "default", "DEFAULT_MODEL": "default", "DIFFAE_MODEL": "diffae"}.get(model, model)
+    name = {None: "default", "DEFAULT_MODEL": "default", "UNET2D_MODEL": "unet2d"}.get(model, model)
     if name in EMBEDDED_MODELS:
         folder, constant, _, how = EMBEDDED_MODELS[name]
         if not default_model_available(name):
@@ -59,8 +61,8 @@ def load_pipeline(model: str | None = None, **kwargs):
 
 
 def install_default_model(model_dir: str | Path, *, command: str, name: str = "default") -> Path:
-    """Copy a trained pipeline folder to the embedded model `name` (``"default"``: ``DEFAULT_MODEL``, ``"diffae"``:
-    ``DIFFAE_MODEL``), weights as safetensors only, with its model card.
+    """Copy a trained pipeline folder to the embedded model `name` (``"default"``: ``DEFAULT_MODEL``, ``"unet2d"``:
+    ``UNET2D_MODEL``), weights as safetensors only, with its model card.
 
     Raises:
         ValueError: for another `name`.
@@ -78,3 +80,32 @@ def install_default_model(model_dir: str | Path, *, command: str, name: str = "d
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
     return dst
+
+
+def refresh_model_card(name: str = "default", *, evaluation: dict | None = None,
+                       evaluation_command: str | None = None, command: str | None = None) -> Path:
+    """Render the card of the installed embedded model `name` again from its own files, keeping the training
+    commands its card records (or `command` instead), with `evaluation` (a JSON-able dict) and the command that
+    printed it; the weights are not touched. Written atomically.
+
+    Raises:
+        ValueError: for another `name`, or if that model is not installed.
+    """
+    from huggingface_hub import ModelCard
+
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"name must be one of {sorted(EMBEDDED_MODELS)}, got name={name!r}")
+    folder, constant, title, _ = EMBEDDED_MODELS[name]
+    if not default_model_available(name):
+        raise ValueError(f"the embedded {constant} model is not installed at {folder}")
+    card_file = Path(folder) / "README.md"
+    front = ModelCard(card_file.read_text()).data.to_dict()
+    state_file = Path(folder) / "training_state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    card = render_pipeline_card(folder, command=command or front["training_command"], training_state=state,
+                                repo_or_path=constant, title=title, evaluation=evaluation,
+                                evaluation_command=evaluation_command)
+    tmp = card_file.with_name(".README.md.tmp")
+    tmp.write_text(card)
+    tmp.replace(card_file)
+    return card_file

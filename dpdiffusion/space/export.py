@@ -38,7 +38,8 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the installed (or checked-o
 #: the Hub repository the embedded default pipeline is pushed to (``DPDiffusionPipeline.push_to_hub``)
 DEFAULT_PIPELINE_REPO = "dpdiffusion/dp-diffusion-synthfaces"
 SPACE_FILES = ("app.py", "README.md", "requirements.txt")
-_IGNORED = ("__pycache__", "*.pyc", "*.pyo", "*.egg-info", ".tmp-*", ".DS_Store")
+# unet2d_model: the former default (UNET2D_MODEL), which the Space never runs (6 MB less to upload)
+_IGNORED = ("__pycache__", "*.pyc", "*.pyo", "*.egg-info", ".tmp-*", ".DS_Store", "unet2d_model")
 
 __all__ = ["DEFAULT_PIPELINE_REPO", "SPACE_FILES", "TEMPLATE_DIR", "export_space", "push_space", "space_card",
            "space_requirements"]

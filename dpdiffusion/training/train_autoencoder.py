@@ -69,6 +69,10 @@ class AutoencoderTrainingConfig:
     seed: int = field(default=0, metadata={"help": "Seed of data, initialisation and noise."})
     mixed_precision: str = field(default="no", metadata={"help": "'no', 'fp16' or 'bf16' (Accelerate)."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    init_from: str | None = field(default=None, metadata={"help": "A pipeline folder saved by this trainer (e.g. an "
+                                  "embedded model) whose encoder and UNet weights start a fresh run (new optimiser, "
+                                  "schedule and attribute heads); its architecture must match these options. Ignored "
+                                  "when the run resumes from its own checkpoint."})
 
 
 def load_training_tensors(config: AutoencoderTrainingConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -162,6 +166,8 @@ def train_autoencoder(config: AutoencoderTrainingConfig):
         (out / "training_config.json").write_text(json.dumps(asdict(config), indent=2, default=list))
 
     model, scheduler = _build_model(config, len(names))
+    if config.init_from is not None and _latest_checkpoint(ckpt_root) is None:
+        _load_pipeline_weights(model, config.init_from)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config=config))
@@ -270,6 +276,26 @@ def _build_model(config: AutoencoderTrainingConfig, num_attributes: int):
         unet = build_unet(sample_size=config.image_size, block_out_channels=tuple(config.unet_channels))
         scheduler = build_scheduler()
     return _Trainable(encoder, unet, num_attributes), scheduler
+
+
+def _load_pipeline_weights(model: _Trainable, folder: str | Path) -> None:
+    """Load the encoder and UNet weights of the pipeline folder `folder` into `model` (strictly: same architecture).
+
+    Raises:
+        ValueError: if `folder` has no encoder/UNet safetensors weights or they do not fit `model`.
+    """
+    from safetensors.torch import load_file
+
+    for part in ("encoder", "unet"):
+        weights = Path(folder) / part / "diffusion_pytorch_model.safetensors"
+        if not weights.is_file():
+            raise ValueError(f"init_from must be a pipeline folder with {part}/diffusion_pytorch_model.safetensors, "
+                             f"got init_from={str(folder)!r}")
+        try:
+            getattr(model, part).load_state_dict(load_file(weights), strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"init_from={str(folder)!r}: its {part} does not match the configured architecture "
+                             f"({err})") from err
 
 
 def _lr_factor(step: int, *, config: AutoencoderTrainingConfig) -> float:

@@ -150,3 +150,11 @@ def test_unlearn_two_cpu_processes_match_one(tmp_path):
     moved = max(float((a[k] - original[k]).abs().max()) for k in a if a[k].is_floating_point())
     gap = max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point())
     assert moved > 1e-4 and gap < 1e-3 * moved  # same update up to the order of float sums
+
+
+def test_evaluate_card_refuses_a_model_that_is_not_embedded_before_evaluating(tiny_model):
+    from dpdiffusion.cli import main
+
+    with pytest.raises(SystemExit, match="--card writes into an embedded model's card: --model must be omitted or "
+                                         "unet2d"):
+        main(["evaluate", "autoencoder", "--model", str(tiny_model), "--num-images", "20", "--card"])

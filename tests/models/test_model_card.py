@@ -29,8 +29,8 @@ def test_pipeline_card_names_the_diffae_decoder(dummy_components, tmp_path):
 
 
 def test_install_writes_the_named_embedded_model_and_load_pipeline_finds_it(dummy_components, tmp_path, monkeypatch):
-    """`install_default_model(name="diffae")` fills DIFFAE_MODEL (not DEFAULT_MODEL), safetensors only, with the
-    card; `load_pipeline("diffae")` then loads it, and says how to make it when it is missing."""
+    """`install_default_model(name="unet2d")` fills UNET2D_MODEL (not DEFAULT_MODEL), safetensors only, with the
+    card; `load_pipeline("unet2d")` then loads it, and says how to make it when it is missing."""
     import pytest
 
     from dpdiffusion.models import default
@@ -40,15 +40,15 @@ def test_install_writes_the_named_embedded_model_and_load_pipeline_finds_it(dumm
     (src / "unet" / "stray.bin").write_bytes(b"pickle")
     models = {name: (str(tmp_path / f"{name}_model"), *rest) for name, (_, *rest) in default.EMBEDDED_MODELS.items()}
     monkeypatch.setattr(default, "EMBEDDED_MODELS", models)
-    with pytest.raises(ValueError, match="embedded DIFFAE_MODEL model is not installed"):
-        default.load_pipeline("diffae")
-    target = default.install_default_model(src, command="python scripts/train_default_models.py --install_as diffae",
-                                           name="diffae")
-    assert str(target) == models["diffae"][0] and not (tmp_path / "default_model").exists()
+    with pytest.raises(ValueError, match="embedded UNET2D_MODEL model is not installed"):
+        default.load_pipeline("unet2d")
+    target = default.install_default_model(src, command="python scripts/train_default_models.py --install_as unet2d",
+                                           name="unet2d")
+    assert str(target) == models["unet2d"][0] and not (tmp_path / "default_model").exists()
     card = (target / "README.md").read_text()
-    assert not list(target.rglob("*.bin")) and "--install_as diffae" in card
-    assert "from_pretrained(DIFFAE_MODEL)" in card and "DEFAULT_MODEL" not in card and "not the default" in card
-    pipe = default.load_pipeline("diffae")
+    assert not list(target.rglob("*.bin")) and "--install_as unet2d" in card
+    assert "from_pretrained(UNET2D_MODEL)" in card and "DEFAULT_MODEL" not in card and "not the default" in card
+    pipe = default.load_pipeline("unet2d")
     assert pipe.attribute_directions.names == dummy_components["attribute_directions"].names
     with pytest.raises(ValueError, match="name must be one of"):
         default.install_default_model(src, command="x", name="other")
@@ -62,5 +62,30 @@ def test_train_default_models_refuses_an_unknown_install_target_before_training(
     script = Path(__file__).resolve().parents[2] / "scripts" / "train_default_models.py"
     res = subprocess.run([sys.executable, str(script), "--output_dir", "/nonexistent/never-made", "--install",
                           "--install_as", "other"], capture_output=True, text=True, timeout=120)
-    assert res.returncode != 0 and "--install_as must be one of ['default', 'diffae']" in res.stderr
+    assert res.returncode != 0 and "--install_as must be one of ['default', 'unet2d']" in res.stderr
     assert not Path("/nonexistent/never-made").exists()
+
+
+def test_refresh_model_card_keeps_the_commands_and_adds_the_evaluation(dummy_components, tmp_path, monkeypatch):
+    import pytest
+
+    from dpdiffusion.models import default
+
+    src = tmp_path / "trained"
+    DPDiffusionPipeline(**dummy_components).save_pretrained(src)
+    models = {name: (str(tmp_path / f"{name}_model"), *rest) for name, (_, *rest) in default.EMBEDDED_MODELS.items()}
+    monkeypatch.setattr(default, "EMBEDDED_MODELS", models)
+    with pytest.raises(ValueError, match="UNET2D_MODEL model is not installed"):
+        default.refresh_model_card("unet2d")
+    target = default.install_default_model(src, command="python scripts/train_default_models.py --a\n"
+                                           "python scripts/train_default_models.py --b", name="default")
+    weights = sorted((p.name, p.read_bytes()) for p in target.rglob("*.safetensors"))
+    card = default.refresh_model_card("default", evaluation={"random_code_psnr_db": 21.5},
+                                      evaluation_command="python scripts/evaluate_default_model.py --card").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["training_command"] == "python scripts/train_default_models.py --a\npython scripts/train_default_models.py --b"
+    assert '"random_code_psnr_db": 21.5' in card and "python scripts/evaluate_default_model.py --card" in card
+    assert "from_pretrained(DEFAULT_MODEL)" in card
+    assert sorted((p.name, p.read_bytes()) for p in target.rglob("*.safetensors")) == weights
+    with pytest.raises(ValueError, match="name must be one of"):
+        default.refresh_model_card("other")

@@ -320,3 +320,34 @@ def test_model_cpu_offload_runs_and_gives_the_same_output(dummy_images):
     assert str(offloaded._execution_device).startswith("cpu")
     got = _call(offloaded, dummy_images, secure_mode=False).images
     assert np.array_equal(got, ref)
+
+
+def test_step_count_defaults_follow_the_stochastic_code(dummy_pipe, dummy_images, monkeypatch):
+    """No step count: a random code decodes on DEFAULT_NUM_INFERENCE_STEPS (5); "inverted" inverts and decodes on
+    DEFAULT_INVERSION_STEPS (25), the same grid for both; a given count is used for both as it is."""
+    import dpdiffusion.pipeline_dp_diffusion as module
+    from dpdiffusion.models.steps import DEFAULT_INVERSION_STEPS, DEFAULT_NUM_INFERENCE_STEPS
+
+    assert (DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_INVERSION_STEPS) == (5, 25)
+    seen = []
+    real_invert, real_denoise, real_pipe_invert = module.ddim_invert, dummy_pipe._denoise, dummy_pipe.invert
+    monkeypatch.setattr(module, "ddim_invert", lambda u, s, x, c, n: seen.append(("invert", n)) or real_invert(u, s, x, c, n))
+    monkeypatch.setattr(dummy_pipe, "invert", lambda im, z=None, *, num_inference_steps=5: seen.append(
+        ("invert", num_inference_steps)) or real_pipe_invert(im, z, num_inference_steps=num_inference_steps))
+    monkeypatch.setattr(dummy_pipe, "_denoise", lambda x_t, c, gc, scale, n, **kw: seen.append(("decode", n))
+                        or real_denoise(x_t, c, gc, scale, n, **kw))
+    dummy_pipe(dummy_images, epsilon=1.0, output_type="np")
+    assert seen == [("decode", 5)]
+    seen.clear()
+    out = dummy_pipe(dummy_images, epsilon=1.0, stochastic_code="inverted", output_type="np")
+    assert seen == [("invert", 25), ("decode", 25)] and out.guarantee == "heuristic"
+    seen.clear()
+    dummy_pipe(dummy_images, epsilon=1.0, stochastic_code="inverted", num_inference_steps=3, output_type="np")
+    assert seen == [("invert", 3), ("decode", 3)]
+    seen.clear()
+    z = dummy_pipe.encode(dummy_images)
+    dummy_pipe.decode(z, output_type="np", progress=False)
+    dummy_pipe.decode(z, stochastic_code="inverted", images=dummy_images, output_type="np", progress=False)
+    assert seen == [("decode", 5), ("invert", 25), ("decode", 25)]
+    with pytest.raises(ValueError, match="num_inference_steps must be an integer >= 1, got num_inference_steps=0"):
+        dummy_pipe.decode(z, num_inference_steps=0, output_type="np")

@@ -396,7 +396,7 @@ def call_kwargs(draw, invalid=None):
         kwargs["stochastic_code"] = draw(st.text(max_size=8).filter(lambda s: s not in ("random", "inverted")))
     elif invalid == "num_inference_steps":
         kwargs["num_inference_steps"] = draw(st.one_of(st.integers(max_value=0), st.floats(), st.booleans(),
-                                                       st.none(), st.text(max_size=3)))
+                                                       st.text(max_size=3)))  # None: the stochastic code's default
     elif invalid == "output_type":
         kwargs["output_type"] = draw(st.one_of(st.text(max_size=5), st.none()).filter(
             lambda s: s not in ("pil", "np", "pt")))
@@ -565,7 +565,7 @@ def test_protect_config_rejects_each_invalid_field_before_writing(pipe, tmp_path
         "weights": _bad_weights_for(attrs),
         "scope": st.text(max_size=6).filter(lambda s: s not in ("attributes", "latent")),
         "stochastic_code": st.text(max_size=6).filter(lambda s: s not in ("random", "inverted")),
-        "num_inference_steps": st.one_of(st.integers(max_value=0), st.floats(), st.booleans(), st.none()),
+        "num_inference_steps": st.one_of(st.integers(max_value=0), st.floats(), st.booleans()),  # None: the default
         "batch_size": st.one_of(st.integers(max_value=0), st.floats(), st.booleans(), st.none()),
         "insecure_seed": st.one_of(st.floats(), st.text(max_size=3), st.booleans()),  # None: the CSPRNG default
         "limit": st.one_of(st.integers(max_value=-1), st.floats(), st.text(max_size=3)),

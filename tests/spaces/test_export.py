@@ -79,6 +79,7 @@ def test_export_writes_a_complete_space(exported):
     default = Path(DEFAULT_MODEL)
     for path in (p for p in default.rglob("*") if p.is_file()):  # the default model, byte for byte
         assert (pkg / "default_model" / path.relative_to(default)).read_bytes() == path.read_bytes()
+    assert not (pkg / "unet2d_model").exists()  # the former default, which the Space never runs
     assert not [p for p in exported.rglob("*") if p.name == "__pycache__" or p.suffix == ".pyc" or p.is_symlink()]
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".tmp-")]  # nothing left half-way
 

@@ -1,6 +1,7 @@
 """train_autoencoder with the DiffAE decoder (``unet_type="diffae"``): trains, checkpoints, resumes, and saves a
 pipeline whose every stage works; the builder's checks and its zero-initialised outputs."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -165,3 +166,24 @@ def test_check_checkpoint_script_prints_its_figures(trained):
     assert out["checkpoint"].endswith("step-3") and out["prediction_type"] == "epsilon"
     assert set(out["random_code_psnr_db"]) == {"2"} and out["inversion_psnr_db"] > 0
     assert set(out["z_swap_effect"]) == {"10", "999"} and all(v >= 0 for v in out["z_swap_effect"].values())
+
+
+def test_init_from_starts_a_run_from_a_pipelines_weights(trained, tmp_path):
+    """A fresh run with init_from starts at the given pipeline's encoder and UNet (checked on the weights after a
+    zero-learning-rate step: the EMA of unchanged weights is those weights), refuses a folder of another
+    architecture, and is ignored once the run has a checkpoint of its own."""
+    from dpdiffusion.models.default import load_pipeline
+
+    src = load_pipeline(str(trained[1]))
+    out = train_autoencoder(_config(tmp_path, max_steps=1, learning_rate=0.0, init_from=str(trained[1]), seed=5))
+    got = load_pipeline(str(out))
+    for part in ("encoder", "unet"):
+        for (n, p), (_, q) in zip(getattr(src, part).state_dict().items(), getattr(got, part).state_dict().items()):
+            assert torch.equal(p, q), (part, n)
+    fresh = load_pipeline(str(train_autoencoder(_config(tmp_path / "fresh", max_steps=1, learning_rate=0.0, seed=5))))
+    assert not all(torch.equal(p, q) for p, q in zip(src.unet.parameters(), fresh.unet.parameters()))
+    with pytest.raises(ValueError, match="init_from=.*does not match the configured architecture"):
+        train_autoencoder(dataclasses.replace(_config(tmp_path / "wide", max_steps=1, init_from=str(trained[1])),
+                                              unet_channels=[16, 16]))
+    with pytest.raises(ValueError, match="init_from must be a pipeline folder"):
+        train_autoencoder(_config(tmp_path / "none", max_steps=1, init_from=str(tmp_path / "missing")))

@@ -7,19 +7,22 @@ import math
 import numpy as np
 import torch
 
+from ...models.steps import DEFAULT_NUM_INFERENCE_STEPS
+
 PAPER_EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
 QUICK_EPSILONS = (1.0, math.inf)
 AUDIT_EPSILONS = (0.5, 1.0, 4.0)
 
-# Sizes of the full sweep (about 20 minutes on 2 CPU cores for the embedded 32 px default) and of --quick.
+# Sizes of the full sweep (about 20 minutes on 2 CPU cores for the embedded 32 px default) and of --quick; DDIM steps:
+# the entry points' default.
 # Audit trials: 24,000 per world certify up to epsilon 8.09 (`max_certifiable_epsilon`), twice the largest of
 # AUDIT_EPSILONS (trials_needed(8.0, delta=1e-5) = 21,997), so every latent and pixel audit can refute its claim.
 # Decoded audits cost a decode per trial: 100 certify up to 2.57, so claims above 1.28 are audited at 1.28.
 _DEFAULTS = {
-    False: dict(num_train=1000, num_test=400, num_inference_steps=5, classifier_epochs=15, audit_trials=24000,
-                audit_decoded_trials=100, audit_pairs=8),
-    True: dict(num_train=400, num_test=200, num_inference_steps=5, classifier_epochs=12, audit_trials=24000,
-               audit_decoded_trials=0, audit_pairs=4),
+    False: dict(num_train=1000, num_test=400, num_inference_steps=DEFAULT_NUM_INFERENCE_STEPS, classifier_epochs=15,
+                audit_trials=24000, audit_decoded_trials=100, audit_pairs=8),
+    True: dict(num_train=400, num_test=200, num_inference_steps=DEFAULT_NUM_INFERENCE_STEPS, classifier_epochs=12,
+               audit_trials=24000, audit_decoded_trials=0, audit_pairs=4),
 }
 
 
