@@ -193,6 +193,10 @@ def cmd_space(ns) -> int:
     return 0
 
 
+_MODEL_HELP = ("Pipeline folder or Hub repo id, or unet2d for the embedded former default (default: the embedded "
+               "default).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models.steps import DEFAULT_INVERSION_STEPS, DEFAULT_NUM_INFERENCE_STEPS
     from .protect import ProtectConfig
@@ -204,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="The main job on the embedded default: protect, unlearn, evaluate, report.")
     p.add_argument("--out", default="demo-out", help="Output folder (report.md, plots, metrics.json).")
-    p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id, or unet2d for the embedded former default (default: the embedded default).")
+    p.add_argument("--model", default=None, help=_MODEL_HELP)
     p.add_argument("--num-images", type=int, default=16, help="SynthFaces images in the before/after grid.")
     p.add_argument("--num-inference-steps", type=int, default=DEFAULT_NUM_INFERENCE_STEPS,
                    help=f"DDIM steps (default {DEFAULT_NUM_INFERENCE_STEPS}, as every random-code release).")
@@ -213,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("protect", help="Protect a whole dataset (resumable, streaming, data-parallel).")
     add_dataclass_arguments(p, ProtectConfig)
-    p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id, or unet2d for the embedded former default (default: the embedded default).")
+    p.add_argument("--model", default=None, help=_MODEL_HELP)
     p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     p.set_defaults(func=cmd_protect)
 
@@ -235,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_experiment_arguments(p)
     p.set_defaults(func=cmd_evaluate_experiments)
     p = evaluate_sub.add_parser("autoencoder", help="Inversion PSNR, attribute keeping from z, probe accuracy (JSON).")
-    p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id, or unet2d for the embedded former default (default: the embedded default).")
+    p.add_argument("--model", default=None, help=_MODEL_HELP)
     p.add_argument("--num-images", type=int, default=500, help="Held-out SynthFaces images.")
     p.add_argument("--num-inference-steps", type=int, default=DEFAULT_NUM_INFERENCE_STEPS,
                    help=f"DDIM steps of random-code decoding at which its targets are checked (default "

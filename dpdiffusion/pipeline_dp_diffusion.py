@@ -248,7 +248,7 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         unchanged, and the decoder sees in-distribution latents. ``"posterior_mean"`` replaces each released
         coordinate by its posterior mean E[clip(a) | a~] under the public fit-time prior stored with the directions
         (`dpdiffusion.privacy.postprocess`; the residual as with ``"clip"``): post-processing too. It is not the
-        default: measured on the embedded default it keeps the judge's agreement on unprotected attributes higher
+        default: measured on both embedded models it keeps the judge's agreement on unprotected attributes higher
         (``scripts/postprocessing_effect.py``) but the paper sweep's utility lower (a classifier trained on the
         releases; the posterior mean of a two-mode coordinate lies between the modes, where the decoder draws
         off-distribution faces), see the README. ``"none"`` returns the raw mechanism output (for audits).

@@ -21,9 +21,10 @@ from .models.diffae import _is_official, ddim_decode, ddim_invert, predict_noise
 
 __all__ = ["DEFAULT_GUIDANCE_SCALE", "DEFAULT_INVERSION_STEPS", "DEFAULT_NUM_INFERENCE_STEPS", "DDIMSamplingMixin"]
 
-# semantic guidance for random stochastic codes: measured on the embedded default with
-# scripts/evaluate_default_model.py --guidance-scale S (on 100 held-out faces, 20 steps, the agreement of
-# dark_skin rose from 0.83 at S=1 to 0.96 at S=3 and 0.99 at S=5; see the README)
+# semantic guidance for random stochastic codes of the class-embedding UNet (the DiffAE architecture, the default,
+# uses none): measured on the former default (UNET2D_MODEL) with
+# scripts/evaluate_default_model.py --model unet2d --guidance-scale S (on 100 held-out faces, 20 steps, the
+# agreement of dark_skin rose from 0.83 at S=1 to 0.96 at S=3 and 0.99 at S=5)
 DEFAULT_GUIDANCE_SCALE = 5.0
 
 
