@@ -15,7 +15,7 @@ import types
 import typing
 from pathlib import Path
 
-from .models.default import load_pipeline
+from .models.default import embedded_model_name, load_pipeline
 
 logger = logging.getLogger("dpdiffusion")
 
@@ -122,8 +122,7 @@ def cmd_evaluate(ns) -> int:
 
     import json
 
-    card_name = {None: "default", "default": "default", "DEFAULT_MODEL": "default", "unet2d": "unet2d",
-                 "UNET2D_MODEL": "unet2d"}.get(ns.model)
+    card_name = embedded_model_name(ns.model)
     if ns.card and card_name is None:  # before the evaluation, not after
         raise SystemExit(f"--card writes into an embedded model's card: --model must be omitted or unet2d, got "
                          f"--model {ns.model}")

@@ -137,10 +137,7 @@ class DDIMSamplingMixin:
         """
         scale = self._guidance(guidance_scale, stochastic_code)
         self._check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
-        num_inference_steps = resolve_num_inference_steps(num_inference_steps, stochastic_code)
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an integer >= 1, got "
-                             f"num_inference_steps={num_inference_steps!r}")
+        num_inference_steps = resolve_num_inference_steps(num_inference_steps, stochastic_code)  # validated
         device = self._execution_device
         b, size = z.shape[0], self.image_size
         if isinstance(stochastic_code, torch.Tensor):

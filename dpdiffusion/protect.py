@@ -150,12 +150,9 @@ def _check_config(config: ProtectConfig) -> None:
         value = getattr(config, name)
         if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
             raise ValueError(f"{name} must be a non-empty str, got {name}={value!r}")
-    for name, low in (("num_inference_steps", 1), ("batch_size", 1)):
-        value = getattr(config, name)
-        if name == "num_inference_steps" and value is None:  # the stochastic code's default
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {name}={value!r}")
+    resolve_num_inference_steps(config.num_inference_steps, config.stochastic_code)  # None: the code's default
+    if isinstance(config.batch_size, bool) or not isinstance(config.batch_size, int) or config.batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got batch_size={config.batch_size!r}")
     if config.insecure_seed is not None and (isinstance(config.insecure_seed, bool)
                                              or not isinstance(config.insecure_seed, int)):
         raise ValueError(f"insecure_seed must be None or an integer, got insecure_seed={config.insecure_seed!r}")

@@ -21,7 +21,8 @@ import torch
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="default", help="Pipeline folder, or default / unet2d for an embedded model (default: the embedded default).")
+    parser.add_argument("--model", default="default", help="Pipeline folder, or default / unet2d for an embedded model "
+                                                             "(default: the embedded default).")
     parser.add_argument("--num-images", type=int, default=10000, help="Size of the SynthFaces fit set.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the SynthFaces fit set.")
     parser.add_argument("--num-bins", type=int, default=64, help="Histogram bins over [-C, C].")
@@ -32,12 +33,13 @@ def main(argv=None) -> dict:
         parser.error(f"--num-images must be >= 100, got {args.num_images}")
 
     from dpdiffusion.data.synthfaces import make_synthfaces_arrays
-    from dpdiffusion.models.default import EMBEDDED_MODELS, load_pipeline
+    from dpdiffusion.models.default import EMBEDDED_MODELS, embedded_model_name, load_pipeline
     from dpdiffusion.privacy.postprocess import coordinate_prior
     from dpdiffusion.training.train_autoencoder import encode_all
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    folder = EMBEDDED_MODELS[args.model][0] if args.model in EMBEDDED_MODELS else args.model
+    name = embedded_model_name(args.model)
+    folder = EMBEDDED_MODELS[name][0] if name is not None else args.model  # the folder its prior is written to
     pipe = load_pipeline(folder)
     dirs = pipe.attribute_directions
     images, _ = make_synthfaces_arrays(args.num_images, image_size=pipe.image_size, seed=args.seed)

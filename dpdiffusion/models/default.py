@@ -33,6 +33,16 @@ EMBEDDED_MODELS = {
 }
 
 
+def embedded_model_name(model: str | None) -> str | None:
+    """The `EMBEDDED_MODELS` name that `model` means (``None``, a name or its constant's name, e.g.
+    ``"UNET2D_MODEL"``), or ``None`` for a folder or Hub repo id."""
+    if model is None:
+        return "default"
+    if model in EMBEDDED_MODELS:
+        return model
+    return next((name for name, (_, constant, _, _) in EMBEDDED_MODELS.items() if constant == model), None)
+
+
 def default_model_available(name: str = "default") -> bool:
     """Whether the embedded model `name` (``"default"`` or ``"unet2d"``) is installed (its ``model_index.json``)."""
     return (Path(EMBEDDED_MODELS[name][0]) / "model_index.json").is_file()
@@ -49,8 +59,8 @@ def load_pipeline(model: str | None = None, **kwargs):
     """
     from ..pipeline_dp_diffusion import DPDiffusionPipeline
 
-    name = {None: "default", "DEFAULT_MODEL": "default", "UNET2D_MODEL": "unet2d"}.get(model, model)
-    if name in EMBEDDED_MODELS:
+    name = embedded_model_name(model)
+    if name is not None:
         folder, constant, _, how = EMBEDDED_MODELS[name]
         if not default_model_available(name):
             raise ValueError(f"the embedded {constant} model is not installed; train it with {how} or pass "

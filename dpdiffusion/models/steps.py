@@ -22,9 +22,15 @@ DEFAULT_INVERSION_STEPS = 25
 
 def resolve_num_inference_steps(num_inference_steps, stochastic_code) -> int:
     """`num_inference_steps` when given, else the default of the stochastic code's kind (``"inverted"``:
-    ``DEFAULT_INVERSION_STEPS``; ``"random"`` or a given tensor ``x_T``: ``DEFAULT_NUM_INFERENCE_STEPS``). The value
-    given is returned as it is, for the caller to validate."""
-    if num_inference_steps is not None:
-        return num_inference_steps
-    inverted = isinstance(stochastic_code, str) and stochastic_code == "inverted"
-    return DEFAULT_INVERSION_STEPS if inverted else DEFAULT_NUM_INFERENCE_STEPS
+    ``DEFAULT_INVERSION_STEPS``; ``"random"`` or a given tensor ``x_T``: ``DEFAULT_NUM_INFERENCE_STEPS``).
+
+    Raises:
+        ValueError: if a given `num_inference_steps` is not an integer >= 1.
+    """
+    if num_inference_steps is None:
+        inverted = isinstance(stochastic_code, str) and stochastic_code == "inverted"
+        return DEFAULT_INVERSION_STEPS if inverted else DEFAULT_NUM_INFERENCE_STEPS
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be an integer >= 1, got "
+                         f"num_inference_steps={num_inference_steps!r}")
+    return num_inference_steps

@@ -89,3 +89,11 @@ def test_refresh_model_card_keeps_the_commands_and_adds_the_evaluation(dummy_com
     assert sorted((p.name, p.read_bytes()) for p in target.rglob("*.safetensors")) == weights
     with pytest.raises(ValueError, match="name must be one of"):
         default.refresh_model_card("other")
+
+
+def test_embedded_model_name_reads_names_and_constants_only():
+    from dpdiffusion.models.default import DEFAULT_MODEL, embedded_model_name
+
+    assert [embedded_model_name(m) for m in (None, "default", "DEFAULT_MODEL", "unet2d", "UNET2D_MODEL")] == \
+        ["default", "default", "default", "unet2d", "unet2d"]
+    assert embedded_model_name(DEFAULT_MODEL) is None and embedded_model_name("me/dp-pipeline") is None
