@@ -34,7 +34,8 @@ Prints one JSON document and the Markdown tables; `--out DIR` also writes `resul
 
     python scripts/benchmark_unlearning.py --num-train 5000 --frac-changed 0.3 --epochs 20 --out bench-out
 
-`--arch vit` runs the same comparison on a small ViT (SDPA attention, patch 4; the ViT row of the README's table):
+`--arch vit` runs the same comparison on a small ViT (SDPA attention, patch 8, its own recipe `RECIPES["vit"]`: 100
+epochs, warm-up; the ViT row of the README's table):
 targets are a first-order speed-up over retraining >= 20x and a second-order one >= 5x (ResNet: 50x / 10x), with
 test accuracy within 1 point of the retrained model's. `--memory-scaling 1000 10000` additionally runs the
 `dpdiffusion unlearn` job as a subprocess on SynthFaces image folders of each size (30 % revised) and records its
@@ -77,14 +78,22 @@ PROTECTED = "dark_skin"
 SPEEDUP_TARGETS = {"resnet": {"first_order": 50, "second_order": 10}, "vit": {"first_order": 20, "second_order": 5}}
 # share of the original -> retrained gap restored on the reversed split
 GAP_TARGETS = {"first_order": 0.8, "second_order": 0.9}
+# training recipe per architecture (original training and every retraining): the ResNet's is the project's classifier
+# recipe; a ViT trained from scratch on 5,000 32 px images needs a warm-up, a lower learning rate, stronger weight
+# decay and many more epochs (with the ResNet's recipe its two retraining seeds ended 7.35 points apart in clean
+# accuracy; git history of results/unlearning_vit/)
+RECIPES = {
+    "resnet": {"epochs": 20, "lr": 3e-3, "weight_decay": 1e-4, "warmup_ratio": 0.0},
+    "vit": {"epochs": 100, "lr": 1e-3, "weight_decay": 0.05, "warmup_ratio": 0.1},
+}
 
 
 def build_vit(num_labels: int, *, image_size: int, seed: int, label_names: list[str]):
-    """A small ViT (hidden 64, 4 layers, 4 heads, patch 4, SDPA attention), multi-label, seeded."""
+    """A small ViT (hidden 128, 4 layers, 4 heads, MLP 256, patch 8, SDPA attention), multi-label, seeded."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    config = ViTConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-                       image_size=image_size, patch_size=4, num_labels=num_labels,
+    config = ViTConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
+                       image_size=image_size, patch_size=8, num_labels=num_labels,
                        id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
                        problem_type="multi_label_classification", attn_implementation="sdpa")
     with torch.random.fork_rng(devices=[]):
@@ -98,9 +107,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-train", type=int, default=5000, help="number of training images (>= 100)")
     p.add_argument("--num-test", type=int, default=2000, help="held-out images: test set, MIA non-members and probe")
     p.add_argument("--frac-changed", type=float, default=0.3, help="fraction of training images revised, in (0, 1]")
-    p.add_argument("--epochs", type=int, default=20, help="epochs of the original training and of retraining")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of the original training and of retraining (default: the --arch recipe's, RECIPES)")
     p.add_argument("--batch-size", type=int, default=64, help="training batch size")
-    p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (cosine decay)")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (cosine decay; default: the recipe's)")
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: the recipe's)")
+    p.add_argument("--warmup-ratio", type=float, default=None,
+                   help="share of the training steps spent on a linear warm-up, in [0, 1) (default: the recipe's)")
     p.add_argument("--finetune-epochs", type=int, default=2, help="epochs of the fine-tuning baseline")
     p.add_argument("--finetune-lr", type=float, default=1e-3, help="learning rate of the fine-tuning baseline")
     p.add_argument("--last-k-blocks", type=int, default=-1,
@@ -146,6 +159,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--num-train must be >= 100, got {args.num_train}")
     if not 0 < args.frac_changed <= 1:
         p.error(f"--frac-changed must be in (0, 1], got {args.frac_changed}")
+    for name, value in RECIPES[args.arch].items():  # the architecture's recipe fills what was not given
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.epochs < 1:
+        p.error(f"--epochs must be >= 1, got {args.epochs}")
+    if not 0 <= args.warmup_ratio < 1:
+        p.error(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
     if args.retrain_seeds < 2:
         p.error(f"--retrain-seeds must be >= 2, got {args.retrain_seeds}")
     if not 0 <= args.correlation <= 1:
@@ -262,8 +282,8 @@ def main(argv=None) -> dict:
     data_seconds = time.perf_counter() - t0
     y = torch.from_numpy(data["train_labels"])
     changed = data["changed"]
-    recipe = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, accelerator=accelerator,
-                  progress=args.progress)
+    recipe = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                  warmup_ratio=args.warmup_ratio, seed=args.seed, accelerator=accelerator, progress=args.progress)
 
     def fresh_model(seed=args.seed):
         build = build_vit if args.arch == "vit" else build_classifier
@@ -337,7 +357,8 @@ def main(argv=None) -> dict:
     )
     rows = table["rows"]
     ref = rows["retrain"]
-    checks = {}
+    clean_seeds = table_rev["reference"]["clean_accuracies"]  # every retraining seed's accuracy on the test set
+    checks = {"retrain_clean_spread": max(clean_seeds) - min(clean_seeds)}
     for m in ("first_order", "second_order"):
         r = rows[m]
         target = SPEEDUP_TARGETS[args.arch][m]
@@ -345,6 +366,7 @@ def main(argv=None) -> dict:
             "speedup_target": target,
             "speedup_ok": (r["speedup_vs_retrain"] or 0) >= target,
             "test_accuracy_within_1pt": abs(r["test_accuracy"] - ref["test_accuracy"]) <= 0.01,
+            "test_accuracy_within_1pt_of_retrain_mean": abs(r["test_accuracy"] - float(np.mean(clean_seeds))) <= 0.01,
             "mia_auc_within_0.03": abs(r["mia_auc"] - ref["mia_auc"]) <= 0.03,
             "closer_than_original_l2": r["l2_to_retrained"] < rows["original"]["l2_to_retrained"],
             "closer_than_original_prob": r["prob_distance_to_retrained"] < rows["original"]["prob_distance_to_retrained"],

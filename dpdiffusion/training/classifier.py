@@ -214,6 +214,7 @@ def train_classifier(
     lr: float,
     seed: int,
     weight_decay: float = 1e-4,
+    warmup_ratio: float = 0.0,
     accelerator: Any = None,
     mixed_precision: str = "no",
     progress: bool = True,
@@ -224,8 +225,8 @@ def train_classifier(
     Each epoch visits a permutation of the rows drawn from `torch.Generator().manual_seed(seed + epoch)`; every
     global batch of `batch_size` rows is split across Accelerate processes (`rows[rank::world_size]`), the model
     is prepared by Accelerate (DDP averages the gradients), and the loss is `per_example_loss` averaged over the
-    local rows (binary cross-entropy for multi-label, cross-entropy for single-label). The learning rate follows a
-    cosine decay to zero over all steps.
+    local rows (binary cross-entropy for multi-label, cross-entropy for single-label). The learning rate rises
+    linearly from zero over the first `warmup_ratio` of the steps, then follows a cosine decay to zero.
 
     Args:
         model (`torch.nn.Module`): a `transformers` image-classification model (trained in place).
@@ -233,6 +234,8 @@ def train_classifier(
         labels: `(N, L)` 0/1 labels (multi-label) or `(N,)` class indices.
         epochs (`int`), batch_size (`int`), lr (`float`), seed (`int`): the recipe.
         weight_decay (`float`): AdamW's decoupled weight decay.
+        warmup_ratio (`float`): share of the steps, in [0, 1), spent on the linear warm-up (0: none; vision
+            transformers trained from scratch need one).
         accelerator (`accelerate.Accelerator`, *optional*): created with `mixed_precision` when omitted.
         progress (`bool`): show a tqdm bar on the main process.
         augment (`callable`, *optional*): ``augment(x, generator)`` maps each training batch of pixel values
@@ -254,6 +257,8 @@ def train_classifier(
         raise ValueError(f"batch_size must be >= 1, got batch_size={batch_size}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got lr={lr}")
+    if not 0 <= warmup_ratio < 1:
+        raise ValueError(f"warmup_ratio must be in [0, 1), got warmup_ratio={warmup_ratio}")
     n = len(images)
     if len(labels) != n:
         raise ValueError(f"images and labels must have the same length, got {n} and {len(labels)}")
@@ -271,8 +276,9 @@ def train_classifier(
         torch.manual_seed(seed)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-        # 0.5 (1 + cos(pi step / total_steps)): cosine decay to zero at the last step, no warm-up
-        scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=total_steps)
+        # linear warm-up over `warmup_ratio` of the steps, then cosine decay to zero at the last step
+        scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=int(warmup_ratio * total_steps),
+                                                    num_training_steps=total_steps)
         # the scheduler is not prepared: each process sees a shard of the same global batch, so it must step
         # once per global step (an Accelerate-prepared scheduler steps once per process)
         model, optimizer = accelerator.prepare(model, optimizer)

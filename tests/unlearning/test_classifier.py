@@ -106,9 +106,32 @@ def test_train_single_label():
     assert predict_logits(model, images).shape == (64, 4)
 
 
+def test_warmup_ratio_holds_the_first_steps_at_a_linear_ramp():
+    """Against a hand-run AdamW: 2 full-batch steps with warmup_ratio=0.5 are one step at lr 0 (the moments still
+    see its gradient), then one at the full lr (the cosine is at its start); without warm-up the result differs."""
+    images, labels = _data(n=16)
+    lr, wd = 1e-2, 1e-4
+    kw = dict(epochs=2, batch_size=16, lr=lr, seed=0, weight_decay=wd, progress=False)
+    warm = train_classifier(build_classifier(2, image_size=16, seed=0, **TINY), images, labels, warmup_ratio=0.5, **kw)
+    cold = train_classifier(build_classifier(2, image_size=16, seed=0, **TINY), images, labels, **kw)
+    oracle = build_classifier(2, image_size=16, seed=0, **TINY).train()
+    opt = torch.optim.AdamW(oracle.parameters(), lr=lr, weight_decay=wd)
+    x = to_pixel_values(images)
+    for step_lr in (0.0, lr):
+        opt.param_groups[0]["lr"] = step_lr
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(oracle(pixel_values=x).logits, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for (name, p), q, c in zip(warm.named_parameters(), oracle.parameters(), cold.parameters()):
+        assert torch.allclose(p, q, atol=1e-5), name
+    assert any(not torch.allclose(p, c, atol=1e-5) for p, c in zip(warm.parameters(), cold.parameters()))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
-    [(dict(epochs=0), "epochs"), (dict(batch_size=0), "batch_size"), (dict(lr=0.0), "lr")],
+    [(dict(epochs=0), "epochs"), (dict(batch_size=0), "batch_size"), (dict(lr=0.0), "lr"),
+     (dict(warmup_ratio=1.0), "warmup_ratio"), (dict(warmup_ratio=-0.1), "warmup_ratio")],
 )
 def test_train_classifier_bad_arguments(kwargs, match):
     images, labels = _data(n=8)

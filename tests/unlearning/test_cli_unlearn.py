@@ -93,7 +93,8 @@ def test_cli_unlearns_a_hub_vit_with_bounded_open_files_and_pushes(vit_setup, tm
              "--label-column", "species", "--output-dir", str(out), "--method", "second_order",
              "--batch-size", "16", "--hessian-samples", "32", "--last-k-blocks", "1", "--compare-retrain", "true",
              "--mixed-precision", "bf16",
-             "--epochs", "1", "--held-out", str(s / "held"), "--shifted-test", str(s / "shifted"),
+             "--epochs", "1", "--retrain-lr", "1e-3", "--retrain-weight-decay", "0.05", "--retrain-warmup-ratio", "0.1",
+             "--held-out", str(s / "held"), "--shifted-test", str(s / "shifted"),
              "--dataset-ids", "me/protected-faces",
              "--push-to-hub", "me/vit-unlearned", "--no-progress"],
             _env(tmp_path, HF_ENDPOINT=hub_api.url, HF_HUB_OFFLINE="0", HF_TOKEN="hf_fake"))
@@ -173,7 +174,11 @@ def test_cli_without_processor_or_image_size_is_one_clear_line(tmp_path, capsys)
                           (["--label-column", "a", "--image-size", "16"], "--label-columns"),
                           (["--label-columns", "a", "b", "--image-size", "16"], "no label columns ['a', 'b']"),
                           (["--label-columns", "a", "b", "--image-size", "16", "--last-k-blocks", "-1"],
-                           "last_k_blocks")]:
+                           "last_k_blocks"),
+                          (["--label-columns", "a", "b", "--image-size", "16", "--retrain-warmup-ratio", "1"],
+                           "retrain_warmup_ratio must be in [0, 1)"),
+                          (["--label-columns", "a", "b", "--image-size", "16", "--retrain-lr", "0"],
+                           "retrain_lr must be > 0")]:
         with pytest.raises(SystemExit) as exc:
             main(args + extra)
         err = capsys.readouterr().err

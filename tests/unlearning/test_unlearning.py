@@ -571,6 +571,9 @@ def test_benchmark_script_writes_results(tmp_path):
     assert rows["retrain"]["agreement_with_retrained"] == 1.0 and saved["n_changed"] == 36
     assert (tmp_path / "table.md").read_text().startswith("| method |")
     assert report["checks"]["first_order"]["speedup_target"] == 50
+    clean = saved["table_reversed"]["reference"]["clean_accuracies"]
+    assert report["checks"]["retrain_clean_spread"] == pytest.approx(max(clean) - min(clean))
+    assert "test_accuracy_within_1pt_of_retrain_mean" in report["checks"]["second_order"]
     rev = saved["table_reversed"]
     assert list(rev["rows"]) == ["original", "finetune", "first_order", "second_order", "head_exact", "retrain"]
     assert rev["reference"]["retrain_seeds"] == 3 and len(rev["reference"]["reversed_accuracies"]) == 3
@@ -602,8 +605,15 @@ def test_benchmark_vit_row_targets_and_arguments():
     assert args.arch == "vit" and args.memory_scaling == [1000, 10000]
     vit = module.build_vit(3, image_size=16, seed=0, label_names=["a", "b", "c"])
     assert vit.config._attn_implementation == "sdpa" and vit.config.problem_type == "multi_label_classification"
-    with pytest.raises(SystemExit):
-        module.parse_args(["--memory-scaling", "5"])
+    # each architecture's recipe fills only what the command line left out
+    assert (args.epochs, args.lr, args.weight_decay, args.warmup_ratio) == (100, 1e-3, 0.05, 0.1)
+    resnet = module.parse_args([])
+    assert (resnet.epochs, resnet.lr, resnet.weight_decay, resnet.warmup_ratio) == (20, 3e-3, 1e-4, 0.0)
+    given = module.parse_args(["--arch", "vit", "--epochs", "7", "--warmup-ratio", "0"])
+    assert (given.epochs, given.warmup_ratio, given.lr) == (7, 0.0, 1e-3)
+    for bad in (["--memory-scaling", "5"], ["--warmup-ratio", "1"], ["--epochs", "0"]):
+        with pytest.raises(SystemExit):
+            module.parse_args(bad)
 
 
 @pytest.mark.slow
