@@ -623,3 +623,46 @@ def test_benchmark_memory_scaling_runs_the_job(tmp_path):
                           "--hessian-samples", "8", "--out", str(tmp_path)])
     rows = report["memory_scaling"]["rows"]
     assert set(rows) == {20, 40} and all(r["peak_rss_mib"] > 0 for r in rows.values())
+
+
+def test_step_sweep_script_walks_the_update(tmp_path):
+    """scripts/unlearning_step_sweep.py on tiny data: at multiple 1 it reproduces the update `unlearn` returns (its
+    clean accuracy computed here by hand), at multiple 0+ it approaches the original, and bad scales are refused."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "unlearning_step_sweep.py"
+    spec = importlib.util.spec_from_file_location("unlearning_step_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tiny = ["--num-train", "120", "--num-test", "60", "--epochs", "1", "--image-size", "16", "--hessian-samples", "16",
+            "--cg-iters", "2", "--power-iters", "2", "--num-threads", "0"]
+    report = module.main(["--scales", "1e-9", "1", "--save-original", str(tmp_path / "orig"), "--out", str(tmp_path),
+                          *tiny])
+    saved = json.loads((tmp_path / "step_sweep.json").read_text())
+    assert (tmp_path / "step_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(saved["methods"]) == {"first_order", "second_order"}
+    near_zero = saved["methods"]["first_order"]["rows"][0]
+    assert near_zero["clean_accuracy"] == pytest.approx(saved["original"]["clean_accuracy"])
+    assert near_zero["revised_training_loss"] == pytest.approx(saved["original"]["revised_training_loss"], rel=1e-4)
+    # the same update by hand: the benchmark's data and options, unlearn, accuracy counted here
+    from transformers import AutoModelForImageClassification
+
+    from dpdiffusion.training.classifier import make_accelerator, predict_logits
+    from dpdiffusion.unlearning import unlearn
+
+    bench = module._benchmark()
+    args = bench.parse_args(tiny)
+    data = bench.make_data(args)
+    original = AutoModelForImageClassification.from_pretrained(tmp_path / "orig").eval()
+    y, ch = torch.from_numpy(data["train_labels"]), data["changed"]
+    res = unlearn(original, (torch.from_numpy(data["train_images"][ch]), y[ch]),
+                  (torch.from_numpy(data["revised_images"][ch]), y[ch]), method="first_order",
+                  train_set=(torch.from_numpy(data["revised_images"]), y), seed=0, accelerator=make_accelerator(),
+                  progress=False, hessian_samples=16, batch_size=256)
+    pred = predict_logits(res.model, data["test_images"]).numpy() > 0
+    by_hand = float((pred == (data["test_labels"] > 0.5)).mean())
+    assert report["methods"]["first_order"]["rows"][1]["clean_accuracy"] == pytest.approx(by_hand)
+    with pytest.raises(SystemExit):
+        module.parse_args(["--scales", "0"])

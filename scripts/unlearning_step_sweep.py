@@ -1,0 +1,154 @@
+#!/usr/bin/env python
+"""Accuracy along the first/second-order update direction: where on it the clean accuracy of retraining is kept.
+
+The unlearning benchmark (`scripts/benchmark_unlearning.py`) reports each update at the length its step search
+chose. This script trains (or loads) the same original classifier on the same SynthFaces data, computes each
+update's direction with `dpdiffusion.unlearning.unlearn` exactly as the benchmark does, and then walks along it:
+for every multiple f of the chosen update it reports the clean test accuracy per label, the correlated label's
+accuracy on the reversed-correlation split, and the mean loss over the whole revised training set (the objective
+that retraining minimises). The reference numbers (retraining) come from the benchmark's `results.json`.
+
+    python scripts/unlearning_step_sweep.py --arch vit --save-original runs/vit-original --out results/unlearning_vit
+    python scripts/unlearning_step_sweep.py --arch vit --original runs/vit-original --out results/unlearning_vit
+
+Writes `step_sweep.json` and `step_sweep.png` into `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_BENCH_PATH = Path(__file__).resolve().parent / "benchmark_unlearning.py"
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark_unlearning", _BENCH_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--scales", type=float, nargs="+", default=[0.25, 0.5, 0.707, 1.0, 1.414],
+                   help="multiples of the chosen update to evaluate (each > 0)")
+    p.add_argument("--original", type=Path, default=None,
+                   help="folder of an original classifier saved by --save-original (skips its training)")
+    p.add_argument("--save-original", type=Path, default=None, help="save the trained original classifier here")
+    p.add_argument("--out", type=Path, default=None, help="folder for step_sweep.json and step_sweep.png")
+    own, rest = p.parse_known_args(argv)
+    if any(not s > 0 for s in own.scales):
+        p.error(f"--scales must all be > 0, got {own.scales}")
+    return own, rest  # the rest are benchmark_unlearning.py's own options (--arch, --num-train, --epochs, ...)
+
+
+def main(argv=None) -> dict:
+    from transformers import AutoModelForImageClassification
+
+    from dpdiffusion.evaluation.unlearning_shift import reversed_correlation_split
+    from dpdiffusion.training.classifier import make_accelerator, per_example_loss, predict_logits, train_classifier
+    from dpdiffusion.unlearning import unlearn
+
+    own, rest = parse_args(argv)
+    bench = _benchmark()
+    args = bench.parse_args(rest)
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
+    data = bench.make_data(args)
+    build = bench.build_vit if args.arch == "vit" else bench.build_classifier
+    y = torch.from_numpy(data["train_labels"])
+    if own.original is not None:
+        original = AutoModelForImageClassification.from_pretrained(own.original).eval()
+    else:
+        original = train_classifier(
+            build(len(bench.LABELS), image_size=args.image_size, seed=args.seed, label_names=list(bench.LABELS)),
+            torch.from_numpy(data["train_images"]), y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed, progress=args.progress)
+        if own.save_original is not None:
+            original.save_pretrained(own.save_original)
+    changed = data["changed"]
+    orig_pairs = (torch.from_numpy(data["train_images"][changed]), y[changed])
+    rev_pairs = (torch.from_numpy(data["revised_images"][changed]), y[changed])
+    rev_images, rev_labels, _ = reversed_correlation_split(
+        args.num_test, spurious=bench.PROTECTED, label=args.correlated_label, label_names=bench.LABELS,
+        image_size=args.image_size, seed=args.seed + 1)
+    column = bench.LABELS.index(args.correlated_label)
+
+    def evaluate(model) -> dict:
+        clean = ((predict_logits(model, data["test_images"]) > 0).numpy() == (data["test_labels"] > 0.5)).mean(0)
+        shifted = ((predict_logits(model, rev_images) > 0).numpy() == (rev_labels > 0.5)).mean(0)
+        loss = per_example_loss(predict_logits(model, data["revised_images"]), y, "multi_label_classification")
+        return {"clean_accuracy": float(clean.mean()), "clean_per_label": dict(zip(bench.LABELS, clean.tolist())),
+                "reversed_accuracy": float(shifted[column]), "revised_training_loss": float(loss.mean())}
+
+    theta0 = torch.nn.utils.parameters_to_vector(original.parameters()).detach().clone()
+    report = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "scales": own.scales, "original": evaluate(original), "methods": {}}
+    common = dict(train_set=(torch.from_numpy(data["revised_images"]), y), seed=args.seed,
+                  accelerator=make_accelerator(), progress=args.progress, hessian_samples=args.hessian_samples,
+                  batch_size=args.grad_batch_size, step_search=args.step_search,
+                  last_k_blocks=None if args.last_k_blocks < 0 else args.last_k_blocks)
+    second = dict(cg_iters=args.cg_iters, cg_tol=args.cg_tol, power_iters=args.power_iters,
+                  damping_ratio=args.damping_ratio)
+    walker = copy.deepcopy(original).eval()  # buffers (batch-norm statistics) as the original's
+    for method in ("first_order", "second_order"):
+        result = unlearn(original, orig_pairs, rev_pairs, method=method, **common,
+                         **(second if method == "second_order" else {}))
+        direction = torch.nn.utils.parameters_to_vector(result.model.parameters()).detach() - theta0
+        rows = []
+        for f in own.scales:
+            torch.nn.utils.vector_to_parameters(theta0 + f * direction, walker.parameters())
+            rows.append({"scale": f, **evaluate(walker)})
+            print(f"{method} x{f:g}: clean {rows[-1]['clean_accuracy']:.4f}, reversed "
+                  f"{rows[-1]['reversed_accuracy']:.4f}, revised training loss {rows[-1]['revised_training_loss']:.5f}",
+                  flush=True)
+        report["methods"][method] = {"chosen_step_scale": result.summary().get("step_scale"), "rows": rows}
+    print(json.dumps(report, indent=1))
+    if own.out is not None:
+        own.out.mkdir(parents=True, exist_ok=True)
+        (own.out / "step_sweep.json").write_text(json.dumps(report, indent=1))
+        _plot(report, own.out / "step_sweep.png", own.out / "results.json")
+    return report
+
+
+def _plot(report: dict, path: Path, benchmark_results: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    ref = None
+    if benchmark_results.is_file():  # retraining's figures from the benchmark run with the same options
+        ref = json.loads(benchmark_results.read_text()).get("table_reversed", {}).get("reference")
+    for ax, key, label in ((axes[0], "clean_accuracy", "clean test accuracy (mean of labels)"),
+                           (axes[1], "reversed_accuracy", "correlated label, reversed split")):
+        for method, style in (("first_order", "o-"), ("second_order", "s-")):
+            rows = report["methods"][method]["rows"]
+            ax.plot([r["scale"] for r in rows], [r[key] for r in rows], style, label=method)
+        ax.axhline(report["original"][key], color="tab:red", ls=":", label="original")
+        if ref is not None:
+            mean = ref["clean_accuracy"] if key == "clean_accuracy" else ref["reversed_accuracy"]
+            ax.axhline(mean, color="black", ls="--", label="retraining (mean of seeds)")
+            if key == "clean_accuracy":
+                ax.axhspan(mean - 0.01, mean + 0.01, color="black", alpha=0.08, label="within 1 point")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("multiple of the update the step search chose")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    fig.suptitle("Along the unlearning update: clean accuracy against the shortcut removed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
