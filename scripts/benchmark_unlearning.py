@@ -202,6 +202,45 @@ def make_data(args) -> dict:
     }
 
 
+def fresh_model(args, seed: int | None = None):
+    """The --arch classifier, untrained, seeded (`seed`, default `args.seed`)."""
+    build = build_vit if args.arch == "vit" else build_classifier
+    return build(len(LABELS), image_size=args.image_size, seed=args.seed if seed is None else seed,
+                 label_names=list(LABELS))
+
+
+def training_recipe(args, accelerator=None) -> dict:
+    """`train_classifier` keyword arguments of the original training and of every retraining."""
+    return dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                warmup_ratio=args.warmup_ratio, seed=args.seed, accelerator=accelerator, progress=args.progress)
+
+
+def unlearning_inputs(data: dict) -> tuple[tuple, tuple, tuple]:
+    """(original pairs, revised pairs, revised training set) as `unlearn` takes them."""
+    y, changed = torch.from_numpy(data["train_labels"]), data["changed"]
+    return ((torch.from_numpy(data["train_images"][changed]), y[changed]),
+            (torch.from_numpy(data["revised_images"][changed]), y[changed]),
+            (torch.from_numpy(data["revised_images"]), y))
+
+
+def update_options(args, method: str) -> dict:
+    """`unlearn` options of the first/second-order update, as the command line set them."""
+    options = dict(last_k_blocks=None if args.last_k_blocks < 0 else args.last_k_blocks,
+                   hessian_samples=args.hessian_samples, batch_size=args.grad_batch_size, step_search=args.step_search)
+    if method == "second_order":
+        options.update(cg_iters=args.cg_iters, cg_tol=args.cg_tol, power_iters=args.power_iters,
+                       damping_ratio=args.damping_ratio)
+    return options
+
+
+def reversed_split(args) -> tuple[np.ndarray, np.ndarray]:
+    """The reversed-correlation test split (images, labels) of these options."""
+    images, labels, _ = reversed_correlation_split(
+        args.num_test, spurious=PROTECTED, label=args.correlated_label, label_names=LABELS, image_size=args.image_size,
+        seed=args.seed + 1)
+    return images, labels
+
+
 def _write_job_inputs(folder: Path, n: int, args) -> tuple[Path, Path, Path]:
     """SynthFaces as the job reads them: an image folder with label metadata, a protect-style revised folder
     (30 % of the rows, `metadata.jsonl` with index and privacy figures) and an untrained classifier."""
@@ -230,8 +269,7 @@ def _write_job_inputs(folder: Path, n: int, args) -> tuple[Path, Path, Path]:
                                             "neighbouring_relation": "attribute-neighbours",
                                             "attributes": [PROTECTED]}) + "\n")
     clf = folder / "classifier"
-    build = build_vit if args.arch == "vit" else build_classifier
-    build(len(LABELS), image_size=args.image_size, seed=args.seed, label_names=list(LABELS)).save_pretrained(clf)
+    fresh_model(args).save_pretrained(clf)
     return clf, src, rev
 
 
@@ -282,32 +320,23 @@ def main(argv=None) -> dict:
     data_seconds = time.perf_counter() - t0
     y = torch.from_numpy(data["train_labels"])
     changed = data["changed"]
-    recipe = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                  warmup_ratio=args.warmup_ratio, seed=args.seed, accelerator=accelerator, progress=args.progress)
-
-    def fresh_model(seed=args.seed):
-        build = build_vit if args.arch == "vit" else build_classifier
-        return build(len(LABELS), image_size=args.image_size, seed=seed, label_names=list(LABELS))
+    recipe = training_recipe(args, accelerator)
 
     t0 = time.perf_counter()
-    original = train_classifier(fresh_model(), torch.from_numpy(data["train_images"]), y, **recipe)
+    original = train_classifier(fresh_model(args), torch.from_numpy(data["train_images"]), y, **recipe)
     original_seconds = time.perf_counter() - t0
 
-    orig_pairs = (torch.from_numpy(data["train_images"][changed]), y[changed])
-    rev_pairs = (torch.from_numpy(data["revised_images"][changed]), y[changed])
-    train_set = (torch.from_numpy(data["revised_images"]), y)
+    orig_pairs, rev_pairs, train_set = unlearning_inputs(data)
     k = None if args.last_k_blocks < 0 else args.last_k_blocks
     common = dict(train_set=train_set, seed=args.seed, accelerator=accelerator, progress=args.progress)
 
     results = {}
     results["retrain"] = unlearn(
         original, orig_pairs, rev_pairs, method="retrain",
-        retrain_fn=lambda images, labels: train_classifier(fresh_model(), images, labels, **recipe), **common,
+        retrain_fn=lambda images, labels: train_classifier(fresh_model(args), images, labels, **recipe), **common,
     )
     results["finetune"] = unlearn(original, orig_pairs, rev_pairs, method="finetune", epochs=args.finetune_epochs,
                                   lr=args.finetune_lr, batch_size=args.batch_size, **common)
-    so = dict(last_k_blocks=k, hessian_samples=args.hessian_samples, batch_size=args.grad_batch_size,
-              step_search=args.step_search)
     warmup_seconds = None
     if not args.no_warmup:  # one-time torch.func / kernel initialisation, excluded from the timings below
         t0 = time.perf_counter()
@@ -317,10 +346,9 @@ def main(argv=None) -> dict:
             unlearn(original, (orig_pairs[0][:8], orig_pairs[1][:8]), (rev_pairs[0][:8], rev_pairs[1][:8]),
                     method=method, **tiny)
         warmup_seconds = time.perf_counter() - t0
-    results["first_order"] = unlearn(original, orig_pairs, rev_pairs, method="first_order", **so, **common)
-    results["second_order"] = unlearn(original, orig_pairs, rev_pairs, method="second_order", cg_iters=args.cg_iters,
-                                      cg_tol=args.cg_tol,
-                                      power_iters=args.power_iters, damping_ratio=args.damping_ratio, **so, **common)
+    for method in ("first_order", "second_order"):
+        results[method] = unlearn(original, orig_pairs, rev_pairs, method=method, **update_options(args, method),
+                                  **common)
     # exact retraining of the linear head on frozen features (dpdiffusion.unlearning.head_exact)
     results["head_exact"] = unlearn(original, orig_pairs, rev_pairs, method="head_exact",
                                     batch_size=args.grad_batch_size, **common)
@@ -328,12 +356,12 @@ def main(argv=None) -> dict:
     retrained = results.pop("retrain")
     more_retrains = [  # other seeds: other initialisation and data order, the noise floor of retraining itself
         unlearn(original, orig_pairs, rev_pairs, method="retrain", retrain_fn=lambda images, labels, s=s: train_classifier(
-            fresh_model(s), images, labels, **{**recipe, "seed": s}), **common)
+            fresh_model(args, s), images, labels, **{**recipe, "seed": s}), **common)
         for s in range(args.seed + 1, args.seed + args.retrain_seeds)
     ]
     noise_floor = None
     if args.noise_floor:
-        other = train_classifier(fresh_model(), torch.from_numpy(data["train_images"]), y,
+        other = train_classifier(fresh_model(args), torch.from_numpy(data["train_images"]), y,
                                  **{**recipe, "seed": args.seed + 1})
         noise_floor = {
             "l2_original_vs_reshuffled": parameter_distance(original, other),
@@ -346,9 +374,7 @@ def main(argv=None) -> dict:
         members=(data["train_images"][changed], data["train_labels"][changed]),
         non_members=test, probe=(data["test_images"], data["test_protected"]), seed=args.seed,
     )
-    rev_images, rev_labels, _ = reversed_correlation_split(
-        args.num_test, spurious=PROTECTED, label=args.correlated_label, label_names=LABELS, image_size=args.image_size,
-        seed=args.seed + 1)
+    rev_images, rev_labels = reversed_split(args)
     table_rev = compare_on_reversed_split(
         results, [retrained, *more_retrains], original=original, clean=test, reversed_split=(rev_images, rev_labels),
         column=LABELS.index(args.correlated_label), members=(data["train_images"][changed],

@@ -20,10 +20,8 @@ import argparse
 import copy
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 _BENCH_PATH = Path(__file__).resolve().parent / "benchmark_unlearning.py"
@@ -53,7 +51,6 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
 def main(argv=None) -> dict:
     from transformers import AutoModelForImageClassification
 
-    from dpdiffusion.evaluation.unlearning_shift import reversed_correlation_split
     from dpdiffusion.training.classifier import make_accelerator, per_example_loss, predict_logits, train_classifier
     from dpdiffusion.unlearning import unlearn
 
@@ -63,23 +60,17 @@ def main(argv=None) -> dict:
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
     data = bench.make_data(args)
-    build = bench.build_vit if args.arch == "vit" else bench.build_classifier
-    y = torch.from_numpy(data["train_labels"])
+    accelerator = make_accelerator()
+    orig_pairs, rev_pairs, train_set = bench.unlearning_inputs(data)
+    y = train_set[1]
     if own.original is not None:
         original = AutoModelForImageClassification.from_pretrained(own.original).eval()
     else:
-        original = train_classifier(
-            build(len(bench.LABELS), image_size=args.image_size, seed=args.seed, label_names=list(bench.LABELS)),
-            torch.from_numpy(data["train_images"]), y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed, progress=args.progress)
+        original = train_classifier(bench.fresh_model(args), torch.from_numpy(data["train_images"]), y,
+                                    **bench.training_recipe(args, accelerator))
         if own.save_original is not None:
             original.save_pretrained(own.save_original)
-    changed = data["changed"]
-    orig_pairs = (torch.from_numpy(data["train_images"][changed]), y[changed])
-    rev_pairs = (torch.from_numpy(data["revised_images"][changed]), y[changed])
-    rev_images, rev_labels, _ = reversed_correlation_split(
-        args.num_test, spurious=bench.PROTECTED, label=args.correlated_label, label_names=bench.LABELS,
-        image_size=args.image_size, seed=args.seed + 1)
+    rev_images, rev_labels = bench.reversed_split(args)
     column = bench.LABELS.index(args.correlated_label)
 
     def evaluate(model) -> dict:
@@ -92,16 +83,10 @@ def main(argv=None) -> dict:
     theta0 = torch.nn.utils.parameters_to_vector(original.parameters()).detach().clone()
     report = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "scales": own.scales, "original": evaluate(original), "methods": {}}
-    common = dict(train_set=(torch.from_numpy(data["revised_images"]), y), seed=args.seed,
-                  accelerator=make_accelerator(), progress=args.progress, hessian_samples=args.hessian_samples,
-                  batch_size=args.grad_batch_size, step_search=args.step_search,
-                  last_k_blocks=None if args.last_k_blocks < 0 else args.last_k_blocks)
-    second = dict(cg_iters=args.cg_iters, cg_tol=args.cg_tol, power_iters=args.power_iters,
-                  damping_ratio=args.damping_ratio)
     walker = copy.deepcopy(original).eval()  # buffers (batch-norm statistics) as the original's
     for method in ("first_order", "second_order"):
-        result = unlearn(original, orig_pairs, rev_pairs, method=method, **common,
-                         **(second if method == "second_order" else {}))
+        result = unlearn(original, orig_pairs, rev_pairs, method=method, train_set=train_set, seed=args.seed,
+                         accelerator=accelerator, progress=args.progress, **bench.update_options(args, method))
         direction = torch.nn.utils.parameters_to_vector(result.model.parameters()).detach() - theta0
         rows = []
         for f in own.scales:
@@ -151,4 +136,4 @@ def _plot(report: dict, path: Path, benchmark_results: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    main()

@@ -554,14 +554,9 @@ def test_identical_pairs_contribute_nothing(convex_problem):
 # The benchmark script, end to end on tiny data
 # ----------------------------------------------------------------------------------------------------------------
 def test_benchmark_script_writes_results(tmp_path):
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "benchmark_unlearning.py"
-    spec = importlib.util.spec_from_file_location("benchmark_unlearning", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script_module()
     report = module.main(["--num-train", "120", "--num-test", "60", "--epochs", "1", "--finetune-epochs", "1",
                           "--image-size", "16", "--hessian-samples", "32", "--cg-iters", "2", "--power-iters", "2",
                           "--num-threads", "0", "--out", str(tmp_path)])
@@ -587,19 +582,21 @@ def test_benchmark_script_writes_results(tmp_path):
         module.parse_args(["--retrain-seeds", "1"])
 
 
-def _benchmark_module():
+def _script_module(name: str = "benchmark_unlearning"):
+    """scripts/NAME.py, imported as a module."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "benchmark_unlearning.py"
-    spec = importlib.util.spec_from_file_location("benchmark_unlearning", path)
+    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+
 def test_benchmark_vit_row_targets_and_arguments():
-    module = _benchmark_module()
+    module = _script_module()
     assert module.SPEEDUP_TARGETS["vit"] == {"first_order": 20, "second_order": 5}
     args = module.parse_args(["--arch", "vit", "--memory-scaling", "1000", "10000"])
     assert args.arch == "vit" and args.memory_scaling == [1000, 10000]
@@ -618,7 +615,7 @@ def test_benchmark_vit_row_targets_and_arguments():
 
 @pytest.mark.slow
 def test_benchmark_memory_scaling_runs_the_job(tmp_path):
-    module = _benchmark_module()
+    module = _script_module()
     report = module.main(["--arch", "vit", "--skip-comparison", "--memory-scaling", "20", "40", "--image-size", "16",
                           "--hessian-samples", "8", "--out", str(tmp_path)])
     rows = report["memory_scaling"]["rows"]
@@ -628,14 +625,9 @@ def test_benchmark_memory_scaling_runs_the_job(tmp_path):
 def test_step_sweep_script_walks_the_update(tmp_path):
     """scripts/unlearning_step_sweep.py on tiny data: at multiple 1 it reproduces the update `unlearn` returns (its
     clean accuracy computed here by hand), at multiple 0+ it approaches the original, and bad scales are refused."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "unlearning_step_sweep.py"
-    spec = importlib.util.spec_from_file_location("unlearning_step_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script_module("unlearning_step_sweep")
     tiny = ["--num-train", "120", "--num-test", "60", "--epochs", "1", "--image-size", "16", "--hessian-samples", "16",
             "--cg-iters", "2", "--power-iters", "2", "--num-threads", "0"]
     report = module.main(["--scales", "1e-9", "1", "--save-original", str(tmp_path / "orig"), "--out", str(tmp_path),
@@ -652,7 +644,7 @@ def test_step_sweep_script_walks_the_update(tmp_path):
     from dpdiffusion.training.classifier import make_accelerator, predict_logits
     from dpdiffusion.unlearning import unlearn
 
-    bench = module._benchmark()
+    bench = _script_module()
     args = bench.parse_args(tiny)
     data = bench.make_data(args)
     original = AutoModelForImageClassification.from_pretrained(tmp_path / "orig").eval()
