@@ -210,9 +210,10 @@ def build_unlearned_model_card(
     config = getattr(model, "config", None)
     label_names = [str(v) for v in getattr(config, "id2label", {}).values()] if config is not None else []
     info = dict(card_info or {})
-    # step_*: see unlearning.step_search; l2, newton_steps, certified_distance: head_exact
-    for key in ("updated_modules", "problem_type", "step_search", "step_scale", "l2", "newton_steps",
-                "certified_distance"):
+    # step_*, held_out_pairs, training_rows, revised_share: see unlearning.step_search; l2, newton_steps,
+    # certified_distance: head_exact
+    for key in ("updated_modules", "problem_type", "step_search", "step_scale", "held_out_pairs", "training_rows",
+                "revised_share", "l2", "newton_steps", "certified_distance"):
         if summary.get(key) is not None:
             unlearning[key] = summary[key]
     base_model = info.get("base_model")

@@ -14,7 +14,10 @@ Setup (what makes the comparison meaningful):
 3. Models: the original classifier; `retrain` = the same recipe (same initial weights, same data order, same
    epochs) on the revised set, the gold standard; `finetune` = `--finetune-epochs` on the revised set from the
    original; `first_order` and `second_order` = the closed-form updates on the changed pairs
-   (`dpdiffusion.unlearning.unlearn`), restricted to the last `--last-k-blocks` blocks + head.
+   (`dpdiffusion.unlearning.unlearn`), restricted to the last `--last-k-blocks` blocks + head, their length set by
+   the first `--step-search` (default `held_out`); `first_order (training_loss)` and `second_order (training_loss)`
+   = the same updates with the length that minimises the estimated revised training loss (each further
+   `--step-search` adds such a pair of rows, checked against the same targets).
 4. Metrics (`dpdiffusion.evaluation.unlearning_metrics.compare_unlearning`) on an unbiased test set
    (attributes independent): test accuracy, agreement with and L2 distance to the retrained model, loss-based
    membership-inference AUC of the changed *original* images against held-out images, and the accuracy of a
@@ -71,6 +74,7 @@ from dpdiffusion.evaluation.unlearning_metrics import (
 )
 from dpdiffusion.training.classifier import build_classifier, make_accelerator, train_classifier
 from dpdiffusion.unlearning import unlearn
+from dpdiffusion.unlearning.step_search import STEP_SEARCHES
 
 LABELS = ("smiling", "eyeglasses", "wearing_hat")
 PROTECTED = "dark_skin"
@@ -141,8 +145,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--retrain-seeds", type=int, default=3,
                    help="retraining runs (seeds seed, seed+1, ...; >= 2): the reference accuracy on the reversed split "
                         "is their mean, their pairwise agreement the noise floor; the first one is timed")
-    p.add_argument("--step-search", choices=("held_out", "quadratic"), default="held_out",
-                   help="length of the first/second-order update (see dpdiffusion.unlearning.step_search)")
+    p.add_argument("--step-search", choices=STEP_SEARCHES, nargs="+", default=["held_out", "training_loss"],
+                   help="length of the first/second-order update (see dpdiffusion.unlearning.step_search): the first "
+                        "gives the rows first_order / second_order, each further one rows 'first_order (NAME)' / "
+                        "'second_order (NAME)' with checks of their own")
     p.add_argument("--num-threads", type=int, default=1,
                    help="torch CPU threads (tiny models gain nothing from more, and oversubscribed cores stall)")
     p.add_argument("--progress", action="store_true", help="show progress bars")
@@ -166,6 +172,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--epochs must be >= 1, got {args.epochs}")
     if not 0 <= args.warmup_ratio < 1:
         p.error(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
+    if len(set(args.step_search)) != len(args.step_search):
+        p.error(f"--step-search values must differ, got {args.step_search}")
     if args.retrain_seeds < 2:
         p.error(f"--retrain-seeds must be >= 2, got {args.retrain_seeds}")
     if not 0 <= args.correlation <= 1:
@@ -223,10 +231,12 @@ def unlearning_inputs(data: dict) -> tuple[tuple, tuple, tuple]:
             (torch.from_numpy(data["revised_images"]), y))
 
 
-def update_options(args, method: str) -> dict:
-    """`unlearn` options of the first/second-order update, as the command line set them."""
+def update_options(args, method: str, step_search: str | None = None) -> dict:
+    """`unlearn` options of the first/second-order update, as the command line set them (`step_search`: default
+    the first of `--step-search`)."""
     options = dict(last_k_blocks=None if args.last_k_blocks < 0 else args.last_k_blocks,
-                   hessian_samples=args.hessian_samples, batch_size=args.grad_batch_size, step_search=args.step_search)
+                   hessian_samples=args.hessian_samples, batch_size=args.grad_batch_size,
+                   step_search=step_search or args.step_search[0])
     if method == "second_order":
         options.update(cg_iters=args.cg_iters, cg_tol=args.cg_tol, power_iters=args.power_iters,
                        damping_ratio=args.damping_ratio)
@@ -346,9 +356,13 @@ def main(argv=None) -> dict:
             unlearn(original, (orig_pairs[0][:8], orig_pairs[1][:8]), (rev_pairs[0][:8], rev_pairs[1][:8]),
                     method=method, **tiny)
         warmup_seconds = time.perf_counter() - t0
-    for method in ("first_order", "second_order"):
-        results[method] = unlearn(original, orig_pairs, rev_pairs, method=method, **update_options(args, method),
-                                  **common)
+    updates = {}  # row name -> (method, step search)
+    for i, search in enumerate(args.step_search):
+        for method in ("first_order", "second_order"):
+            name = method if i == 0 else f"{method} ({search})"
+            updates[name] = (method, search)
+            results[name] = unlearn(original, orig_pairs, rev_pairs, method=method,
+                                    **update_options(args, method, search), **common)
     # exact retraining of the linear head on frozen features (dpdiffusion.unlearning.head_exact)
     results["head_exact"] = unlearn(original, orig_pairs, rev_pairs, method="head_exact",
                                     batch_size=args.grad_batch_size, **common)
@@ -385,10 +399,11 @@ def main(argv=None) -> dict:
     ref = rows["retrain"]
     clean_seeds = table_rev["reference"]["clean_accuracies"]  # every retraining seed's accuracy on the test set
     checks = {"retrain_clean_spread": max(clean_seeds) - min(clean_seeds)}
-    for m in ("first_order", "second_order"):
+    for m, (method, search) in updates.items():
         r = rows[m]
-        target = SPEEDUP_TARGETS[args.arch][m]
+        target = SPEEDUP_TARGETS[args.arch][method]
         checks[m] = {
+            "step_search": search,
             "speedup_target": target,
             "speedup_ok": (r["speedup_vs_retrain"] or 0) >= target,
             "test_accuracy_within_1pt": abs(r["test_accuracy"] - ref["test_accuracy"]) <= 0.01,
@@ -400,8 +415,8 @@ def main(argv=None) -> dict:
         }
         rr, rref, ft = table_rev["rows"][m], table_rev["reference"], table_rev["rows"]["finetune"]
         checks[m]["reversed_split"] = {
-            "gap_target": GAP_TARGETS[m],
-            "gap_ok": rr["gap_restored"] >= GAP_TARGETS[m],
+            "gap_target": GAP_TARGETS[method],
+            "gap_ok": rr["gap_restored"] >= GAP_TARGETS[method],
             "speedup_ok": (rr["speedup_vs_retrain"] or 0) >= target,
             "more_gap_per_second_than_finetune": rr["gap_restored_per_second"] > ft["gap_restored_per_second"],
             "agreement_within_1pt_of_floor": rr["agreement_with_retrained"] >= rref["agreement_floor"] - 0.01,

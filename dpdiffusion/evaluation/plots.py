@@ -157,7 +157,11 @@ def plot_gap_restored(table: dict, path: str | Path, *, title: str = "Feature un
     for name, row in table["rows"].items():
         if row.get("seconds") is None or row.get("gap_restored") is None or not math.isfinite(row["gap_restored"]):
             continue
-        color, marker = _UNLEARNING_STYLE.get(name, ("tab:gray", "x"))
+        # a variant "first_order (training_loss)" takes its method's colour, with an open marker
+        base = name.split(" (")[0]
+        color, marker = _UNLEARNING_STYLE.get(base, ("tab:gray", "x"))
+        if base != name:
+            marker = "P"
         ax.scatter([row["seconds"]], [row["gap_restored"]], color=color, marker=marker, s=70, label=name, zorder=3)
         ax.annotate(f"{row['gap_restored']:.0%}, {row['seconds']:.1f} s", (row["seconds"], row["gap_restored"]),
                     fontsize=7, textcoords="offset points", xytext=(5, -10))

@@ -64,8 +64,9 @@ class UnlearnConfig:
     batch_size: int = field(default=32, metadata={"help": "Images per batch of gradient sums and HVPs."})
     hessian_samples: int = field(default=256, metadata={"help": "Training rows on which the Hessian is estimated."})
     step_search: str = field(default="held_out", metadata={
-        "help": "first/second order: held_out (the update's length chosen on a fifth of the changed pairs, held out) "
-                "or quadratic (the local quadratic model's length)."})
+        "help": "first/second order: held_out (the update's length chosen on a fifth of the changed pairs, held out), "
+                "training_loss (chosen on an estimate of the revised training loss: shorter, keeps more accuracy on "
+                "unchanged data, removes less) or quadratic (the local quadratic model's length)."})
     epochs: int = field(default=10, metadata={"help": "Epochs of finetune/retrain (and of --compare-retrain)."})
     retrain_lr: float = field(default=3e-3, metadata={
         "help": "AdamW learning rate of --method retrain and --compare-retrain (cosine decay; > 0)."})

@@ -205,3 +205,21 @@ def test_cli_head_exact_records_its_certificate_in_the_card(vit_setup, tmp_path,
     details = ModelCard.load(out / "README.md").data.to_dict()["unlearning"]
     assert details["method"] == "head_exact" and details["updated_modules"] == "classifier"
     assert details["l2"] == 0.01 and details["newton_steps"] >= 1 and 0 <= details["certified_distance"] < 1e-6
+
+
+def test_cli_training_loss_step_search_is_recorded_in_the_card(vit_setup, tmp_path):
+    """`--step-search training_loss`: the card says which search chose the length and with what weight the revisions
+    entered it (the share of the training set they are: 72 revised of 90 images, every revised image new)."""
+    from huggingface_hub import ModelCard
+
+    from dpdiffusion.cli import main
+
+    s = vit_setup
+    out = tmp_path / "tl"
+    main(["unlearn", "--classifier", str(s / "vit"), "--original", str(s / "src"), "--revised", str(s / "protected"),
+          "--label-column", "species", "--output-dir", str(out), "--method", "second_order", "--step-search",
+          "training_loss", "--no-progress"])
+    details = ModelCard.load(out / "README.md").data.to_dict()["unlearning"]
+    assert details["step_search"] == "training_loss" and details["training_rows"] == N_IMAGES
+    assert details["revised_share"] == pytest.approx(N_REVISED / N_IMAGES)
+    assert 0.125 <= details["step_scale"] <= 8 and details["held_out_pairs"] == round(0.2 * N_REVISED)

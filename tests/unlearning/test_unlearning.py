@@ -451,6 +451,65 @@ def test_held_out_search_leaves_out_pairs_that_did_not_change(convex_problem):
             assert held_loss(c, held_changed) <= held_loss(neighbour, held_changed) + 1e-7
 
 
+def test_training_loss_search_minimises_the_revised_training_loss_estimate(convex_problem):
+    """step_search="training_loss": c* minimises w * (held-out revisions' loss) + (1 - w) * (mean loss of the Hessian's
+    subsample of train_set), w = revisions / n_train, along the fit pairs' direction. Oracle: the direction, Polyak's
+    origin and both losses computed here by autograd on the raw tensors, then compared along the grid."""
+    from dpdiffusion.unlearning.core import hessian_subsample
+
+    p = convex_problem
+    revised = p.revised[: p.k].clone()
+    noop = torch.arange(p.k) % 3 == 0
+    revised[noop] = p.x[: p.k][noop]
+    train = torch.cat([revised, p.x[p.k :]])
+    pairs = dict(original=(p.x[: p.k], p.y[: p.k]), revised=(revised, p.y[: p.k]))
+    kw = dict(train_set=(train, p.y), progress=False, batch_size=len(p.x), hessian_samples=24, seed=5)
+    r = unlearn(p.original, **pairs, method="first_order", step_search="training_loss", **kw)
+    h = unlearn(p.original, **pairs, method="first_order", **kw)
+    assert r.extra["step_search"] == "training_loss" and h.extra["step_search"] == "held_out"
+    assert "held_out_loss" not in r.extra and r.extra["training_rows"] == 24
+
+    model = TinyNet(seed=0)
+    model.load_state_dict(p.original.state_dict())
+    _, flat = _objective(model)
+    theta = flat.flatten(model)
+    changed = torch.nonzero(~noop).flatten()
+    w = len(changed) / len(train)
+    assert r.extra["revised_share"] == pytest.approx(w)
+
+    def grad_sum(rows):
+        g = lambda x: torch.func.grad(_full_loss_fn(model, flat, x[rows], p.y[rows]))(theta)  # noqa: E731
+        return len(rows) * (g(revised) - g(p.x))
+
+    delta = grad_sum(changed)
+    gain = len(changed) * float(_full_loss_fn(model, flat, revised[changed], p.y[changed])(theta)
+                                - _full_loss_fn(model, flat, p.x[changed], p.y[changed])(theta))
+    polyak = gain / float(delta @ delta)
+    fit, held = split_pairs(p.k, 0.2, seed=5)
+    fit_changed, held_changed = fit[~noop[fit]], held[~noop[held]]
+    direction = polyak * len(changed) / len(fit_changed) * grad_sum(fit_changed)
+    sample = hessian_subsample(len(train), 24, 5)
+
+    def objective(c):
+        th = theta - c * direction
+        return float(w * _full_loss_fn(model, flat, revised[held_changed], p.y[held_changed])(th)
+                     + (1 - w) * _full_loss_fn(model, flat, train[sample], p.y[sample])(th))
+
+    c = r.extra["step_scale"]
+    assert objective(c) == pytest.approx(r.extra["training_loss_estimate"], rel=1e-4)
+    assert objective(1.0) == pytest.approx(r.extra["training_loss_estimate_at_1"], rel=1e-4)
+    for neighbour in (c * 2**0.5, c / 2**0.5):
+        if 0.125 - 1e-9 <= neighbour <= 8.0 + 1e-9:
+            assert objective(c) <= objective(neighbour) + 1e-7
+    # the update applied is c* times the full step; the unchanged rows pull it shorter than the held-out search's
+    assert r.tau == pytest.approx(c * polyak, rel=1e-4) and c <= h.extra["step_scale"]
+    same = unlearn(p.original, **pairs, method="first_order", tau=r.tau, **kw)
+    assert parameter_distance(r.model, same.model) < 1e-6
+    with pytest.raises(ValueError, match="training_loss' needs train_set"):
+        unlearn(p.original, **pairs, method="second_order", step_search="training_loss", n_train=len(train),
+                progress=False)
+
+
 def test_polyak_origin_falls_back_to_the_quadratic_model_when_revisions_lower_the_loss(convex_problem):
     """Swapped roles: the 'revisions' are the images the model was trained on, so the loss falls and no Polyak
     step exists; the origin is then the quadratic model's tau (one curvature pass)."""
@@ -562,7 +621,11 @@ def test_benchmark_script_writes_results(tmp_path):
                           "--num-threads", "0", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "results.json").read_text())
     rows = saved["table"]["rows"]
-    assert list(rows) == ["original", "finetune", "first_order", "second_order", "head_exact", "retrain"]
+    methods = ["original", "finetune", "first_order", "second_order", "first_order (training_loss)",
+               "second_order (training_loss)", "head_exact", "retrain"]
+    assert list(rows) == methods
+    for name, search in (("second_order", "held_out"), ("second_order (training_loss)", "training_loss")):
+        assert saved["unlearning"][name]["step_search"] == report["checks"][name]["step_search"] == search
     assert rows["retrain"]["agreement_with_retrained"] == 1.0 and saved["n_changed"] == 36
     assert (tmp_path / "table.md").read_text().startswith("| method |")
     assert report["checks"]["first_order"]["speedup_target"] == 50
@@ -570,7 +633,7 @@ def test_benchmark_script_writes_results(tmp_path):
     assert report["checks"]["retrain_clean_spread"] == pytest.approx(max(clean) - min(clean))
     assert "test_accuracy_within_1pt_of_retrain_mean" in report["checks"]["second_order"]
     rev = saved["table_reversed"]
-    assert list(rev["rows"]) == ["original", "finetune", "first_order", "second_order", "head_exact", "retrain"]
+    assert list(rev["rows"]) == methods
     assert rev["reference"]["retrain_seeds"] == 3 and len(rev["reference"]["reversed_accuracies"]) == 3
     assert len(rev["reference"]["clean_accuracies"]) == 3
     assert set(saved["checks"]["second_order"]["reversed_split"]) >= {"gap_ok", "more_gap_per_second_than_finetune"}
@@ -580,6 +643,10 @@ def test_benchmark_script_writes_results(tmp_path):
         module.parse_args(["--frac-changed", "0"])
     with pytest.raises(SystemExit):
         module.parse_args(["--retrain-seeds", "1"])
+    with pytest.raises(SystemExit):
+        module.parse_args(["--step-search", "held_out", "held_out"])
+    assert module.update_options(module.parse_args(["--step-search", "quadratic"]), "first_order")["step_search"] == \
+        "quadratic"
 
 
 def _script_module(name: str = "benchmark_unlearning"):
