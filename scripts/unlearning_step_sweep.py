@@ -6,7 +6,9 @@ chose. This script trains (or loads) the same original classifier on the same Sy
 update's direction with `dpdiffusion.unlearning.unlearn` exactly as the benchmark does, and then walks along it:
 for every multiple f of the chosen update it reports the clean test accuracy per label, the correlated label's
 accuracy on the reversed-correlation split, and the mean loss over the whole revised training set (the objective
-that retraining minimises). The reference numbers (retraining) come from the benchmark's `results.json`.
+that retraining minimises). The chosen update is that of the first `--step-search` (default `held_out`); each
+further one (default `training_loss`) is run too and marked on the same line at the multiple it chose. The
+reference numbers (retraining) come from the benchmark's `results.json`.
 
     python scripts/unlearning_step_sweep.py --arch vit --save-original runs/vit-original --out results/unlearning_vit
     python scripts/unlearning_step_sweep.py --arch vit --original runs/vit-original --out results/unlearning_vit
@@ -95,7 +97,19 @@ def main(argv=None) -> dict:
             print(f"{method} x{f:g}: clean {rows[-1]['clean_accuracy']:.4f}, reversed "
                   f"{rows[-1]['reversed_accuracy']:.4f}, revised training loss {rows[-1]['revised_training_loss']:.5f}",
                   flush=True)
-        report["methods"][method] = {"chosen_step_scale": result.summary().get("step_scale"), "rows": rows}
+        chosen = result.summary().get("step_scale")
+        others = {}  # the further --step-search values (default: training_loss): where on this line they land
+        for search in args.step_search[1:]:
+            other = unlearn(original, orig_pairs, rev_pairs, method=method, train_set=train_set, seed=args.seed,
+                            accelerator=accelerator, progress=args.progress,
+                            **bench.update_options(args, method, search))
+            scale = other.summary().get("step_scale")
+            multiple = scale / chosen if scale is not None and chosen else None
+            others[search] = {"step_scale": scale, "multiple": multiple, **evaluate(other.model)}
+            print(f"{method}, {search} search: x{multiple if multiple is not None else float('nan'):.3g} of the "
+                  f"chosen update, clean {others[search]['clean_accuracy']:.4f}, reversed "
+                  f"{others[search]['reversed_accuracy']:.4f}", flush=True)
+        report["methods"][method] = {"chosen_step_scale": chosen, "rows": rows, "other_searches": others}
     print(json.dumps(report, indent=1))
     if own.out is not None:
         own.out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +132,11 @@ def _plot(report: dict, path: Path, benchmark_results: Path) -> None:
                            (axes[1], "reversed_accuracy", "correlated label, reversed split")):
         for method, style in (("first_order", "o-"), ("second_order", "s-")):
             rows = report["methods"][method]["rows"]
-            ax.plot([r["scale"] for r in rows], [r[key] for r in rows], style, label=method)
+            line = ax.plot([r["scale"] for r in rows], [r[key] for r in rows], style, label=method)[0]
+            for search, point in report["methods"][method].get("other_searches", {}).items():
+                if point.get("multiple"):
+                    ax.plot([point["multiple"]], [point[key]], "P", ms=11, mfc="none", color=line.get_color(),
+                            label=f"{method}: length chosen by {search}")
         ax.axhline(report["original"][key], color="tab:red", ls=":", label="original")
         if ref is not None:
             mean = ref["clean_accuracy"] if key == "clean_accuracy" else ref["reversed_accuracy"]
@@ -126,7 +144,7 @@ def _plot(report: dict, path: Path, benchmark_results: Path) -> None:
             if key == "clean_accuracy":
                 ax.axhspan(mean - 0.01, mean + 0.01, color="black", alpha=0.08, label="within 1 point")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("multiple of the update the step search chose")
+        ax.set_xlabel(f"multiple of the update the {report['args']['step_search'][0]} step search chose")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
     fig.suptitle("Along the unlearning update: clean accuracy against the shortcut removed")

@@ -702,6 +702,9 @@ def test_step_sweep_script_walks_the_update(tmp_path):
     saved = json.loads((tmp_path / "step_sweep.json").read_text())
     assert (tmp_path / "step_sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert set(saved["methods"]) == {"first_order", "second_order"}
+    for entry in saved["methods"].values():  # the training_loss search, on the same line
+        point = entry["other_searches"]["training_loss"]
+        assert point["multiple"] == pytest.approx(point["step_scale"] / entry["chosen_step_scale"])
     near_zero = saved["methods"]["first_order"]["rows"][0]
     assert near_zero["clean_accuracy"] == pytest.approx(saved["original"]["clean_accuracy"])
     assert near_zero["revised_training_loss"] == pytest.approx(saved["original"]["revised_training_loss"], rel=1e-4)
