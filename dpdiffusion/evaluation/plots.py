@@ -157,7 +157,7 @@ def plot_gap_restored(table: dict, path: str | Path, *, title: str = "Feature un
     for name, row in table["rows"].items():
         if row.get("seconds") is None or row.get("gap_restored") is None or not math.isfinite(row["gap_restored"]):
             continue
-        # a variant "first_order (training_loss)" takes its method's colour, with an open marker
+        # a variant "first_order (training_loss)" takes its method's colour, with a plus marker
         base = name.split(" (")[0]
         color, marker = _UNLEARNING_STYLE.get(base, ("tab:gray", "x"))
         if base != name:

@@ -107,9 +107,11 @@ def test_unlearn_subprocess_on_protect_output(tiny_model, tmp_path):
     assert bad.returncode == 2 and "protect" in bad.stderr
 
 
-def test_unlearn_two_cpu_processes_match_one(tmp_path):
+@pytest.mark.parametrize("step_search", ["held_out", "training_loss"])
+def test_unlearn_two_cpu_processes_match_one(tmp_path, step_search):
     """`accelerate launch --multi_gpu --num_processes 2 -m dpdiffusion.cli unlearn`: two real CPU workers split the
-    gradient sums (accelerator.reduce), only rank 0 writes, and the update equals the single-process one."""
+    gradient sums and the step search's losses (accelerator.reduce), only rank 0 writes, and the update equals the
+    single-process one."""
     import os
 
     from safetensors.torch import load_file
@@ -134,7 +136,7 @@ def test_unlearn_two_cpu_processes_match_one(tmp_path):
     clf = tmp_path / "clf"
     build_classifier(1, image_size=16, label_names=["Smiling"], seed=3).save_pretrained(clf)
     args = ["unlearn", "--classifier", str(clf), "--original", str(src), "--revised", str(prot), "--label-columns",
-            "Smiling", "--image-size", "16", "--method", "second_order", "--no-progress"]
+            "Smiling", "--image-size", "16", "--method", "second_order", "--step-search", step_search, "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     one = subprocess.run([sys.executable, "-m", "dpdiffusion.cli", *args, "--output-dir", str(tmp_path / "one")],
                          capture_output=True, text=True, timeout=300, env=env)
