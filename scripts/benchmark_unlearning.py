@@ -337,7 +337,6 @@ def main(argv=None) -> dict:
     original_seconds = time.perf_counter() - t0
 
     orig_pairs, rev_pairs, train_set = unlearning_inputs(data)
-    k = None if args.last_k_blocks < 0 else args.last_k_blocks
     common = dict(train_set=train_set, seed=args.seed, accelerator=accelerator, progress=args.progress)
 
     results = {}
@@ -351,7 +350,8 @@ def main(argv=None) -> dict:
     if not args.no_warmup:  # one-time torch.func / kernel initialisation, excluded from the timings below
         t0 = time.perf_counter()
         tiny = dict(train_set=(train_set[0][:8], train_set[1][:8]), hessian_samples=8, cg_iters=1, power_iters=1,
-                    progress=False, accelerator=accelerator, last_k_blocks=k)
+                    progress=False, accelerator=accelerator,
+                    last_k_blocks=update_options(args, "first_order")["last_k_blocks"])
         for method in ("first_order", "second_order"):
             unlearn(original, (orig_pairs[0][:8], orig_pairs[1][:8]), (rev_pairs[0][:8], rev_pairs[1][:8]),
                     method=method, **tiny)

@@ -87,8 +87,11 @@ def main(argv=None) -> dict:
               "scales": own.scales, "original": evaluate(original), "methods": {}}
     walker = copy.deepcopy(original).eval()  # buffers (batch-norm statistics) as the original's
     for method in ("first_order", "second_order"):
-        result = unlearn(original, orig_pairs, rev_pairs, method=method, train_set=train_set, seed=args.seed,
-                         accelerator=accelerator, progress=args.progress, **bench.update_options(args, method))
+        # one update per --step-search value: the first one's is walked, the others are marked on its line
+        updates = {search: unlearn(original, orig_pairs, rev_pairs, method=method, train_set=train_set,
+                                   seed=args.seed, accelerator=accelerator, progress=args.progress,
+                                   **bench.update_options(args, method, search)) for search in args.step_search}
+        result = updates[args.step_search[0]]
         direction = torch.nn.utils.parameters_to_vector(result.model.parameters()).detach() - theta0
         rows = []
         for f in own.scales:
@@ -100,9 +103,7 @@ def main(argv=None) -> dict:
         chosen = result.summary().get("step_scale")
         others = {}  # the further --step-search values (default: training_loss): where on this line they land
         for search in args.step_search[1:]:
-            other = unlearn(original, orig_pairs, rev_pairs, method=method, train_set=train_set, seed=args.seed,
-                            accelerator=accelerator, progress=args.progress,
-                            **bench.update_options(args, method, search))
+            other = updates[search]
             scale = other.summary().get("step_scale")
             multiple = scale / chosen if scale is not None and chosen else None
             others[search] = {"step_scale": scale, "multiple": multiple, **evaluate(other.model)}
