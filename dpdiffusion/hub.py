@@ -27,9 +27,11 @@ import os
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
+from .privacy.spec import GUARANTEES as SPEC_GUARANTEES
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["MODEL_CARDS_DIR", "render_model_card", "build_unlearned_model_card", "push_unlearned_model",
+__all__ = ["MODEL_CARDS_DIR", "public_command", "public_path", "render_model_card", "build_unlearned_model_card", "push_unlearned_model",
            "write_unlearned_model"]
 
 # what each figure of an unlearning run means, for the card: only the figures a run computed are described
@@ -70,7 +72,8 @@ METRIC_TYPES = {"accuracy_revised_before": "accuracy", "accuracy_revised_after":
 # the repository's model_cards/ (dpdiffusion/model_cards links to it, so that wheels carry the templates too)
 MODEL_CARDS_DIR = Path(__file__).resolve().parent / "model_cards"
 PRIVACY_KEYS = ("epsilon", "delta", "guarantee", "neighbouring_relation", "attributes")
-GUARANTEES = ("formal", "heuristic", "none")
+# a card takes the guarantee a release reports (`dpdiffusion.privacy.spec.GUARANTEES`), or a plain "none"
+GUARANTEES = SPEC_GUARANTEES + ("none",)
 
 
 def _template_path(template_name: str, template_dir: str | Path | None) -> Path:
@@ -251,7 +254,7 @@ def build_unlearned_model_card(
         template_dir=template_dir,
         model_name=model_name,
         repo_id=repo_id or info.get("local_path") or "path/to/this/folder",
-        base_model=base_model or info.get("base_model_path"),
+        base_model=base_model or public_path(info.get("base_model_path")),
         license=license_,
         datasets=datasets_,
         processor_source=info.get("processor_source"),
@@ -269,8 +272,39 @@ def build_unlearned_model_card(
         metrics_table=_metrics_table(metrics),
         metric_descriptions={k: METRIC_DESCRIPTIONS[k] for k in described},
         cost=cost_text,
-        command=command or " ".join(shlex.quote(a) for a in sys.argv),
+        command=public_command(command or " ".join(shlex.quote(a) for a in sys.argv)),
     )
+
+
+def public_path(value: str | None) -> str | None:
+    """A local path as a card may show it: its last component only (``/home/ana/celeba/originals`` ->
+    ``originals``); anything that is not a local path (a Hub id, a number, a flag) unchanged.
+
+    The card is published: the owner's folder layout (user names, project or person names in folder names) is the
+    owner's bookkeeping, not part of the release (docs/threat-model.md).
+    """
+    if not value:
+        return value
+    text = str(value)
+    if os.path.isabs(text) or text.startswith(("~", "./", "../")) or (os.sep in text and os.path.exists(text)):
+        return Path(text.rstrip("/\\")).name or text
+    return text
+
+
+def public_command(command: str) -> str:
+    """``command`` with every local path replaced by `public_path` (also in ``--option=PATH``), for a card."""
+    try:
+        words = shlex.split(command)
+    except ValueError:  # unbalanced quotes: show nothing rather than a half-redacted line
+        return "(command line not shown)"
+    out = []
+    for word in words:
+        if word.startswith("--") and "=" in word:
+            flag, _, value = word.partition("=")
+            out.append(f"{flag}={public_path(value)}")
+        else:
+            out.append(public_path(word))
+    return " ".join(shlex.quote(w) for w in out)
 
 
 def _metric_keys(metrics: Mapping[str, Any]) -> list[str]:
@@ -347,7 +381,9 @@ def write_unlearned_model(
                                       command=command, card_info=info)
     summary = result.summary() if hasattr(result, "summary") else dict(result)
     record = {"repo_id": repo_id, "unlearning": summary, "privacy": _check_privacy(privacy), "metrics": dict(metrics),
-              "cost": dict(cost), **({"card_info": dict(card_info)} if card_info else {})}
+              "cost": dict(cost),
+              **({"card_info": {k: public_path(v) if k.endswith("_path") else v for k, v in card_info.items()}}
+                 if card_info else {})}
     _write_folder(folder, model, card, record, image_processor)
     return folder
 

@@ -193,6 +193,11 @@ def test_promise_epsilon_inf_is_plain_encode_decode_bit_for_bit(dummy_pipe, dumm
                               output_type="np")
     np.testing.assert_array_equal(out.images, plain)
     assert out.noise_multiplier == 0.0 and out.strength == 0.0
+    # issue 31: a release without noise protects nothing and says so (it used to be labelled "formal")
+    assert out.guarantee == "none (epsilon = inf)" and out.report.guarantee == "none (epsilon = inf)"
+    seeded = dummy_pipe(dummy_images, attributes=ATTRS, epsilon=math.inf, num_inference_steps=2, output_type="np",
+                        generator=_gen(3), secure_mode=False)
+    assert seeded.guarantee == "none (epsilon = inf)"
 
 
 def test_promise_bad_arguments_name_the_argument_and_range(dummy_pipe, dummy_images):

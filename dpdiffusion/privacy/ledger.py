@@ -13,8 +13,9 @@ images (scope "latent"). A later release must be DP for that relation: scope "la
 is if it protects a superset of S (pairs differing only in S also differ only in the superset), and never after a
 "latent" first release.
 
-Guarantees. Each release records its guarantee ("formal", "heuristic" for a DDIM-inverted stochastic code, or
-"none (reproducible noise)" for seeded noise). Every release counts towards the budget, whatever its guarantee (the
+Guarantees. Each release records its guarantee ("formal", "heuristic" for a DDIM-inverted stochastic code,
+"none (reproducible noise)" for seeded noise; "none (epsilon = inf)" is never recorded, since a release without noise
+costs an infinite epsilon and is always refused). Every release counts towards the budget, whatever its guarantee (the
 budget is never overspent), but the totals are reported separately: `spent(subject)` composes all of a subject's
 releases, `spent(subject, guarantee="formal")` only its formal ones, and `guarantee(subject)` is the weakest
 guarantee among its releases, the one that qualifies the composed total. Releases recorded by a ledger older than

@@ -15,7 +15,7 @@ __all__ = ["BudgetExceededError", "Release", "UNRECORDED", "GUARANTEE_RANK", "ch
 
 UNRECORDED = "unrecorded"  # the guarantee of releases recorded before schema version 2
 # weakest last: the guarantee that qualifies a composed total is the weakest of its releases
-GUARANTEE_RANK = {GUARANTEES[0]: 0, GUARANTEES[1]: 1, UNRECORDED: 2, GUARANTEES[2]: 3}
+GUARANTEE_RANK = {GUARANTEES[0]: 0, GUARANTEES[1]: 1, UNRECORDED: 2, GUARANTEES[2]: 3, GUARANTEES[3]: 4}
 
 
 class BudgetExceededError(ValueError):
@@ -53,8 +53,8 @@ class Release:
     Args:
         release_id (`int`), subject_id (`str`), noise_multiplier (`float`), epsilon (`float`: this release alone
         at the ledger delta), spent_after (`float`: the subject's total after it), attributes (`tuple[str, ...]`),
-        scope (`str`), note (`str` or `None`), created_at (`str`, ISO 8601 UTC), guarantee (`str`: "formal",
-        "heuristic", "none (reproducible noise)", or "unrecorded" for releases of a ledger older than the column).
+        scope (`str`), note (`str` or `None`), created_at (`str`, ISO 8601 UTC), guarantee (`str`: one of
+        `dpdiffusion.privacy.spec.GUARANTEES`, or "unrecorded" for releases of a ledger older than the column).
     """
 
     release_id: int

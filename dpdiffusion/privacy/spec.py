@@ -23,16 +23,20 @@ STOCHASTIC_CODES = ("random", "inverted")
 NOISE_SOURCES = ("csprng", "seeded")
 # the guarantee of a release, strongest first: formal (the accountant covers the whole release), heuristic (the
 # decoder starts from a DDIM inversion of the input, which the accountant does not cover), none (the noise can be
-# replayed).
-GUARANTEES = ("formal", "heuristic", "none (reproducible noise)")
+# replayed), none (epsilon = inf: no noise at all, the release is the plain encode/decode of the input).
+GUARANTEES = ("formal", "heuristic", "none (reproducible noise)", "none (epsilon = inf)")
 
 
-def guarantee_of(*, stochastic_code: str, noise_source: str) -> str:
-    """The guarantee of a release: ``"formal"`` only for CSPRNG noise and a random stochastic code.
+def guarantee_of(*, stochastic_code: str, noise_source: str, epsilon: Optional[float] = None) -> str:
+    """The guarantee of a release: ``"formal"`` only for CSPRNG noise, a random stochastic code and a finite epsilon.
+
+    ``epsilon = inf`` turns the mechanism off (no noise): such a release protects nothing and is labelled
+    ``"none (epsilon = inf)"`` whatever its noise source or stochastic code.
 
     Args:
         stochastic_code (`str`): ``"random"`` or ``"inverted"``.
         noise_source (`str`): ``"csprng"`` or ``"seeded"``.
+        epsilon (`float`, *optional*): the release's epsilon; `None` (unknown) is treated as finite.
 
     Returns:
         `str`: one of `GUARANTEES`.
@@ -46,6 +50,8 @@ def guarantee_of(*, stochastic_code: str, noise_source: str) -> str:
     >>> from dpdiffusion.privacy.spec import guarantee_of
     >>> guarantee_of(stochastic_code="random", noise_source="csprng"), guarantee_of(stochastic_code="random", noise_source="seeded")
     ('formal', 'none (reproducible noise)')
+    >>> guarantee_of(stochastic_code="random", noise_source="csprng", epsilon=float("inf"))
+    'none (epsilon = inf)'
 
     ```
     """
@@ -53,6 +59,8 @@ def guarantee_of(*, stochastic_code: str, noise_source: str) -> str:
         raise ValueError(f"stochastic_code must be one of {STOCHASTIC_CODES}, got stochastic_code={stochastic_code!r}")
     if noise_source not in NOISE_SOURCES:
         raise ValueError(f"noise_source must be one of {NOISE_SOURCES}, got noise_source={noise_source!r}")
+    if epsilon is not None and math.isinf(epsilon) and epsilon > 0:
+        return GUARANTEES[3]
     if noise_source == "seeded":
         return GUARANTEES[2]
     return GUARANTEES[0] if stochastic_code == "random" else GUARANTEES[1]
@@ -182,9 +190,10 @@ class PrivacySpec:
 
     @property
     def guarantee(self) -> str:
-        """`"formal"` when the accountant covers the whole release (CSPRNG noise and `stochastic_code="random"`),
-        `"heuristic"` for an inverted stochastic code, `"none (reproducible noise)"` for seeded noise."""
-        return guarantee_of(stochastic_code=self.stochastic_code, noise_source=self.noise_source)
+        """`"formal"` when the accountant covers the whole release (CSPRNG noise, `stochastic_code="random"` and a
+        finite epsilon), `"heuristic"` for an inverted stochastic code, `"none (reproducible noise)"` for seeded noise,
+        `"none (epsilon = inf)"` when the mechanism is off."""
+        return guarantee_of(stochastic_code=self.stochastic_code, noise_source=self.noise_source, epsilon=self.epsilon)
 
     @property
     def noise_multiplier(self) -> float:
