@@ -86,15 +86,24 @@ def cmd_train(ns) -> int:
 
 
 def cmd_protect(ns) -> int:
-    from .protect import ProtectConfig, protect_dataset
+    from .protect import ProtectConfig, protect_dataset, release_summary
     from .utils_accelerate import make_accelerator
 
     config = _dataclass_from(ProtectConfig, ns)
     accelerator = make_accelerator()
     pipe = _load_pipeline(ns.model).to(accelerator.device)
-    out = protect_dataset(pipe, config, accelerator=accelerator, progress=not ns.no_progress)
-    if accelerator.is_main_process:
-        print(f"protected images and metadata written to {out}")
+    protect_dataset(pipe, config, accelerator=accelerator, progress=not ns.no_progress)
+    if not accelerator.is_main_process:
+        return 0
+    summary = release_summary(config)
+    out, private, skipped = summary["output_dir"], summary["private_dir"], summary["skipped"]
+    if summary["released"] == 0:
+        why = (f"all {skipped} row(s) were skipped; the reasons are in {private / 'skipped.jsonl'} (private: it names "
+               f"source files)" if skipped else "the source has no rows to protect (check --source, --split, --limit)")
+        print(f"dpdiffusion protect: error: nothing was released: {why}", file=sys.stderr)
+        return 1
+    print(f"{summary['released']} protected image(s) with their privacy figures written to {out} (safe to publish)")
+    print(f"the run's settings, resume state and {skipped} skipped row(s) are in {private} (private: do not publish)")
     return 0
 
 
@@ -167,12 +176,12 @@ def cmd_space(ns) -> int:
 
         argv = [a for flag, value in (("--port", ns.port), ("--host", ns.host), ("--model", ns.model),
                                       ("--budget-epsilon", ns.budget_epsilon)) if value is not None
-                for a in (flag, str(value))]
+                for a in (flag, str(value))] + (["--new-ledger"] if ns.new_ledger else [])
         serve(argv)
         return 0
-    if any(v is not None for v in (ns.port, ns.host, ns.model, ns.budget_epsilon)):
-        raise ValueError("--port, --host, --model and --budget-epsilon serve the app; they do not go with --export "
-                         "or --push (set the Space's variables, e.g. DPDIFFUSION_SPACE_MODEL, instead)")
+    if any(v is not None for v in (ns.port, ns.host, ns.model, ns.budget_epsilon)) or ns.new_ledger:
+        raise ValueError("--port, --host, --model, --budget-epsilon and --new-ledger serve the app; they do not go "
+                         "with --export or --push (set the Space's variables, e.g. DPDIFFUSION_SPACE_MODEL, instead)")
     import tempfile
 
     from .space.export import export_space, push_space
@@ -214,7 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="Seed.")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("protect", help="Protect a whole dataset (resumable, streaming, data-parallel).")
+    p = sub.add_parser("protect", help="Protect a whole dataset (resumable, streaming, data-parallel).",
+                       description="Protect a whole dataset. --output-dir receives only what is safe to publish (the "
+                                   "protected images, their privacy figures and the --keep-columns columns); the "
+                                   "owner's bookkeeping (settings, resume state, skipped rows with their source "
+                                   "paths) goes to --private-dir. Exit status 1 when no row was released.")
     add_dataclass_arguments(p, ProtectConfig)
     p.add_argument("--model", default=None, help=_MODEL_HELP)
     p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
@@ -274,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="Pipeline folder or Hub repo id to serve (default: "
                                                  "$DPDIFFUSION_SPACE_MODEL or the embedded default).")
     p.add_argument("--budget-epsilon", type=float, default=None, help="Per-face epsilon budget of a new ledger.")
+    p.add_argument("--new-ledger", action="store_true",
+                   help="Start a new ledger and subject secret where one of them has gone missing (the old files are "
+                        "moved aside; every face then starts with a fresh budget). Without it such a Space refuses to "
+                        "start; with both present it changes nothing ($DPDIFFUSION_SPACE_NEW_LEDGER=1 does the same).")
     p.add_argument("--export", metavar="DIR", default=None,
                    help="Write a complete, ready-to-push Space repository to DIR (app.py, README.md with the Space "
                         "YAML, requirements.txt and the package with its default model) instead of serving.")

@@ -1,33 +1,64 @@
 """Protect a whole dataset: stream it through ``DPDiffusionPipeline`` and write an image folder with metadata.
 
-Output layout (an ``imagefolder`` that ``datasets.load_dataset("imagefolder", data_dir=out)`` reads)::
+What leaves the system (docs/threat-model.md): two folders, one to publish and one the data owner keeps.
 
-    out/images/00000042.png      one protected image per input row (named by the row's position)
-    out/metadata.jsonl           file_name + every privacy figure of the image + the row's other columns
-    out/protect_config.json      the run's settings; a resumed run must use the same ones
-    out/skipped.jsonl            rows that could not be read (corrupt, truncated, not an image, too small or
-                                 too large), with the source path when known and the reason
-    out/.parts/worker-R.jsonl    per-process records while running (merged into metadata.jsonl at the end)
+``output_dir`` -- safe to publish; an ``imagefolder`` that ``datasets.load_dataset("imagefolder", data_dir=out)``
+reads, and nothing else (no hidden file once a run has finished)::
+
+    out/images/00000042.png      one protected image per released row (named by the row's position in the source)
+    out/metadata.jsonl           per image: index (the row's position), file_name, every privacy figure of the
+                                 release (epsilon, delta, sigmas, noise_source, guarantee, ...), with --faces detect
+                                 its faces, and ONLY the input columns named in ``keep_columns`` (default none)
+
+``private_dir`` -- the owner's bookkeeping, never to be published (default ``<output_dir>-private`` next to it;
+created with mode 0700, its files 0600, whatever the umask)::
+
+    private/protect_config.json  the run's settings (the source path; in the seeded mode the seed); a resumed run
+                                 must use the same ones
+    private/skipped.jsonl        rows not released: unreadable (corrupt, truncated, not an image, too small or too
+                                 large; with the source path when known), no face (--faces detect), or released
+                                 before and their image lost; with the reason
+    private/.parts/              resume state: per-process records while running (worker-R.jsonl, skipped-R.jsonl,
+                                 merged into metadata.jsonl and skipped.jsonl at the end) and the merge's temporaries
+
+Columns: an input column reaches the release only when named in ``keep_columns`` (utility labels, e.g. smiling).
+Refused before anything is written, with a ``ValueError`` naming ``keep_columns`` and the columns it may name: a
+protected attribute's column (the names of the release's protected attributes compared case-insensitively and
+ignoring ``_``, ``-`` and spaces, so ``Dark-Skin`` is ``dark_skin``; with ``scope="latent"`` every attribute of the
+model), ``identity`` and ``seed`` in any dataset (a person's identity links their releases; SynthFaces' ``identity``
+and ``seed`` with the row's ``index`` re-render the original bit for bit), the image column and any other image
+column, a name the record itself uses (``index``, ``file_name``, ``faces``, a privacy figure) and an unknown column.
+Another attribute of the model, not protected in this run, may be kept (utility). The record's ``index`` and the
+image names are the row's position in the source: shuffle a source whose order is itself sensitive.
 
 Streaming: rows are read one batch at a time (a ``save_to_disk`` folder as a stream of its Arrow shards, not a memory
 map) and the part files are merged by a k-way merge of index-sorted runs, so memory stays flat in the dataset size.
 Privacy noise: from the OS CSPRNG (a private release), unless ``insecure_seed`` is given (``--insecure-seed N``): then
-row ``i``'s privacy noise and stochastic code come from a generator seeded by ``(N, i)``, anyone holding the output
-(whose ``protect_config.json`` records N) can replay the noise, and every record says ``noise_source="seeded"`` and
-``guarantee="none (reproducible noise)"``. In the default mode nothing written to the output folder lets anyone
-recompute the noise (the stochastic codes come from generators seeded by the CSPRNG and are not recorded).
+row ``i``'s privacy noise and stochastic code come from a generator seeded by ``(N, i)``, anyone holding N (recorded
+in the private ``protect_config.json``) can replay the noise, and every published record says
+``noise_source="seeded"`` and ``guarantee="none (reproducible noise)"``. In the default mode nothing written to either
+folder lets anyone recompute the noise (the stochastic codes come from generators seeded by the CSPRNG and are not
+recorded).
 
 Crash safety, and each row released once: each image is written to a temporary file and renamed (atomic), and only
-then is its record appended (flushed and fsync'ed) to the worker's part file. A rerun keeps every image already
-written: a row with an image and a record is done; a row whose image was written but whose record was lost in a crash
-gets its record back without being recomputed; a row whose record exists but whose image file has gone is *not*
-released a second time with other noise (it is listed in ``skipped.jsonl``). Only the remaining rows are protected.
+then is its record appended (flushed and fsync'ed) to the worker's part file in ``private_dir/.parts``. A rerun reads
+its state from ``private_dir`` and keeps every image already written: a row with an image and a record is done; a
+row whose image was written but whose record was lost in a crash gets its record back without being recomputed; a row
+whose record exists but whose image file has gone is *not* released a second time with other noise (it is listed in
+the private ``skipped.jsonl``). Only the remaining rows are protected. A release folder whose ``private_dir`` holds no
+state of it (another ``--private-dir``, or the private folder deleted) is refused rather than resumed blind.
 With ``insecure_seed``, batches are fixed blocks of ``batch_size`` consecutive rows (of the worker's share), a partly
 done block being recomputed whole, so that a run killed at any point (even SIGKILL) and resumed with the same
 ``batch_size`` writes the same files, byte for byte, as an uninterrupted one (a different ``batch_size`` may change
 pixel values by float rounding); a recomputed row's image is then the same release, and a lost one is rewritten.
-Stale temporary files of killed runs are removed at the end. Under ``accelerate launch`` process ``R`` of ``W`` takes
-the rows ``i`` with ``i % W == R`` (data-parallel).
+Stale temporary files of killed runs (next to the images and ``metadata.jsonl``) are removed at the end, so a
+finished ``output_dir`` holds none. Under ``accelerate launch`` process ``R`` of ``W`` takes the rows ``i`` with
+``i % W == R`` (data-parallel).
+
+Folders of earlier versions, which kept ``.parts/``, ``protect_config.json``, ``skipped.jsonl`` and every input
+column inside the output folder, are refused with the steps to resume them in this layout (move the three into
+``private_dir`` and rerun: the images already released are kept, and ``metadata.jsonl`` is rewritten with only the
+privacy figures and the ``keep_columns`` columns).
 """
 
 from __future__ import annotations
@@ -37,7 +68,9 @@ import io
 import json
 import logging
 import os
+import re
 import secrets
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -57,7 +90,19 @@ class ProtectConfig:
     """Settings of ``protect_dataset`` (also ``dpdiffusion protect``)."""
 
     source: str = field(metadata={"help": "Image folder (optionally with metadata.csv/jsonl), a save_to_disk folder, or a Hub dataset name."})
-    output_dir: str = field(metadata={"help": "Folder to write the protected image folder to."})
+    output_dir: str = field(metadata={"help": (
+        "Release folder, safe to publish: images/ and metadata.jsonl (file_name, each image's privacy figures and "
+        "only the --keep-columns columns); an imagefolder that datasets.load_dataset reads.")})
+    private_dir: str | None = field(default=None, metadata={"help": (
+        "The data owner's folder, never to be published (mode 0700): the run's settings (protect_config.json: the "
+        "source path and, with --insecure-seed, the seed), the resume state (.parts/) and skipped.jsonl (rows not "
+        "released, with their source paths). Default: <output-dir>-private next to the output folder. It must be "
+        "outside the output folder, and the output folder outside it; a rerun reads its state from it.")})
+    keep_columns: list[str] | None = field(default=None, metadata={"help": (
+        "Input columns copied next to each release in metadata.jsonl (utility labels, e.g. smiling); default none. "
+        "Refused before anything is written: a protected attribute's column (case, _, - and spaces ignored; with "
+        "--scope latent every attribute of the model), identity and seed (always), an image column, a name the "
+        "record uses itself (index, file_name, faces, a privacy figure) and an unknown column.")})
     attributes: list[str] | None = field(default=None, metadata={"help": "Attributes to protect (default: the model's dark_skin, long_hair)."})
     weights: list[float] | None = field(default=None, metadata={"help": "Positive budget shares of the attributes."})
     epsilon: float = field(default=1.0, metadata={"help": "Epsilon of each image's release (> 0; inf disables noise)."})
@@ -78,7 +123,7 @@ class ProtectConfig:
     faces: str = field(default="aligned", metadata={"help": (
         "'aligned': every row is an aligned face crop. 'detect': every row is a photo; each face is detected, "
         "FFHQ-aligned, protected and pasted back (the rest of the photo unchanged); a photo with no face goes to "
-        "skipped.jsonl, never to the output. Needs the 'faces' extra.")})
+        "the private skipped.jsonl, never to the output. Needs the 'faces' extra.")})
     min_face_size: int = field(default=48, metadata={"help": "With --faces detect: smallest face protected (px)."})
     min_confidence: float = field(default=0.5, metadata={"help": "With --faces detect: smallest detector score."})
 
@@ -108,8 +153,8 @@ def _open_saved(src: Path, split: str):
     return datasets.load_dataset("arrow", data_files=files, split="train", streaming=True)
 
 
-def _iter_rows(config: ProtectConfig) -> Iterator[tuple[int, dict]]:
-    """Yield ``(index, row)`` without materialising the dataset; images stay undecoded until used."""
+def _open_source(config: ProtectConfig):
+    """The source as a stream whose image column stays undecoded (nothing is materialised)."""
     import datasets
 
     src = Path(config.source)
@@ -122,11 +167,122 @@ def _iter_rows(config: ProtectConfig) -> Iterator[tuple[int, dict]]:
     if config.image_column not in (ds.column_names or [config.image_column]):
         raise ValueError(f"image_column={config.image_column!r} is not a column of {config.source}; "
                          f"columns are {ds.column_names}")
-    ds = ds.cast_column(config.image_column, datasets.Image(decode=False))
-    for i, row in enumerate(ds):
+    return ds.cast_column(config.image_column, datasets.Image(decode=False))
+
+
+def _iter_rows(config: ProtectConfig, ds=None) -> Iterator[tuple[int, dict]]:
+    """Yield ``(index, row)`` without materialising the dataset; images stay undecoded until used."""
+    for i, row in enumerate(_open_source(config) if ds is None else ds):
         if config.limit is not None and i >= config.limit:
             return
         yield i, row
+
+
+# Never kept, whatever the dataset: a person's identity label links their releases to each other, and SynthFaces'
+# generator keys `identity` and `seed` (with the row's index, which every record carries) re-render the original.
+NEVER_KEPT_COLUMNS = ("identity", "seed")
+# Keys of every published record besides the privacy figures (a kept column may not overwrite them).
+RECORD_KEYS = ("index", "file_name", "faces")
+
+
+def _column_key(name: str) -> str:
+    """A column name compared as a person reads it: case, ``_``, ``-`` and spaces ignored (``Dark-Skin``)."""
+    return re.sub(r"[\s_\-]+", "", name).casefold()
+
+
+def _protected_names(pipe, spec) -> dict[str, str]:
+    """``_column_key`` -> attribute, for every attribute this release protects: the spec's attributes (and their
+    CelebA columns), and with ``scope="latent"`` (the whole image is the protected unit) every attribute of the
+    model."""
+    from .data.attributes import CELEBA_TO_SYNTHFACES
+
+    names = list(spec.attributes)
+    directions = getattr(pipe, "attribute_directions", None)
+    if spec.scope == "latent" and directions is not None:
+        names += [n for n in directions.names if n not in names]
+    keys = {}
+    for name in names:
+        for alias in (name, CELEBA_TO_SYNTHFACES.get(name)):
+            if alias:
+                keys.setdefault(_column_key(alias), name)
+    return keys
+
+
+def _check_keep_columns(config: ProtectConfig, ds, *, protected: dict[str, str], figures: dict) -> list[str]:
+    """The columns of ``config.keep_columns``, checked against the source's columns before anything is written.
+
+    Raises:
+        ValueError: naming ``keep_columns``, each refused column with the reason, and the columns it may name (column
+        names only: never a cell's value).
+    """
+    import datasets
+
+    columns = list(ds.column_names or next(iter(ds), {}).keys())  # a stream that does not say: its first row's
+    features = ds.features or {}
+
+    def reason(column: str) -> str | None:
+        key = _column_key(column)
+        if column not in columns:
+            return "not a column of the source"
+        if key in protected:
+            return (f"the column of the protected attribute {protected[key]!r}: it would publish each person's true "
+                    "value next to the image that hides it")
+        if key in NEVER_KEPT_COLUMNS:
+            return ("identity and seed are never kept: an identity links a person's releases, and SynthFaces' "
+                    "identity and seed re-render the original image")
+        if column == config.image_column or isinstance(features.get(column), datasets.Image):
+            return "an image column: the original image"
+        if column in RECORD_KEYS or column in figures:
+            return "a name each record uses itself"
+        return None
+
+    allowed = [c for c in columns if reason(c) is None]
+    refused = [f"{c!r} ({reason(c)})" for c in config.keep_columns if reason(c) is not None]
+    if refused:
+        raise ValueError(f"keep_columns may not name {'; '.join(refused)}; the columns keep_columns may name are "
+                         f"{allowed}")
+    return list(dict.fromkeys(config.keep_columns))
+
+
+def private_dir_for(config: ProtectConfig) -> Path:
+    """``config.private_dir``, or by default ``<output_dir>-private`` next to the output folder."""
+    if config.private_dir is not None:
+        return Path(config.private_dir)
+    out = Path(os.path.abspath(config.output_dir))
+    return out.with_name(out.name + "-private")
+
+
+def _check_folders(out: Path, private: Path, source: str) -> None:
+    """Refuse folders that would publish the originals or the owner's bookkeeping, a release folder of an earlier
+    version (which kept the bookkeeping inside), and a release whose resume state is not where this run looks."""
+    real_out, real_private = Path(os.path.realpath(out)), Path(os.path.realpath(private))
+    if os.path.isdir(source):
+        real_src = Path(os.path.realpath(source))
+        if real_src == real_out or real_src in real_out.parents or real_out in real_src.parents:
+            raise ValueError(f"output_dir must be outside the source folder and not contain it (the release would sit "
+                             f"with the originals), got output_dir={str(out)!r} and source={source!r}")
+    if real_private == real_out or real_out in real_private.parents:
+        raise ValueError(f"private_dir must be outside output_dir (everything in output_dir is for publication), got "
+                         f"private_dir={str(private)!r} and output_dir={str(out)!r}")
+    if real_private in real_out.parents:
+        raise ValueError(f"output_dir must be outside private_dir (the release would sit among the owner's "
+                         f"bookkeeping), got output_dir={str(out)!r} inside private_dir={str(private)!r}")
+    legacy = [name for name in (".parts", "protect_config.json", "skipped.jsonl") if (out / name).exists()]
+    if legacy:
+        moved = " ".join(shlex.quote(str(out / name)) for name in legacy)
+        target = shlex.quote(str(private))
+        raise ValueError(
+            f"output_dir={str(out)!r} was written by an earlier dpdiffusion protect, which kept its bookkeeping "
+            f"({', '.join(legacy)}: source paths, and with --insecure-seed the seed) and every input column inside "
+            f"the release folder: do not publish it as it is. To finish it in the new layout, keeping every image "
+            f"already released: mkdir -p -m 700 {target} && mv {moved} {target}/ ; then rerun the same command "
+            f"(metadata.jsonl is rewritten with only the privacy figures and the --keep-columns columns)")
+    released = (out / "metadata.jsonl").exists() or any((out / "images").glob("*.png"))
+    if released and not any((private / ".parts").glob("worker-*.jsonl")):
+        raise ValueError(
+            f"output_dir={str(out)!r} already holds released images, but private_dir={str(private)!r} holds no "
+            f"resume state of them (.parts/worker-*.jsonl); pass the --private-dir it was written with (a rerun reads "
+            f"its state there, so as never to release a row twice), or use a new output_dir")
 
 
 def _decode(value: Any) -> PIL.Image.Image:
@@ -150,6 +306,13 @@ def _check_config(config: ProtectConfig) -> None:
         value = getattr(config, name)
         if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
             raise ValueError(f"{name} must be a non-empty str, got {name}={value!r}")
+    if config.private_dir is not None and (not isinstance(config.private_dir, (str, os.PathLike))
+                                           or not os.fspath(config.private_dir)):
+        raise ValueError(f"private_dir must be None or a non-empty str, got private_dir={config.private_dir!r}")
+    keep = config.keep_columns
+    if keep is not None and (isinstance(keep, (str, bytes)) or not isinstance(keep, (list, tuple))
+                             or not all(isinstance(c, str) and c for c in keep)):
+        raise ValueError(f"keep_columns must be None or a list of column names, got keep_columns={keep!r}")
     resolve_num_inference_steps(config.num_inference_steps, config.stochastic_code)  # None: the code's default
     if isinstance(config.batch_size, bool) or not isinstance(config.batch_size, int) or config.batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got batch_size={config.batch_size!r}")
@@ -165,10 +328,26 @@ def _check_config(config: ProtectConfig) -> None:
         raise ValueError(f"limit must be None or an integer >= 0, got limit={config.limit!r}")
 
 
+def _private_fd(path: Path, flags: int) -> int:
+    """Open (creating) a file of the private folder, mode 0600 whatever the umask."""
+    fd = os.open(path, flags | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def _make_private_dir(path: Path) -> None:
+    """Create a folder of the private side with mode 0700 whatever the umask (an existing one is left as it is)."""
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        return
+    os.chmod(path, 0o700)
+
+
 def _open_append(path: Path):
-    """Open a part file for appending, first ending a line cut short by a crash (else the next record would be
-    glued to it and lost)."""
-    f = open(path, "a+b")
+    """Open a part file (private, 0600) for appending, first ending a line cut short by a crash (else the next record
+    would be glued to it and lost)."""
+    f = os.fdopen(_private_fd(path, os.O_RDWR | os.O_APPEND), "a+b")
     f.seek(0, os.SEEK_END)
     if f.tell() > 0:
         f.seek(-1, os.SEEK_END)
@@ -219,8 +398,13 @@ def _read_listed(part_dir: Path) -> set[int]:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, data, private=False)
+
+
+def _atomic_write(path: Path, data: bytes, *, private: bool) -> None:
+    """Write ``path`` through a temporary file next to it and a rename (0600 in the private folder)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with (os.fdopen(_private_fd(tmp, os.O_WRONLY | os.O_TRUNC), "wb") if private else open(tmp, "wb")) as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -228,14 +412,17 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: bool = True) -> Path:
-    """Protect every row of ``config.source`` with ``pipe`` and write ``config.output_dir``; resumable.
+    """Protect every row of ``config.source`` with ``pipe``; write the release to ``config.output_dir`` and the
+    owner's bookkeeping to the private folder (`private_dir_for`); resumable.
 
     Returns:
         `pathlib.Path`: the output folder.
 
     Raises:
-        ValueError: invalid privacy arguments (checked before anything is written), a missing image column, or an
-        existing output folder written with other settings.
+        ValueError: before anything is written: invalid privacy arguments, a missing image column, a refused or
+        unknown column in ``keep_columns``, a private folder inside the output folder (or the reverse), an output
+        folder of an earlier version or one whose private folder holds no state of it, or an existing output folder
+        written with other settings.
     """
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
@@ -244,25 +431,36 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
     spec = pipe.privacy_spec(attributes=config.attributes, weights=config.weights, epsilon=config.epsilon,
                              delta=config.delta, scope=config.scope, stochastic_code=config.stochastic_code,
                              secure_mode=config.secure_mode)
+    figures = pipe.report_for(spec).to_dict()
+    source = None
+    keep: list[str] = []
+    if config.keep_columns:
+        source = _open_source(config)
+        keep = _check_keep_columns(config, source, protected=_protected_names(pipe, spec), figures=figures)
+    out, private = Path(config.output_dir), private_dir_for(config)
+    _check_folders(out, private, config.source)
+    part_dir = private / ".parts"
+    settings = _jsonable({**{k: v for k, v in asdict(config).items()
+                             if k not in ("output_dir", "private_dir", "limit", "batch_size")},
+                          "keep_columns": keep or None})
+    cfg_path = private / "protect_config.json"
+    old = json.loads(cfg_path.read_text()) if cfg_path.exists() else None
+    if old is not None:
+        # a folder of an earlier version (moved into its private folder) kept every column: any choice is consistent
+        old_upgraded = {"keep_columns": settings["keep_columns"], **old}
+        if old_upgraded != settings:
+            raise ValueError(f"output_dir={str(out)!r} was written with other settings {old} (recorded in {cfg_path});"
+                             f" use another output_dir or the same settings")
     if not config.secure_mode:
-        logger.warning("insecure_seed=%d: the privacy noise is reproducible from the seed written to "
-                       "protect_config.json; the output is NOT a private release", config.insecure_seed)
-    out = Path(config.output_dir)
+        logger.warning("insecure_seed=%d: the privacy noise is reproducible from the seed (written to the private "
+                       "%s); the output is NOT a private release", config.insecure_seed, cfg_path)
+    _make_private_dir(private)
+    _make_private_dir(part_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    part_dir = out / ".parts"
-    part_dir.mkdir(exist_ok=True)
-    settings = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "limit", "batch_size")}
-    cfg_path = out / "protect_config.json"
-    if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        if old != _jsonable(settings):
-            raise ValueError(f"{out} was written with other settings {old}; use another output_dir or the same settings")
-    elif rank == 0:
-        _atomic_write_bytes(cfg_path, json.dumps(_jsonable(settings), indent=2).encode())
+    if rank == 0 and (old is None or old != settings):
+        _atomic_write(cfg_path, json.dumps(settings, indent=2).encode(), private=True)
     recorded = _read_recorded(part_dir)
     listed = _read_listed(part_dir)
-    report = pipe.report_for(spec)
-    figures = report.to_dict()
     part = _open_append(part_dir / f"worker-{rank}.jsonl")
     skipped = _open_append(part_dir / f"skipped-{rank}.jsonl")
     bar = tqdm(desc=f"protect (worker {rank})", unit="img", disable=not progress, position=rank)
@@ -291,7 +489,7 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
             if i in listed:
                 continue
             state = status(i)
-            extra = {k: v for k, v in row.items() if k != config.image_column and k not in figures}
+            extra = {k: row.get(k) for k in keep}  # only the columns the owner chose to publish
             if state == "lost" and config.secure_mode:
                 list_skipped({"index": i, "reason": "released earlier (its record exists) but its image file is "
                                                     "missing; not released a second time with other noise"})
@@ -365,7 +563,7 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
     # whatever was done before, so a resumed run batches every row exactly as an uninterrupted run does.
     block: list = []
     block_id = None
-    for i, row in _iter_rows(config):
+    for i, row in _iter_rows(config, source):
         if i % world != rank:
             continue
         bid = (i // world) // config.batch_size
@@ -378,15 +576,33 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
     part.close()
     skipped.close()
     if n_skipped:
-        logger.warning("worker %d listed %d row(s) in %s (unreadable, or released before and their image lost)",
-                       rank, n_skipped, out / "skipped.jsonl")
+        logger.warning("worker %d listed %d row(s) in the private %s (unreadable, without a face, or released before "
+                       "and their image lost)", rank, n_skipped, private / "skipped.jsonl")
     if accelerator is not None:
         accelerator.wait_for_everyone()
     if rank == 0:
-        _merge(out, part_dir)
-        for stale in [*out.glob(".*.tmp-*"), *(out / "images").glob(".*.tmp-*")]:  # left by killed runs
-            stale.unlink(missing_ok=True)
+        _merge(out, private, keys={*RECORD_KEYS, *figures, *keep})
+        for stale in [*out.glob(".*.tmp-*"), *(out / "images").glob(".*.tmp-*"), *private.glob(".*.tmp-*")]:
+            stale.unlink(missing_ok=True)  # left by killed runs
     return out
+
+
+def release_summary(config: ProtectConfig) -> dict:
+    """Where a finished run's two folders are and how many rows each lists (for the CLI's last words).
+
+    Returns:
+        `dict`: ``output_dir``, ``private_dir`` (`pathlib.Path`), ``released`` (records in ``metadata.jsonl``) and
+        ``skipped`` (rows in the private ``skipped.jsonl``).
+    """
+    def count(path: Path) -> int:
+        if not path.is_file():
+            return 0
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+
+    out, private = Path(config.output_dir), private_dir_for(config)
+    return {"output_dir": out, "private_dir": private, "released": count(out / "metadata.jsonl"),
+            "skipped": count(private / "skipped.jsonl")}
 
 
 # Rows sorted in memory at once when a part file is out of order (a resumed run that redid a row whose image was
@@ -396,7 +612,7 @@ _SORT_CHUNK = 20_000
 
 def _sorted_runs(part: Path, tmp_dir: Path) -> list[Path]:
     """The part as runs sorted by index: itself when already sorted (the usual case, one pass to check), else
-    chunks of ``_SORT_CHUNK`` records sorted in memory and written to ``tmp_dir``."""
+    chunks of ``_SORT_CHUNK`` records sorted in memory and written to ``tmp_dir`` (private, 0600)."""
     last = -1
     for index, _, _ in _part_records(part):
         if index < last:
@@ -405,12 +621,12 @@ def _sorted_runs(part: Path, tmp_dir: Path) -> list[Path]:
     else:
         return [part]
     runs, chunk = [], []
-    tmp_dir.mkdir(exist_ok=True)
+    _make_private_dir(tmp_dir)
 
     def flush():
         run = tmp_dir / f"{part.stem}-run{len(runs)}.jsonl"
         chunk.sort(key=lambda item: item[0])  # stable: equal indices keep their order
-        with open(run, "wb") as f:
+        with os.fdopen(_private_fd(run, os.O_WRONLY | os.O_TRUNC), "wb") as f:
             f.writelines(line + b"\n" for _, line in chunk)
         runs.append(run)
         chunk.clear()
@@ -424,17 +640,23 @@ def _sorted_runs(part: Path, tmp_dir: Path) -> list[Path]:
     return runs
 
 
-def _merge_parts(parts: list[Path], dest: Path, tmp_dir: Path, keep) -> int:
+def _merge_parts(parts: list[Path], dest: Path, tmp_dir: Path, keep, *, keys=None, private: bool = False) -> int:
     """Write the records of ``parts`` kept by ``keep`` to ``dest`` (atomically), sorted by index, one per index,
-    streaming: a k-way merge of sorted runs, so memory does not grow with the number of records."""
+    streaming: a k-way merge of sorted runs, so memory does not grow with the number of records. With ``keys``,
+    each record keeps only those keys (a record of an earlier version carried every input column)."""
     import heapq
     import shutil
 
+    def line_of(line: bytes, rec: dict) -> bytes:
+        if keys is None or rec.keys() <= keys:
+            return line
+        return json.dumps({k: v for k, v in rec.items() if k in keys}).encode()
+
     runs = [run for part in parts for run in _sorted_runs(part, tmp_dir)]
-    streams = [((index, line) for index, line, rec in _part_records(run) if keep(rec)) for run in runs]
+    streams = [((index, line_of(line, rec)) for index, line, rec in _part_records(run) if keep(rec)) for run in runs]
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     written, previous = 0, None
-    with open(tmp, "wb") as f:
+    with (os.fdopen(_private_fd(tmp, os.O_WRONLY | os.O_TRUNC), "wb") if private else open(tmp, "wb")) as f:
         for index, line in heapq.merge(*streams, key=lambda item: item[0]):
             if index == previous:  # a row recorded twice (redone after its image was deleted): same record
                 continue
@@ -447,9 +669,12 @@ def _merge_parts(parts: list[Path], dest: Path, tmp_dir: Path, keep) -> int:
     return written
 
 
-def _merge(out: Path, part_dir: Path) -> None:
-    """``metadata.jsonl`` and ``skipped.jsonl`` from the workers' part files (index order)."""
+def _merge(out: Path, private: Path, *, keys=None) -> None:
+    """``out/metadata.jsonl`` (each record reduced to ``keys``) and ``private/skipped.jsonl`` from the workers'
+    part files in ``private/.parts`` (index order)."""
+    part_dir = private / ".parts"
     tmp_dir = part_dir / "merge"
     _merge_parts(sorted(part_dir.glob("worker-*.jsonl")), out / "metadata.jsonl", tmp_dir,
-                 lambda rec: _has_image(out, rec))
-    _merge_parts(sorted(part_dir.glob("skipped-*.jsonl")), out / "skipped.jsonl", tmp_dir, lambda rec: True)
+                 lambda rec: _has_image(out, rec), keys=keys)
+    _merge_parts(sorted(part_dir.glob("skipped-*.jsonl")), private / "skipped.jsonl", tmp_dir, lambda rec: True,
+                 private=True)

@@ -225,3 +225,9 @@ def test_push_to_local_hub_stand_in_carries_every_file(hub_online, model, result
     assert AutoImageProcessor.from_pretrained(pushed).crop_size == {"height": 16, "width": 16}
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(loaded.eval()(pixel_values=x).logits, model(pixel_values=x).logits)
+
+
+def test_public_command_keeps_hub_ids_and_numbers():
+    assert hub.public_command("dpdiffusion unlearn --classifier google/vit-base --epsilon 1.5") == \
+        "dpdiffusion unlearn --classifier google/vit-base --epsilon 1.5"
+    assert hub.public_command("x --out=/home/someone/secret_folder") == "x --out=secret_folder"

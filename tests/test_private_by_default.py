@@ -1,10 +1,10 @@
 """Private by default, tried as an attacker would.
 
-The attacker has the code, the model, every file a release wrote (images, ``metadata.jsonl``,
-``protect_config.json``, ``skipped.jsonl``) and two candidate inputs, one of which was released. With seeded noise
-(``secure_mode=False`` / ``--insecure-seed``) they replay the release for each candidate and see which one matches,
-so those outputs must say ``noise_source="seeded"`` and never ``guarantee="formal"``. By default (OS CSPRNG) no
-replay reproduces the release.
+The attacker has the code, the model, every file a release wrote, even the owner's private folder (images,
+``metadata.jsonl``; ``protect_config.json``, ``skipped.jsonl``) and two candidate inputs, one of which was released.
+With seeded noise (``secure_mode=False`` / ``--insecure-seed``) they replay the release for each candidate and see
+which one matches, so those outputs must say ``noise_source="seeded"`` and never ``guarantee="formal"``. By default
+(OS CSPRNG) no replay reproduces the release.
 """
 
 from __future__ import annotations
@@ -37,13 +37,18 @@ def _candidates(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _replay(dummy_pipe, source: Path, released: Path, out: Path) -> dict:
-    """The attacker's replay: rerun protect with exactly the settings written next to the release."""
+    """The attacker's replay: rerun protect with exactly the settings the run recorded (in its private folder)."""
     from dpdiffusion.protect import ProtectConfig, protect_dataset
 
-    settings = json.loads((released / "protect_config.json").read_text())
+    settings = json.loads(_private(released, "protect_config.json").read_text())
     settings.update(source=str(source), output_dir=str(out))
     protect_dataset(dummy_pipe, ProtectConfig(**settings), progress=False)
     return {p.name: p.read_bytes() for p in (out / "images").glob("*.png")}
+
+
+def _private(out: Path, name: str) -> Path:
+    """A file of the owner's private folder of the release ``out`` (the default, next to it)."""
+    return out.with_name(out.name + "-private") / name
 
 
 def _protect(dummy_pipe, source: Path, out: Path, **kw) -> dict:
@@ -60,7 +65,7 @@ def test_default_protect_output_cannot_be_replayed(dummy_pipe, tmp_path):
     folder = tmp_path / "release"
     records = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
     assert records and all((r["noise_source"], r["guarantee"]) == ("csprng", "formal") for r in records)
-    config = json.loads((folder / "protect_config.json").read_text())
+    config = json.loads(_private(folder, "protect_config.json").read_text())
     assert config["insecure_seed"] is None and "seed" not in config
     # replay for each candidate with everything written: no candidate reproduces any released image
     for k, candidate in enumerate((true, other)):
@@ -79,7 +84,8 @@ def test_insecure_seed_output_is_replayable_and_says_so(dummy_pipe, tmp_path):
     folder = tmp_path / "release"
     records = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
     assert all((r["noise_source"], r["guarantee"]) == ("seeded", "none (reproducible noise)") for r in records)
-    assert json.loads((folder / "protect_config.json").read_text())["insecure_seed"] == 5
+    assert json.loads(_private(folder, "protect_config.json").read_text())["insecure_seed"] == 5
+    assert not (folder / "protect_config.json").exists()  # the seed is the owner's: not in the release folder
     replay_true = _replay(dummy_pipe, true, folder, tmp_path / "replay-true")
     replay_other = _replay(dummy_pipe, other, folder, tmp_path / "replay-other")
     assert replay_true == released  # the attacker reproduces the release byte for byte ...
@@ -151,7 +157,7 @@ def test_protect_resume_never_releases_a_row_twice(dummy_pipe, tmp_path, monkeyp
     calls.clear()
     protect.protect_dataset(dummy_pipe, cfg, progress=False)
     assert calls == [] and not (out / "images" / "00000001.png").exists()
-    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    skipped = [json.loads(line) for line in _private(out, "skipped.jsonl").read_text().splitlines()]
     assert [s["index"] for s in skipped] == [1] and "not released a second time" in skipped[0]["reason"]
     assert [json.loads(line)["index"] for line in (out / "metadata.jsonl").read_text().splitlines()] == [0, 2, 3, 4]
 

@@ -1,4 +1,6 @@
-"""Dataset protection: outputs, metadata, corrupt rows, resume equals an uninterrupted run."""
+"""Dataset protection: outputs, metadata, corrupt rows, resume equals an uninterrupted run, the private folder.
+
+What a recipient of the release folder can learn from it: tests/attacks/test_protect_release_folder.py."""
 
 import json
 
@@ -38,8 +40,12 @@ def test_protect_writes_imagefolder_with_figures(dummy_pipe, image_folder, tmp_p
     assert [r["index"] for r in recs] == [0, 1, 2, 3, 4]
     assert all(r["epsilon"] <= 1.0 and r["delta"] == 1e-5 and r["guarantee"] == "formal" for r in recs)
     assert all((out / r["file_name"]).exists() for r in recs)
-    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
-    assert [s["index"] for s in skipped] == [5]
+    assert all("Smiling" not in r for r in recs)  # no input column unless named in keep_columns
+    private = tmp_path / "out-private"  # the default: next to the output folder
+    skipped = [json.loads(line) for line in (private / "skipped.jsonl").read_text().splitlines()]
+    assert [s["index"] for s in skipped] == [5] and skipped[0]["path"].endswith("broken.png")
+    assert sorted(p.name for p in out.iterdir()) == ["images", "metadata.jsonl"]
+    assert sorted(p.name for p in private.iterdir()) == [".parts", "protect_config.json", "skipped.jsonl"]
     import datasets
 
     ds = datasets.load_dataset("imagefolder", data_dir=str(out), split="train")
@@ -92,7 +98,7 @@ def test_accelerate_launch_runs_two_real_cpu_workers(dummy_pipe, image_folder, t
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    parts = {p.name: p.read_text().splitlines() for p in (out / ".parts").glob("worker-*.jsonl")}
+    parts = {p.name: p.read_text().splitlines() for p in (tmp_path / "out-private" / ".parts").glob("worker-*.jsonl")}
     assert sorted(parts) == ["worker-0.jsonl", "worker-1.jsonl"]
     assert sorted(json.loads(line)["index"] for line in parts["worker-0.jsonl"]) == [0, 2, 4]
     assert sorted(json.loads(line)["index"] for line in parts["worker-1.jsonl"]) == [1, 3]
@@ -118,20 +124,22 @@ def test_merge_sorts_out_of_order_parts_in_bounded_chunks(tmp_path, monkeypatch)
     from dpdiffusion import protect
 
     monkeypatch.setattr(protect, "_SORT_CHUNK", 3)  # force the external sort through several runs
-    out = tmp_path / "out"
-    parts = out / ".parts"
+    out, private = tmp_path / "out", tmp_path / "private"
+    parts = private / ".parts"
     parts.mkdir(parents=True)
     _write_part(out, parts / "worker-0.jsonl", [0, 2, 4, 8, 6, 2, 10, 12, 14], cut_after=4)  # resumed: 6 and 2 late
     _write_part(out, parts / "worker-1.jsonl", [1, 3, 5, 7, 9, 11, 13])  # in order: merged as it is
     (out / "images" / "00000013.png").unlink()  # a record whose image was lost is not listed
     (parts / "skipped-0.jsonl").write_text('{"index": 16, "reason": "x"}\n{"index": 15, "reason": "y"}\n')
-    protect._merge(out, parts)
+    protect._merge(out, private, keys={"index", "file_name", "epsilon"})
     recs = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert [r["index"] for r in recs] == [i for i in range(15) if i != 13]
     assert all(r["file_name"] == f"images/{r['index']:08d}.png" for r in recs)
-    assert [json.loads(line)["index"] for line in (out / "skipped.jsonl").read_text().splitlines()] == [15, 16]
+    assert all(sorted(r) == ["epsilon", "file_name", "index"] for r in recs)  # each record reduced to `keys`
+    assert [json.loads(line)["index"] for line in (private / "skipped.jsonl").read_text().splitlines()] == [15, 16]
+    assert not (out / "skipped.jsonl").exists()
     assert not (parts / "merge").exists()  # sorted runs removed
-    assert not list(out.glob(".*tmp*"))
+    assert not list(out.glob(".*tmp*")) and not list(private.glob(".*tmp*"))
 
 
 @pytest.mark.parametrize("chunk", [None, 500])
@@ -146,14 +154,14 @@ def test_merge_memory_does_not_grow_with_the_number_of_records(tmp_path, monkeyp
         monkeypatch.setattr(protect, "_SORT_CHUNK", chunk)
     peaks = {}
     for n in (1000, 10000):
-        out = tmp_path / str(n)
-        (out / ".parts").mkdir(parents=True)
+        out, private = tmp_path / str(n), tmp_path / f"{n}-private"
+        (private / ".parts").mkdir(parents=True)
         order = list(range(n))
         if chunk:  # out of order: exercises the chunked external sort
             random.Random(0).shuffle(order)
-        _write_part(out, out / ".parts" / "worker-0.jsonl", order)
+        _write_part(out, private / ".parts" / "worker-0.jsonl", order)
         tracemalloc.start()
-        protect._merge(out, out / ".parts")
+        protect._merge(out, private)
         peaks[n] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert len((out / "metadata.jsonl").read_text().splitlines()) == n
@@ -169,8 +177,129 @@ def test_protect_reads_a_saved_dataset_dict_split_as_a_stream(dummy_pipe, tmp_pa
                                     features=datasets.Features({"image": datasets.Image(),
                                                                 "Smiling": datasets.Value("int64")}))
     datasets.DatasetDict({"train": ds.select(range(2)), "test": ds.select(range(2, 5))}).save_to_disk(tmp_path / "dd")
-    out = protect_dataset(dummy_pipe, _cfg(tmp_path / "dd", tmp_path / "out", split="test"), progress=False)
+    out = protect_dataset(dummy_pipe, _cfg(tmp_path / "dd", tmp_path / "out", split="test", keep_columns=["Smiling"]),
+                          progress=False)
     recs = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert [(r["index"], r["Smiling"]) for r in recs] == [(0, 1), (1, -1), (2, 1)]
     with pytest.raises(ValueError, match="split='validation'"):
         protect_dataset(dummy_pipe, _cfg(tmp_path / "dd", tmp_path / "out2", split="validation"), progress=False)
+
+
+# ----------------------------------------------------------------------------------- the release and the private folder
+def test_private_folder_is_owner_only_whatever_the_umask(dummy_pipe, image_folder, tmp_path):
+    import os
+    import stat
+
+    private = tmp_path / "owner" / "bookkeeping"
+    old = os.umask(0)  # the most permissive umask: the modes must not follow it
+    try:
+        out = protect_dataset(dummy_pipe, _cfg(image_folder, tmp_path / "out", private_dir=str(private)),
+                              progress=False)
+    finally:
+        os.umask(old)
+    assert not (tmp_path / "out-private").exists()
+    modes = {str(p.relative_to(private)): stat.S_IMODE(p.stat().st_mode) for p in [private, *private.rglob("*")]}
+    assert modes.pop(".") == 0o700 and modes.pop(".parts") == 0o700
+    assert sorted(modes) == [".parts/skipped-0.jsonl", ".parts/worker-0.jsonl", "protect_config.json", "skipped.jsonl"]
+    assert set(modes.values()) == {0o600}, modes
+    assert sorted(p.name for p in out.iterdir()) == ["images", "metadata.jsonl"]
+
+
+@pytest.mark.parametrize("where", ["same", "inside_output", "output_inside"])
+def test_private_folder_overlapping_the_release_is_refused_before_writing(dummy_pipe, image_folder, tmp_path, where):
+    out = tmp_path / "out"
+    private = {"same": out, "inside_output": out / "private", "output_inside": tmp_path}[where]
+    argument = "output_dir must be outside private_dir" if where == "output_inside" else "private_dir must be outside"
+    with pytest.raises(ValueError, match=argument):
+        protect_dataset(dummy_pipe, _cfg(image_folder, out, private_dir=str(private)), progress=False)
+    assert not out.exists()
+
+
+def test_a_release_without_its_private_state_is_not_resumed_blind(dummy_pipe, image_folder, tmp_path):
+    """A rerun reads which rows were released from the private folder; pointed at another (or with it deleted), it
+    would release a row whose image was deleted a second time with other noise: refused."""
+    out = tmp_path / "out"
+    protect_dataset(dummy_pipe, _cfg(image_folder, out), progress=False)
+    with pytest.raises(ValueError, match="holds no resume state"):
+        protect_dataset(dummy_pipe, _cfg(image_folder, out, private_dir=str(tmp_path / "elsewhere")), progress=False)
+    assert not (tmp_path / "elsewhere").exists()
+    with pytest.raises(ValueError, match="other settings"):  # the settings are compared in the private folder
+        protect_dataset(dummy_pipe, _cfg(image_folder, out, keep_columns=["Smiling"]), progress=False)
+
+
+@pytest.mark.parametrize("kept, reason", [
+    (["Frowning"], "not a column of the source"), (["image"], "an image column"),
+    (["index"], "a name each record uses itself"), (["epsilon"], "a name each record uses itself"),
+    (["Smiling", "Dark Skin"], "protected attribute 'dark_skin'"),
+])
+def test_keep_columns_refusals_name_the_column_and_what_may_be_kept(dummy_pipe, tmp_path, kept, reason):
+    import datasets
+
+    rng = np.random.default_rng(2)
+    ds = datasets.Dataset.from_dict(
+        {"image": [PIL.Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(2)],
+         "Smiling": [1, -1], "index": [7, 9], "epsilon": [0.5, 0.5], "Dark Skin": [1, 0]},
+        features=datasets.Features({"image": datasets.Image(), "Smiling": datasets.Value("int64"),
+                                    "index": datasets.Value("int64"), "epsilon": datasets.Value("float64"),
+                                    "Dark Skin": datasets.Value("int64")}))
+    ds.save_to_disk(tmp_path / "src")
+    with pytest.raises(ValueError, match="keep_columns may not name") as info:
+        protect_dataset(dummy_pipe, _cfg(tmp_path / "src", tmp_path / "out", keep_columns=kept), progress=False)
+    assert reason in str(info.value) and str(info.value).endswith("the columns keep_columns may name are ['Smiling']")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out-private").exists()
+
+
+def test_keep_columns_follows_what_the_release_protects(dummy_pipe, image_folder, tmp_path):
+    """An attribute of the model that this release does not protect may be kept (utility); with scope='latent'
+    (the whole image is protected) none may."""
+    rows = [json.loads(line) for line in (image_folder / "metadata.jsonl").read_text().splitlines()]
+    out = protect_dataset(dummy_pipe, _cfg(image_folder, tmp_path / "out", keep_columns=["Smiling"]), progress=False)
+    recs = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [r["Smiling"] for r in recs] == [row["Smiling"] for row in rows[:5]]
+    with pytest.raises(ValueError, match="protected attribute 'smiling'"):
+        protect_dataset(dummy_pipe, _cfg(image_folder, tmp_path / "latent", keep_columns=["Smiling"], scope="latent"),
+                        progress=False)
+
+
+def test_a_release_folder_of_an_earlier_version_is_refused_then_finished_as_its_message_says(dummy_pipe, image_folder,
+                                                                                             tmp_path, monkeypatch):
+    """Earlier versions kept .parts/, protect_config.json, skipped.jsonl and every input column in the output folder.
+    Such a folder is refused with the commands that move the bookkeeping out; after them the rerun keeps every image
+    already released (nothing recomputed) and rewrites metadata.jsonl without the columns not kept."""
+    import shlex
+    import subprocess
+
+    out, private = tmp_path / "out", tmp_path / "out-private"
+    protect_dataset(dummy_pipe, _cfg(image_folder, out, keep_columns=["Smiling"]), progress=False)
+    for name in (".parts", "protect_config.json", "skipped.jsonl"):  # the old layout
+        (private / name).rename(out / name)
+    private.rmdir()
+    config = json.loads((out / "protect_config.json").read_text())
+    del config["keep_columns"]  # an earlier version's settings
+    (out / "protect_config.json").write_text(json.dumps(config, indent=2))
+    images = {p.name: p.read_bytes() for p in (out / "images").iterdir()}
+    with pytest.raises(ValueError, match="earlier dpdiffusion protect") as info:
+        protect_dataset(dummy_pipe, _cfg(image_folder, out), progress=False)
+    assert not private.exists()
+    command = str(info.value).split("released: ", 1)[1].split(" ; then", 1)[0]
+    subprocess.run(command, shell=True, check=True)
+    assert "mkdir -p -m 700" in command and shlex.split(command)[-1].rstrip("/") == str(private)
+    calls = []
+    monkeypatch.setattr(type(dummy_pipe), "__call__", lambda self, *a, **kw: calls.append(1))
+    protect_dataset(dummy_pipe, _cfg(image_folder, out), progress=False)
+    assert calls == [] and {p.name: p.read_bytes() for p in (out / "images").iterdir()} == images
+    recs = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert len(recs) == 5 and all("Smiling" not in r for r in recs)
+    assert sorted(p.name for p in out.iterdir()) == ["images", "metadata.jsonl"]
+    assert json.loads((private / "protect_config.json").read_text())["keep_columns"] is None  # upgraded
+
+
+@pytest.mark.parametrize("where", ["same", "inside_source", "source_inside"])
+def test_a_release_folder_overlapping_the_source_is_refused(dummy_pipe, image_folder, where):
+    out = {"same": image_folder, "inside_source": image_folder / "released",
+           "source_inside": image_folder.parent}[where]
+    before = sorted(p.name for p in image_folder.parent.rglob("*"))
+    with pytest.raises(ValueError, match="output_dir must be outside the source folder"):
+        protect_dataset(dummy_pipe, _cfg(image_folder, out, private_dir=str(image_folder.parent.parent / "private")),
+                        progress=False)
+    assert sorted(p.name for p in image_folder.parent.rglob("*")) == before

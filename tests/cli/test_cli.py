@@ -56,6 +56,22 @@ def test_protect_subprocess_writes_outputs(tiny_model, tmp_path):
     assert res.returncode == 0, res.stderr
     recs = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert len(recs) == 3 and all(r["epsilon"] <= 2.0 for r in recs)
+    assert sorted(p.name for p in out.iterdir()) == ["images", "metadata.jsonl"]  # the rest is the owner's:
+    assert (tmp_path / "out-private" / "protect_config.json").exists() and str(tmp_path / "out-private") in res.stdout
+
+
+def test_protect_that_releases_nothing_exits_non_zero_and_says_where_the_reasons_are(tiny_model, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(b"not an image")
+    (src / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    out, private = tmp_path / "out", tmp_path / "owner"
+    res = _run("protect", "--model", str(tiny_model), "--source", str(src), "--output-dir", str(out), "--private-dir",
+               str(private), "--num-inference-steps", "1", "--no-progress")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    reasons = private / "skipped.jsonl"
+    assert f"nothing was released: all 2 row(s) were skipped; the reasons are in {reasons}" in res.stderr
+    assert len((private / "skipped.jsonl").read_text().splitlines()) == 2
 
 
 def test_train_subprocess_tiny_then_resume(tmp_path):

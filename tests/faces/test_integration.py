@@ -49,7 +49,7 @@ def test_protect_detect_mode_lists_photos_without_face_and_records_faces(tiny_pi
                                                    attributes=["dark_skin"], epsilon=1.0, num_inference_steps=1,
                                                    batch_size=2, faces="detect"), progress=False)
     records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
-    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    skipped = [json.loads(line) for line in (tmp_path / "out-private" / "skipped.jsonl").read_text().splitlines()]
     assert [r["index"] for r in records] == [0, 2] and [s["index"] for s in skipped] == [1]
     assert "no face" in skipped[0]["reason"]
     assert not (out / "images" / "00000001.png").exists()  # never released unprotected

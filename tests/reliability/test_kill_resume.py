@@ -1,9 +1,10 @@
 """Crash safety with real processes and real SIGKILLs.
 
 1. ``protect_dataset`` killed at random moments and resumed until it finishes writes exactly the files of an
-   uninterrupted run: same names, same bytes (images, ``metadata.jsonl``, ``skipped.jsonl``, ``protect_config.json``),
-   no duplicate record, no missing one, no half-written file and no temporary file left behind (``.parts/`` is the
-   only hidden folder, holding only the part files).
+   uninterrupted run: same names, same bytes (images and ``metadata.jsonl`` in the release folder,
+   ``skipped.jsonl`` and ``protect_config.json`` in the private one), no duplicate record, no missing one, no
+   half-written file and no temporary file left behind (no hidden file in the release folder; the private folder's
+   ``.parts/`` holds only the part files).
 2. A ``PrivacyLedger`` charged in a loop by a process killed at random moments never loses an acknowledged release,
    never double-counts one, and its stored totals always equal the exact composition of its history.
 
@@ -134,17 +135,26 @@ def server(tmp_path_factory):
     srv.close()
 
 
+def _private(out: Path) -> Path:
+    """The run's private folder (the default, next to the release folder)."""
+    return out.with_name(out.name + "-private")
+
+
 def _files(out: Path) -> dict:
-    """Every file of the output except the per-worker part files, as relative path -> bytes."""
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and ".parts" not in p.relative_to(out).parts}
+    """Every file of the release folder and of the private one (``private/...``) except the per-worker part files,
+    as relative path -> bytes."""
+    files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    private = _private(out)
+    files.update({"private/" + str(p.relative_to(private)): p.read_bytes() for p in sorted(private.rglob("*"))
+                  if p.is_file() and ".parts" not in p.relative_to(private).parts})
+    return files
 
 
 def _state(out: Path) -> dict:
     """What a kill left behind."""
     images = list((out / "images").glob("*.png")) if (out / "images").exists() else []
-    temps = [p for p in out.rglob("*") if ".tmp-" in p.name]
-    part = out / ".parts" / "worker-0.jsonl"
+    temps = [p for p in [*out.rglob("*"), *_private(out).rglob("*")] if ".tmp-" in p.name]
+    part = _private(out) / ".parts" / "worker-0.jsonl"
     text = part.read_bytes() if part.exists() else b""
     records = set()
     for line in text.decode().splitlines():
@@ -174,9 +184,11 @@ def test_protect_killed_at_random_and_resumed_equals_an_uninterrupted_run(server
         assert res["exit"] == 0, server.log_path.read_text()[-4000:]
         reference[b], duration[b] = _files(out), res["wall_s"]
         meta = [json.loads(line) for line in reference[b]["metadata.jsonl"].decode().splitlines()]
-        skipped = [json.loads(line) for line in reference[b]["skipped.jsonl"].decode().splitlines()]
+        skipped = [json.loads(line) for line in reference[b]["private/skipped.jsonl"].decode().splitlines()]
         assert [r["index"] for r in meta] == list(range(12)) and [s["index"] for s in skipped] == [12, 13]
         assert sorted(k for k in reference[b] if k.startswith("images/")) == [f"images/{i:08d}.png" for i in range(12)]
+        assert sorted(k for k in reference[b] if not k.startswith("images/")) == [
+            "metadata.jsonl", "private/protect_config.json", "private/skipped.jsonl"]
         assert n_rows == 14
 
     stats: dict = {}
@@ -187,10 +199,12 @@ def test_protect_killed_at_random_and_resumed_equals_an_uninterrupted_run(server
         for name in reference[b]:
             assert got[name] == reference[b][name], f"{label}: {name} differs from the uninterrupted run"
         # no temporary or stray file anywhere, and the part files hold each row once
-        assert not [p for p in out.rglob("*") if ".tmp-" in p.name], f"{label}: temporary files left"
-        assert sorted(p.name for p in (out / ".parts").iterdir()) == ["skipped-0.jsonl", "worker-0.jsonl"]
+        assert not [p for p in out.rglob("*") if p.name.startswith(".")], f"{label}: hidden files in the release"
+        assert not [p for p in _private(out).rglob("*") if ".tmp-" in p.name], f"{label}: temporary files left"
+        parts = _private(out) / ".parts"
+        assert sorted(p.name for p in parts.iterdir()) == ["skipped-0.jsonl", "worker-0.jsonl"]
         indices = []
-        for line in (out / ".parts" / "worker-0.jsonl").read_text().splitlines():
+        for line in (parts / "worker-0.jsonl").read_text().splitlines():
             try:
                 indices.append(json.loads(line)["index"])
             except ValueError:  # a record a kill cut short stays, ended by a newline, and is ignored
@@ -392,7 +406,7 @@ def test_a_record_cut_by_a_crash_loses_nothing_and_batches_stay_aligned(tmp_path
     with pytest.raises(KeyboardInterrupt):
         protect_dataset(dummy_pipe, cfg(out), progress=False)
     monkeypatch.setattr(protect, "_open_append", real_open)
-    assert not (out / ".parts" / "worker-0.jsonl").read_bytes().endswith(b"\n")  # the cut line
+    assert not (_private(out) / ".parts" / "worker-0.jsonl").read_bytes().endswith(b"\n")  # the cut line
 
     resumed = _Spy(dummy_pipe, 3, 7)
     protect_dataset(resumed, cfg(out), progress=False)
