@@ -2,7 +2,8 @@
 
 What is released for each input image ``x``: a decoded image ``x~ = Dec(z~, x_T)`` with ``z~ = A_S a~ + r`` where
 ``a = A_S^T (Enc(x) - c)`` are the protected attribute coordinates, ``a~_i = clip(a_i, -C_i, C_i) + N(0, sigma_i^2)``,
-and ``r`` is the residual (identity, pose, expression, ...). With ``stochastic_code="random"`` the code ``x_T`` is drawn
+and ``r`` is the residual (identity, pose, expression, ...). ``A_S`` is the QR of the named attributes' own raw
+directions in the order named (``AttributeDirections``), so each named direction lies wholly in the noised subspace. With ``stochastic_code="random"`` the code ``x_T`` is drawn
 independently of ``x``, so ``x~`` is post-processing of ``(a~, r)`` and the whole release is
 (epsilon, delta)-DP for *attribute-neighbours* (two images whose latents differ only in the protected coordinates);
 see ``dpdiffusion.privacy.mechanism`` for the statement, the calibration and what is not protected. With
@@ -219,15 +220,17 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         names = list(spec.attributes)
         strength = (0.0 if cal.noise_multiplier == 0 else
                     mechanism.noise_multiplier_to_strength(cal.noise_multiplier, self.scheduler.alphas_cumprod))
+        dirs = self.attribute_directions
         relation = ("any two images (image-level, in the semantic latent)" if spec.scope == "latent" else
-                    "attribute-neighbours: latents differing only in the protected coordinates of "
-                    + ", ".join(names))
+                    f"attribute-neighbours on {dirs.describe_basis(names)}: latents that differ only inside that "
+                    "subspace (the same residual)")
+        bounds = dirs.clip_bound_tensor(names).tolist()  # the bounds of this subset's basis, as calibrated
         return PrivacyReport(
             epsilon=float(cal.epsilon), delta=float(spec.delta), noise_multiplier=float(cal.noise_multiplier),
             sigmas=dict(zip(names, map(float, cal.sigmas))),
             residual_sigma=None if cal.residual_sigma is None else float(cal.residual_sigma),
             strength=float(strength), attributes=tuple(names), weights=tuple(spec.normalized_weights()),
-            clip_bounds={n: self.attribute_directions.clip_bounds[n] for n in names}, scope=spec.scope,
+            clip_bounds=dict(zip(names, map(float, bounds))), scope=spec.scope,
             guarantee=spec.guarantee, neighbouring_relation=relation, noise_source=spec.noise_source)
 
     @torch.no_grad()
@@ -252,6 +255,13 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         (``scripts/postprocessing_effect.py``) but the paper sweep's utility lower (a classifier trained on the
         releases; the posterior mean of a two-mode coordinate lies between the modes, where the decoder draws
         off-distribution faces), see the README. ``"none"`` returns the raw mechanism output (for audits).
+
+        The protected subspace is the span of the named attributes' raw directions, orthonormalised in the order named
+        (``AttributeDirections.basis``): every named direction lies wholly in it, whatever the stored order. Weight i
+        is the budget share of coordinate i, the i-th Gram-Schmidt vector (the i-th named attribute's direction less
+        its part along the attributes named before it); the guarantee covers the whole subspace whatever the order
+        (one Gaussian mechanism with per-coordinate sensitivity 2 C_i on the clipped coordinates; neighbours differ
+        only inside the span). The report's ``neighbouring_relation`` names that basis and ``clip_bounds`` its bounds.
         """
         spec = spec or self.privacy_spec(attributes=attributes, weights=weights, epsilon=epsilon, strength=strength,
                                          delta=delta, scope=scope, secure_mode=secure_mode)
@@ -335,8 +345,10 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
 
         Args:
             images: PIL image(s), numpy array(s) or a tensor ``(B, 3, H, W)`` in [0, 1]; any mode and size.
-            attributes (`list[str]`): attributes to protect (default: ``dark_skin`` and ``long_hair``).
-            weights (`list[float]`): positive budget shares of the attributes (default: equal).
+            attributes (`list[str]`): attributes to protect (default: ``dark_skin`` and ``long_hair``): the span of
+                their raw directions, orthonormalised in this order, is noised (``apply_privacy_noise``).
+            weights (`list[float]`): positive budget shares of the attributes (default: equal); weight i goes to the
+                i-th orthonormalised coordinate.
             epsilon (`float`): target epsilon (> 0; ``float("inf")`` disables the mechanism). Default 1.0.
             strength (`float`): alternatively, the noise as a diffusion time in [0, 1]; epsilon is then computed.
             delta (`float`): target delta in (0, 1).

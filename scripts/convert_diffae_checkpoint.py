@@ -53,25 +53,29 @@ CC BY-NC-SA 4.0 for the dataset; CelebA-HQ attributes: non-commercial research) 
   The official code renders with fp16 autocast on CUDA; this pipeline computes in the dtype it is loaded in.
 - `attribute_directions`: {directions}
 - public centre and clip bounds from `{latent_stats}` (`conds`: the semantic latents of {n_conds} training images):
-  centre = `conds_mean`, clip bound C_i = the {clip_quantile} quantile of |a_i| over `conds`, fixed at conversion
-  time and public; never computed from an image being protected.
+  centre = `conds_mean`, clip bound C_i = the {clip_quantile} quantile of |a_i| over `conds` (a_i: coordinate i of
+  the protected subset's basis), fixed at conversion time and public; never computed from an image being protected.
 
 ## Privacy: what is protected and what is not
 The mechanism is unchanged: the released attribute coordinates are clipped to [-C_i, C_i] and noised by the calibrated
 Gaussian mechanism (`DPDiffusionPipeline`); the guarantee is for attribute-neighbours in this model's latent space
-(latents that differ only in the protected coordinates).
-- Protected: the coordinates of the attributes named at release time (with `scope="latent"`, the whole latent).
+(latents that differ only inside the span of the protected attributes' raw directions, orthonormalised in the order
+named at release time; every release's report states that basis).
+- Protected: the subspace spanned by the directions of the attributes named at release time, each of them wholly
+  (with `scope="latent"`, the whole latent).
 - Not protected: the residual (identity, pose, expression, ...), non-linear read-outs of an attribute from it, and,
   with `stochastic_code="inverted"`, everything the inverted code carries (`guarantee="heuristic"`).
 {subset_note}
 """
 
 SUBSET_NOTE = (
-    "Directions are the official classifier's logit directions in z-space, orthonormalised (QR) in the stored order "
-    "(`attributes` above). For a protected set that is a *prefix* of that order, the official logits of the set are an "
-    "invertible affine function of the protected coordinates (`logit - b = diag(||w'||) R^T a`) and do not depend on "
-    "the residual; the first attribute's coordinate is `(logit - b) / ||w'||`. For other sets part of a logit stays in "
-    "the residual: reconvert with `--attributes` listing the protected attributes first.")
+    "Directions are the official classifier's logit directions in z-space, stored as they are (`raw_directions`). "
+    "Every call orthonormalises the raw directions of the attributes it protects, in the order it names them (QR), "
+    "so any subset, in any order, is protected wholly: the official logits of the protected set are an invertible "
+    "affine function of the protected coordinates (`logit - b = diag(||w'||) R^T a`) and do not depend on the "
+    "residual; an attribute protected alone has the coordinate `(logit - b) / ||w'||`. The clip bounds and prior of "
+    "each subset's basis are recomputed from the training latents' raw coordinates stored with the directions "
+    "({n_sample} rows of `conds`, public, fixed at conversion time).")
 
 
 def _load(path: Path, allow_pickle: bool = False) -> dict:
@@ -86,7 +90,7 @@ def _load(path: Path, allow_pickle: bool = False) -> dict:
 
 def convert(checkpoint: Path, latent_stats: Path, output: Path, *, classifier: Path | None = None,
             attributes: list[str] | None = None, clip_quantile: float = 0.95, name: str | None = None,
-            allow_pickle: bool = False) -> Path:
+            allow_pickle: bool = False, fit_sample_size: int | None = None) -> Path:
     """Convert and save; returns ``output``. See the module docstring."""
     from dpdiffusion import DPDiffusionPipeline
     from dpdiffusion.models.diffae_conversion import (ASSUMED_ENUM_DEFAULTS, CELEBA_HQ_ATTRIBUTES,
@@ -117,17 +121,17 @@ def convert(checkpoint: Path, latent_stats: Path, output: Path, *, classifier: P
             logger.warning("the classifier's conds_mean/conds_std differ from --latent-stats; using the classifier's")
         dirs = attribute_directions_from_classifier(
             cls_sd["ema_classifier.weight"], cls_sd["ema_classifier.bias"], mean, std, conds,
-            attribute_names=CELEBA_HQ_ATTRIBUTES, attribute_order=attributes, clip_quantile=clip_quantile)
+            attribute_names=CELEBA_HQ_ATTRIBUTES, attribute_order=attributes, clip_quantile=clip_quantile,
+            fit_sample_size=fit_sample_size)
         directions = (f"{len(dirs.names)} CelebA-HQ attributes of the official linear classifier `{classifier}` "
                       f"(`ema_classifier` over latents normalised by `conds_mean`/`conds_std`), names and order as "
                       f"stored in `attributes`.")
-        subset_note = SUBSET_NOTE
-        if attributes is None:
-            logger.info("directions in the official order: protecting a prefix of %s... is exact in the official "
-                        "logits; pass --attributes to put the protected ones first", list(dirs.names[:3]))
+        subset_note = SUBSET_NOTE.format(n_sample=dirs.config.fit_sample_size)
     else:
         if attributes:
             raise ValueError("--attributes needs --classifier")
+        if fit_sample_size is not None:
+            raise ValueError("--fit-sample-size needs --classifier")
         dirs = attribute_directions_from_latents(conds, stats["conds_mean"], clip_quantile=clip_quantile)
         directions = "no classifier given: one placeholder direction (`pc_1`, the first principal axis of `conds`)."
         subset_note = ""
@@ -164,10 +168,13 @@ def main(argv=None) -> int:
     parser.add_argument("--classifier", type=Path, default=None,
                         help="official *_autoenc_cls checkpoint (ema_classifier over normalised latents)")
     parser.add_argument("--attributes", default=None,
-                        help="comma-separated CelebA-HQ names to keep, in QR order (protected ones first); "
-                             "default: all 40 in the official order")
+                        help="comma-separated CelebA-HQ names to keep, in this stored order; default: all 40 in the "
+                             "official order (any subset of them can be protected at release time, in any order)")
     parser.add_argument("--clip-quantile", type=float, default=0.95,
                         help="quantile of |a_i| over the training latents used as the public clip bound (0, 1]")
+    parser.add_argument("--fit-sample-size", type=int, default=None,
+                        help="rows of the training latents whose raw attribute coordinates are stored for the clip "
+                             "bounds and prior of every protected subset (default: all; evenly spaced otherwise)")
     parser.add_argument("--output", type=Path, required=True, help="pipeline folder to write")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="load the official files with full unpickling (only for files you trust)")
@@ -176,7 +183,8 @@ def main(argv=None) -> int:
     attributes = [a.strip() for a in args.attributes.split(",")] if args.attributes else None
     try:
         out = convert(args.checkpoint, args.latent_stats, args.output, classifier=args.classifier,
-                      attributes=attributes, clip_quantile=args.clip_quantile, allow_pickle=args.allow_pickle)
+                      attributes=attributes, clip_quantile=args.clip_quantile, allow_pickle=args.allow_pickle,
+                      fit_sample_size=args.fit_sample_size)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -107,7 +107,8 @@ def test_promise_noise_only_on_clipped_protected_coordinates_residual_unchanged(
                                                      post_processing="none")
     a_noisy, r_noisy = dirs.project(z_noisy, attributes=ATTRS)
     assert torch.allclose(r_noisy, r, atol=1e-5)  # the residual is untouched
-    bounds = torch.tensor([dirs.clip_bounds[name] for name in ATTRS])
+    bounds = dirs.clip_bound_tensor(ATTRS)  # the bounds of this set's basis (dirs.clip_bounds: each one alone)
+    assert report.clip_bounds == dict(zip(ATTRS, bounds.tolist()))
     noise = (a_noisy - torch.clamp(a, -bounds, bounds)).double()
     for i, name in enumerate(ATTRS):
         sigma = report.sigmas[name]
@@ -352,9 +353,9 @@ def test_promise_protect_writes_figures_and_lists_every_unreadable_file(dummy_pi
                                                 for n in names))
     out = protect_dataset(dummy_pipe, ProtectConfig(source=str(src), output_dir=str(tmp_path / "out"),
                                                     attributes=ATTRS, epsilon=2.0, num_inference_steps=1,
-                                                    batch_size=4), progress=False)
+                                                    batch_size=4, keep_columns=["label"]), progress=False)
     records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
-    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    skipped = [json.loads(line) for line in (tmp_path / "out-private" / "skipped.jsonl").read_text().splitlines()]
     assert sorted(r["label"] for r in records) == sorted(n.split(".")[0] for n in good)
     assert sorted(Path(s["path"]).name for s in skipped) == sorted(bad)  # every bad file listed, by name
     assert all(s["reason"] for s in skipped)

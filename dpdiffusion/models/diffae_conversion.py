@@ -16,19 +16,20 @@ conversion assumes the official defaults of the autoencoder templates: ``model_n
 ``net_beatgans_resnet_scale_at=after_norm``; the latent DPM (``net_latent_net_type``) is not converted.
 
 Attribute directions (``attribute_directions_from_classifier``): in z-space the official logit is affine,
-``logit_i(z) = w'_i^T (z - m) + b_i`` with ``w'_i = w_i / s`` (m, s: ``conds_mean``, ``conds_std``). The unit
-directions ``u_i = w'_i / ||w'_i||`` are orthonormalised by QR in the stored order (``U = Q R``, R upper triangular with
-a positive diagonal) with the public centre ``c = m``, so the coordinates ``a = Q^T (z - m)`` satisfy exactly
+``logit_i(z) = w'_i^T (z - m) + b_i`` with ``w'_i = w_i / s`` (m, s: ``conds_mean``, ``conds_std``). The raw unit
+directions ``u_i = w'_i / ||w'_i||`` are stored as they are (``raw_directions``) with the public centre ``c = m`` and
+the training latents' raw coordinates ``U^T (conds - m)`` (``fit_raw_coordinates``). A call that protects ``S``
+orthonormalises the raw directions of S in the order it names them (``U_S = A_S R_S``, R upper triangular with a
+positive diagonal; `AttributeDirections`), so the coordinates ``a = A_S^T (z - m)`` satisfy exactly
 
-    logit(z) - b = diag(||w'||) R^T a           (lower triangular: logit_i depends on a_1 .. a_i only)
+    logit_S(z) - b_S = diag(||w'_S||) R_S^T a           (lower triangular: logit_{s_i} depends on a_1 .. a_i only)
 
-Consequences: (1) the *first* stored attribute's coordinate is ``(logit_1 - b_1) / ||w'_1||``; (2) for a *prefix*
-``S`` of the stored order, ``span(A_S) = span(w'_S)``: the official logits of S are an invertible affine function of
-the protected coordinates and do not depend on the residual ``r`` at all, so noising ``a_S`` is noising exactly
-those logits. For a set that is not a prefix, each direction is orthogonalised against earlier *unprotected*
-attributes too, and part of those logits stays in ``r``: choose the order (``attribute_order``, the converter's
-``--attributes``) so that the attributes you protect come first. The clip bounds are the ``clip_quantile`` of
-``|a_i|`` over the training latents ``conds`` (public, fixed at conversion time).
+Consequences, for *any* subset S and any order: (1) an attribute protected alone has the coordinate
+``(logit_i - b_i) / ||w'_i||``; (2) ``span(A_S) = span(w'_S)``: the official logits of S are an invertible affine
+function of the protected coordinates and do not depend on the residual ``r`` at all, so noising ``a_S`` is noising
+exactly those logits. ``attribute_order`` (the converter's ``--attributes``) only chooses which attributes are kept
+and the stored order (``directions``, the basis of all of them in that order). The clip bounds of any subset are the
+``clip_quantile`` of ``|a_i|`` over the training latents ``conds`` (public, fixed at conversion time).
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ def attribute_directions_from_classifier(
     attribute_names: Sequence[str] = CELEBA_HQ_ATTRIBUTES,
     attribute_order: Sequence[str] | None = None,
     clip_quantile: float = 0.95,
+    fit_sample_size: int | None = None,
 ) -> AttributeDirections:
     r"""``AttributeDirections`` from the official linear classifier over normalised latents.
 
@@ -165,15 +167,18 @@ def attribute_directions_from_classifier(
         conds_mean (`torch.Tensor`), conds_std (`torch.Tensor`): ``(d,)`` normalisation of the classifier.
         conds (`torch.Tensor`): ``(N, d)`` training latents (``latent.ckpt``) for the public clip bounds.
         attribute_names (`Sequence[str]`): names of the classifier's rows (official order).
-        attribute_order (`Sequence[str]`, *optional*): the names to keep, in the QR order (protected ones first);
-            default all, official order.
+        attribute_order (`Sequence[str]`, *optional*): the names to keep, in the stored order; default all, in the
+            official order. Any subset of them can be protected, in any order (module docstring).
         clip_quantile (`float`): quantile of ``|a_i|`` over ``conds`` used as the clip bound ``C_i``.
+        fit_sample_size (`int`, *optional*): rows of ``conds`` whose raw coordinates are stored for the bounds and
+            priors of every subset (default all; evenly spaced rows otherwise).
 
     Returns:
-        `AttributeDirections` with ``center = conds_mean`` and directions ``Q`` as in the module docstring.
+        `AttributeDirections` with ``center = conds_mean``, the raw directions ``u_i`` and the stored-order basis.
 
     Raises:
-        ValueError: on shape mismatches, unknown or repeated names, or ``clip_quantile`` outside (0, 1].
+        ValueError: on shape mismatches, unknown or repeated names, ``clip_quantile`` outside (0, 1] or a bad
+        ``fit_sample_size``.
     """
     weight, bias = weight.double(), bias.double()
     m, s, conds = conds_mean.double().reshape(-1), conds_std.double().reshape(-1), conds.double()
@@ -192,20 +197,10 @@ def attribute_directions_from_classifier(
         raise ValueError(f"attribute_order must be distinct names among {list(attribute_names)}, got {order}")
     rows = [list(attribute_names).index(n) for n in order]
     w_z = weight[rows] / s  # (k, d): logit = w_z (z - m) + b
-    unit = (w_z / w_z.norm(dim=1, keepdim=True)).T  # (d, k)
-    q, r = torch.linalg.qr(unit)
-    signs = torch.sign(torch.diagonal(r))
-    signs[signs == 0] = 1.0
-    q = q * signs  # positive diagonal of R: q_1 = u_1, coordinate increases with the logit
-    coords = (conds - m) @ q  # (N, k)
-    model = AttributeDirections(attribute_names=order, latent_dim=d, clip_quantile=clip_quantile,
-                                method="official_classifier")
-    model.directions.copy_(q.float())
-    model.center.copy_(m.float())
-    model.clip_bound_values.copy_(torch.quantile(coords.abs(), clip_quantile, dim=0).clamp_min(1e-6).float())
     logits = (conds - m) @ w_z.T + bias[rows]  # (N, k) official logits of the training latents
-    model.probe_accuracy.copy_(((coords > 0) == (logits > bias[rows])).double().mean(0).float())  # sign agreement
-    model.latent_norm_bound.copy_(torch.quantile((conds - m).norm(dim=1), clip_quantile).float())
+    model = AttributeDirections.from_raw_directions(
+        w_z.T, conds, order, center=m, clip_quantile=clip_quantile, method="official_classifier",
+        labels=(logits > bias[rows]).double(), fit_sample_size=fit_sample_size)  # accuracy: sign agreement
     return model
 
 
@@ -215,12 +210,6 @@ def attribute_directions_from_latents(conds: torch.Tensor, conds_mean: torch.Ten
     (``pc_1`` ...), centred at ``conds_mean``, so that the pipeline still loads; they carry no attribute meaning."""
     conds, m = conds.double(), conds_mean.double().reshape(-1)
     _, _, v = torch.linalg.svd(conds - m, full_matrices=False)
-    q = v[:num_axes].T  # (d, k)
-    coords = (conds - m) @ q
-    model = AttributeDirections(attribute_names=[f"pc_{i + 1}" for i in range(num_axes)], latent_dim=conds.shape[1],
-                                clip_quantile=clip_quantile, method="principal_axes")
-    model.directions.copy_(q.float())
-    model.center.copy_(m.float())
-    model.clip_bound_values.copy_(torch.quantile(coords.abs(), clip_quantile, dim=0).clamp_min(1e-6).float())
-    model.latent_norm_bound.copy_(torch.quantile((conds - m).norm(dim=1), clip_quantile).float())
-    return model
+    q = v[:num_axes].T  # (d, k), orthonormal: every subset's basis is its own axes
+    return AttributeDirections.from_raw_directions(q, conds, [f"pc_{i + 1}" for i in range(num_axes)], center=m,
+                                                   clip_quantile=clip_quantile, method="principal_axes")

@@ -40,7 +40,11 @@ def render_pipeline_card(model_dir: str | Path, *, command: str, training_state:
     data.training_command = command
     data.attribute_names = list(dirs.names)
     data.clip_bounds = dirs.clip_bounds
-    privacy = {"neighbouring_relation": "attribute-neighbours", "scopes": ["attributes", "latent"],
+    basis = ("per release, the span of the protected attributes' raw directions, orthonormalised (QR) in the order "
+             "named" if dirs.has_raw_directions else
+             f"the stored-order orthonormal directions (QR in the order {list(dirs.names)}); a protected set that is "
+             "not a prefix of that order is only partly covered")
+    privacy = {"neighbouring_relation": "attribute-neighbours", "basis": basis, "scopes": ["attributes", "latent"],
                "default_scope": "attributes", "mechanism": "weighted Gaussian, analytic calibration",
                "guarantee": "formal with stochastic_code='random', heuristic with 'inverted'",
                "noise_source": "csprng"}
@@ -53,8 +57,9 @@ def render_pipeline_card(model_dir: str | Path, *, command: str, training_state:
         image_size=unet_cfg.get("sample_size", unet_cfg.get("image_size", "?")),
         steps=state.get("step", "unknown"), dataset=state.get("dataset", "SynthFaces"), command=command,
         repo_or_path=repo_or_path,
-        bounds=[{"name": n, "bound": b, "accuracy": a} for n, b, a in
+        bounds=[{"name": n, "alone": dirs.clip_bounds[n], "bound": b, "accuracy": a} for n, b, a in
                 zip(dirs.names, dirs.clip_bound_values.tolist(), dirs.probe_accuracy.tolist())],
+        has_raw_directions=dirs.has_raw_directions, fit_sample_size=int(dirs.config.fit_sample_size),
         residual_bound=dirs.residual_clip_bound,
         evaluation=json.dumps(evaluation, indent=2) if evaluation else None, evaluation_command=evaluation_command)
     return str(card)

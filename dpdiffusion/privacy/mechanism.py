@@ -13,7 +13,9 @@ the mechanism releases
 post-processing of the release.
 
 **Neighbouring relation and bound.** `scope="attributes"`: *attribute-neighbours*, two inputs whose latents
-differ only in the protected coordinates (same r). Each clipped coordinate moves by at most Delta_i = 2 C_i, so the
+differ only in the protected coordinates (same r), i.e. anywhere inside span(A). Any orthonormal basis of that
+subspace works; the pipeline's is the QR of the protected attributes' own raw directions in the order named
+(`dpdiffusion.models.attribute_directions`), so each named direction lies wholly in span(A). Each clipped coordinate moves by at most Delta_i = 2 C_i, so the
 whitened difference (a_c - a_c') / sigma has L2 norm at most sqrt(sum_i (2 C_i / sigma_i)^2). `scope="latent"`:
 any two images; the residual additionally moves by at most Delta_r = 2 C_r in L2 inside the range of P, where the
 noise is isotropic.

@@ -11,6 +11,8 @@ def test_pipeline_card_figures_come_from_the_saved_model(dummy_components, tmp_p
     front = yaml.safe_load(text.split("---")[1])
     dirs = dummy_components["attribute_directions"]
     assert front["clip_bounds"] == dirs.clip_bounds
+    assert front["privacy"]["basis"].startswith("per release, the span of the protected attributes' raw directions")
+    assert "C_i protected alone" in text and f"coordinates of {dirs.config.fit_sample_size} public fit-set" in text
     assert front["attribute_names"] == list(dirs.names)
     assert front["training_command"] == "python scripts/train_default_models.py --x 1"
     assert "## What is protected" in text and "## What is not protected" in text

@@ -89,7 +89,8 @@ def test_pipeline_posterior_mean_is_post_processing_of_the_same_release(dummy_pi
     out = dummy_pipe(dummy_images, attributes=names, epsilon=1.0, num_inference_steps=1, output_type="np",
                      post_processing="posterior_mean")
     assert out.guarantee == "formal"
-    dirs.register_to_config(coordinate_prior=None)  # a model fitted before priors were stored (fixture is per test)
+    # a model fitted before priors and raw directions were stored (the fixture is per test)
+    dirs.register_to_config(coordinate_prior=None, fit_sample_size=0)
     with pytest.raises(ValueError, match="coordinate prior"):
         dummy_pipe(dummy_images, attributes=names, epsilon=1.0, num_inference_steps=1, post_processing="posterior_mean")
 
@@ -121,6 +122,7 @@ def test_the_prior_is_saved_with_the_directions(dummy_pipe, tmp_path):
     dirs.save_pretrained(tmp_path / "dirs")
     again = AttributeDirections.from_pretrained(tmp_path / "dirs")
     assert again.prior(["dark_skin"]) == dirs.prior(["dark_skin"])
+    assert again.prior(["smiling", "dark_skin"]) == dirs.prior(["smiling", "dark_skin"])  # recomputed: the same
     assert all(abs(sum(p["probs"]) - 1) < 1e-9 for p in again.prior())
 
 
