@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shlex
 import sys
 import tempfile
@@ -276,34 +277,50 @@ def build_unlearned_model_card(
     )
 
 
-def public_path(value: str | None) -> str | None:
-    """A local path as a card may show it: its last component only (``/home/ana/celeba/originals`` ->
-    ``originals``); anything that is not a local path (a Hub id, a number, a flag) unchanged.
+# options whose value is always a local folder (created by the run, so not yet on disk when the card is written)
+LOCAL_PATH_OPTIONS = ("--output-dir", "--out", "--private-dir", "--dry-run-dir")
 
-    The card is published: the owner's folder layout (user names, project or person names in folder names) is the
-    owner's bookkeeping, not part of the release (docs/threat-model.md).
+
+def _last_component(text: str) -> str:
+    parts = [p for p in re.split(r"[\\/]+", text) if p]
+    return parts[-1] if parts else text
+
+
+def public_path(value: str | None, *, local: bool = False) -> str | None:
+    """A local path as a card may show it: its last component only (``/home/ana/celeba/originals`` ->
+    ``originals``); a Hub id, a number or a flag unchanged.
+
+    A value is taken for a local path when ``local`` is set, or it exists on disk, is absolute, starts with ``~`` or
+    ``.``, holds a backslash (a Windows path) or more than one ``/`` (a Hub id is ``namespace/name``). The card is
+    published: the owner's folder layout (user names, project or person names in folder names) is the owner's
+    bookkeeping, not part of the release (docs/threat-model.md).
     """
     if not value:
         return value
     text = str(value)
-    if os.path.isabs(text) or text.startswith(("~", "./", "../")) or (os.sep in text and os.path.exists(text)):
-        return Path(text.rstrip("/\\")).name or text
+    if local or os.path.isabs(text) or text.startswith(("~", ".")) or "\\" in text or text.count("/") > 1 \
+            or re.match(r"^[A-Za-z]:", text) or (("/" in text) and os.path.exists(text)):
+        return _last_component(text)
     return text
 
 
 def public_command(command: str) -> str:
-    """``command`` with every local path replaced by `public_path` (also in ``--option=PATH``), for a card."""
+    """``command`` with every local path replaced by `public_path` (also in ``--option=PATH``; the values of
+    `LOCAL_PATH_OPTIONS` always), for a card."""
     try:
         words = shlex.split(command)
     except ValueError:  # unbalanced quotes: show nothing rather than a half-redacted line
         return "(command line not shown)"
-    out = []
+    out, previous = [], None
     for word in words:
         if word.startswith("--") and "=" in word:
             flag, _, value = word.partition("=")
-            out.append(f"{flag}={public_path(value)}")
+            out.append(f"{flag}={public_path(value, local=flag in LOCAL_PATH_OPTIONS)}")
+        elif word.startswith("-"):
+            out.append(word)
         else:
-            out.append(public_path(word))
+            out.append(public_path(word, local=previous in LOCAL_PATH_OPTIONS))
+        previous = word
     return " ".join(shlex.quote(w) for w in out)
 
 

@@ -21,6 +21,7 @@ The pipeline is plumbing: it never derives a privacy number itself; all of them 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -32,7 +33,7 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from .data.images import images_to_tensor
+from .data.images import check_input_range, images_to_tensor
 from .models.attribute_directions import AttributeDirections
 from .models.diffae import ddim_invert
 from .models.diffae_encoder import DiffAESemanticEncoder
@@ -48,6 +49,7 @@ from .privacy import mechanism
 from .privacy.accounting import gaussian_epsilon
 from .privacy.postprocess import posterior_mean
 from .privacy.spec import PrivacySpec
+from .utils_deprecation import renamed_argument
 
 logger = logging.getLogger(__name__)
 
@@ -100,19 +102,38 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
     def image_size(self) -> int:
         return int(self.unet.config.sample_size)
 
-    def preprocess(self, images: Any) -> torch.Tensor:
-        """Any supported image input -> ``(B, 3, H, W)`` in [-1, 1] at the model's resolution."""
-        return images_to_tensor(images, self.image_size).to(device=self._execution_device, dtype=self.unet.dtype)
+    def preprocess(self, image: Any = None, *, input_range=(0.0, 1.0), **kwargs) -> torch.Tensor:
+        """Any supported image input -> ``(B, 3, H, W)`` in [-1, 1] at the model's resolution, on the pipeline's
+        device and dtype.
+
+        Args:
+            image: what diffusers' ``VaeImageProcessor.preprocess`` takes: PIL images, numpy arrays, torch tensors, or
+                lists of any of these (batches included: a list of ``(1, 3, H, W)`` tensors is concatenated).
+                ``images=`` is its deprecated name.
+            input_range (`tuple`, defaults to `(0, 1)`): the range of float arrays and tensors: ``(0, 1)``, diffusers'
+                convention, or ``(-1, 1)``, the model's range. Never guessed from the values; a value outside the
+                range is refused. 8-bit inputs (PIL, uint8) are 0..255 and uint16 arrays 0..65535 whatever it says.
+
+        Float inputs stay floats (no 8-bit rounding); see ``dpdiffusion.data.images.images_to_tensor``.
+        """
+        image = renamed_argument(image, kwargs, old="images", new="image", where="preprocess", stacklevel=4)
+        if image is None:
+            raise ValueError("image must be given: PIL image(s), array(s) or tensor(s)")
+        x = images_to_tensor(image, self.image_size, input_range=input_range)
+        return x.to(device=self._execution_device, dtype=self.unet.dtype)
 
     @torch.no_grad()
-    def encode(self, images: Any) -> torch.Tensor:
-        """Semantic latents ``(B, d)`` of ``images`` (PIL, arrays or tensors in [0, 1]; already-preprocessed
-        tensors in [-1, 1] are accepted via ``preprocess=False`` of ``encode_tensor``)."""
-        return self.encode_tensor(self.preprocess(images))
+    def encode(self, image: Any = None, *, input_range=(0.0, 1.0), **kwargs) -> torch.Tensor:
+        """Semantic latents ``(B, d)`` of ``image`` (anything ``preprocess`` takes; float arrays and tensors in
+        ``input_range``, by default [0, 1]). ``images=`` is its deprecated name. A tensor already preprocessed (in
+        [-1, 1], at the model's size) goes to ``encode_tensor`` as it is."""
+        image = renamed_argument(image, kwargs, old="images", new="image", where="encode")
+        return self.encode_tensor(self.preprocess(image, input_range=input_range))
 
     @torch.no_grad()
     def encode_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Semantic latents ``(B, d)`` of a model-range tensor ``(B, 3, H, W)`` in [-1, 1]."""
+        """Semantic latents ``(B, d)`` of a model-range tensor ``(B, 3, H, W)``: values in [-1, 1] by contract (no
+        conversion, no check: this is the model's own input)."""
         return self.encoder(x)
 
     def _default_attributes(self) -> list[str]:
@@ -140,7 +161,19 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         if weights is not None and (isinstance(weights, (str, bytes)) or not isinstance(weights, Iterable)):
             raise ValueError(f"weights must be None or a sequence of positive floats, got weights={weights!r}")
         attributes = list(attributes) if attributes is not None else self._default_attributes()
-        self.attribute_directions.indices(attributes)  # unknown names -> ValueError
+        directions = self.attribute_directions
+        named = directions.indices(attributes)  # unknown names -> ValueError
+        if scope == "attributes" and not directions.covers(attributes):
+            # directions saved without raw directions: only a prefix of the stored order is wholly protected. A
+            # release that would report an attribute as protected while part of its direction stays in the
+            # residual is refused; the smallest prefix that covers the named attributes is offered instead.
+            prefix = list(directions.names[:max(named) + 1])
+            raise ValueError(
+                f"attributes={attributes} cannot be wholly protected by this model: its attribute directions were "
+                f"saved without raw directions, so only a prefix of the stored order {list(directions.names)} lies "
+                f"wholly in the noised subspace. Protect attributes={prefix} (the smallest prefix that covers them), or "
+                "upgrade the model (convert it again with scripts/convert_diffae_checkpoint.py; "
+                "scripts/add_raw_directions.py for a model fitted on SynthFaces)")
         if epsilon is not None and strength is not None:
             raise ValueError("pass either epsilon or strength, not both")
         if strength is not None:
@@ -296,13 +329,20 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
 
     # ------------------------------------------------------------------ the whole release
     def check_inputs(self, num_inference_steps, output_type, ledger, subject_ids, batch_size, generator=None,
-                     secure_mode=False):
+                     secure_mode=False, num_images_per_prompt=1):
         if not isinstance(secure_mode, (bool, np.bool_)):
             raise ValueError(f"secure_mode must be True or False, got secure_mode={secure_mode!r}")
+        if (isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, (int, np.integer))
+                or num_images_per_prompt < 1):
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got "
+                             f"num_images_per_prompt={num_images_per_prompt!r}")
         if isinstance(generator, list):
-            if len(generator) not in (1, batch_size) or not all(isinstance(g, torch.Generator) for g in generator):
-                raise ValueError(f"generator must be a torch.Generator or a list of {batch_size} of them (one per "
-                                 f"image), got a list of {len(generator)}: {[type(g).__name__ for g in generator]}")
+            n = batch_size * num_images_per_prompt  # diffusers: one generator per released image
+            if len(generator) not in (1, n) or not all(isinstance(g, torch.Generator) for g in generator):
+                per = "image" if num_images_per_prompt == 1 else (
+                    f"released image: {batch_size} image(s) x num_images_per_prompt={num_images_per_prompt}")
+                raise ValueError(f"generator must be a torch.Generator or a list of {n} of them (one per {per}), "
+                                 f"got a list of {len(generator)}: {[type(g).__name__ for g in generator]}")
         elif generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be None, a torch.Generator or a list of them, got generator={generator!r}")
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
@@ -317,7 +357,7 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
     @torch.no_grad()
     def __call__(
         self,
-        images: Any,
+        image: Any = None,
         *,
         attributes: Sequence[str] | None = None,
         weights: Sequence[float] | None = None,
@@ -340,11 +380,25 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         faces: str = "aligned",
         min_face_size: int | None = None,
         min_confidence: float | None = None,
+        num_images_per_prompt: int = 1,
+        input_range=(0.0, 1.0),
+        **kwargs,
     ):
-        r"""Release protected versions of ``images``.
+        r"""Release protected versions of ``image``.
 
         Args:
-            images: PIL image(s), numpy array(s) or a tensor ``(B, 3, H, W)`` in [0, 1]; any mode and size.
+            image: what diffusers' image processor takes: PIL image(s) of any mode and size, numpy array(s), torch
+                tensor(s) ``(B, C, H, W)`` / ``(C, H, W)``, or a list of any of these (a list of ``(1, 3, H, W)``
+                tensors is concatenated). 8-bit inputs stay 8-bit; float inputs stay floats (see ``preprocess``).
+                ``images=`` is its deprecated name (a ``FutureWarning``; removed in 0.3.0).
+            input_range (`tuple`, defaults to `(0, 1)`): the value range of float arrays and tensors: ``(0, 1)``
+                (diffusers' convention for image tensors) or ``(-1, 1)`` (the model's range). Never guessed.
+            num_images_per_prompt (`int`, defaults to 1): independent releases of each input (diffusers' name): fresh
+                privacy noise (OS CSPRNG by default) and a fresh stochastic code for each. The output holds
+                ``B * num_images_per_prompt`` images in diffusers' order (every release of image 0, then of image
+                1, ...). Each release is a separate charge to its subject in ``ledger`` (``remaining_budget`` has one
+                entry per released image); ``report.releases_per_image`` says how many. ``epsilon`` and ``delta``
+                hold for *one* release: the releases of one subject compose, which the ledger accounts.
             attributes (`list[str]`): attributes to protect (default: ``dark_skin`` and ``long_hair``): the span of
                 their raw directions, orthonormalised in this order, is noised (``apply_privacy_noise``).
             weights (`list[float]`): positive budget shares of the attributes (default: equal); weight i goes to the
@@ -357,7 +411,9 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
             num_inference_steps (`int`, *optional*): DDIM steps; default ``DEFAULT_NUM_INFERENCE_STEPS`` (5) with a
                 random code, ``DEFAULT_INVERSION_STEPS`` (25) with ``"inverted"`` (inversion and decoding then walk
                 the same grid); measured on the embedded default, see ``dpdiffusion.models.steps``.
-            generator: ``torch.Generator`` for ``x_T`` (and for the privacy noise only with ``secure_mode=False``).
+            generator: ``torch.Generator`` for ``x_T`` (and for the privacy noise only with ``secure_mode=False``), or
+                a list of ``B * num_images_per_prompt`` of them, one per released image (diffusers' convention; row
+                ``k`` of the output then depends on ``generator[k]`` only).
             output_type (`str`): ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (the protected semantic latents
                 z~ (B, d), not decoded, with the same figures: for research; the release meant for people is the 8-bit
                 image, see the README on float latents).
@@ -383,17 +439,30 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         Returns:
             `DPDiffusionPipelineOutput` (or a tuple ``(images, report)`` when ``return_dict=False``).
 
+        During the decode a ``callback_on_step_end`` may read ``pipe.num_timesteps``, ``pipe.guidance_scale`` and
+        ``pipe.interrupt`` (diffusers' properties).
+
         Raises:
             ValueError: for any invalid argument, and ``BudgetExceededError`` (a ``ValueError``) when a subject's
             budget would be exceeded; nothing is charged or released then.
         """
         from .faces.photos import DEFAULT_MIN_CONFIDENCE, DEFAULT_MIN_FACE_SIZE, check_faces_mode
 
+        image = renamed_argument(image, kwargs, old="images", new="image", where="DPDiffusionPipeline.__call__")
+        if image is None:
+            raise ValueError("image must be given: PIL image(s), array(s) or tensor(s) to protect")
         if check_faces_mode(faces) == "detect":  # photos in the wild: detect, align, protect each face, paste back
             from .faces.photos import protect_photos
 
+            if num_images_per_prompt != 1:
+                raise ValueError("num_images_per_prompt applies to faces='aligned' only (a photo holds one release of "
+                                 f"each face); got num_images_per_prompt={num_images_per_prompt!r} with "
+                                 "faces='detect': call again for another release")
+            if check_input_range(input_range) != (0.0, 1.0):
+                raise ValueError("input_range applies to faces='aligned' only: photos are taken as 8-bit images or "
+                                 f"floats in [0, 1]; got input_range={input_range!r} with faces='detect'")
             return protect_photos(
-                self, images, subject_ids=subject_ids, output_type=output_type, return_dict=return_dict,
+                self, image, subject_ids=subject_ids, output_type=output_type, return_dict=return_dict,
                 min_face_size=DEFAULT_MIN_FACE_SIZE if min_face_size is None else min_face_size,
                 min_confidence=DEFAULT_MIN_CONFIDENCE if min_confidence is None else min_confidence,
                 attributes=attributes, weights=weights, epsilon=epsilon, strength=strength, delta=delta, scope=scope,
@@ -406,29 +475,35 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         # 1. check inputs and resolve the privacy spec (all validation before any work or charge)
         spec = self.privacy_spec(attributes=attributes, weights=weights, epsilon=epsilon, strength=strength,
                                  delta=delta, scope=scope, stochastic_code=stochastic_code, secure_mode=secure_mode)
-        x0 = self.preprocess(images)  # (B, 3, H, W)
+        x0 = self.preprocess(image, input_range=input_range)  # (B, 3, H, W)
+        batch_size, n = x0.shape[0], num_images_per_prompt
         num_inference_steps = resolve_num_inference_steps(num_inference_steps, stochastic_code)
-        self.check_inputs(num_inference_steps, output_type, ledger, subject_ids, x0.shape[0], generator, secure_mode)
+        self.check_inputs(num_inference_steps, output_type, ledger, subject_ids, batch_size, generator, secure_mode,
+                          num_images_per_prompt=n)
         self._guidance(guidance_scale, stochastic_code)  # validate before anything is charged
         self._check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         self._check_scheduler()
         post_processing = self._check_post_processing(post_processing, spec)  # before any charge
         cal = self.calibrate(spec)
-        # 2. charge the ledger: every subject must afford the release, else nothing is charged
+        # 2. charge the ledger: one charge per release (n per subject), all affordable or nothing is charged
         remaining = None
         if ledger is not None:
-            remaining = ledger.charge_many(list(subject_ids), noise_multiplier=cal.noise_multiplier,
-                                           attributes=list(spec.attributes), scope=spec.scope,
-                                           guarantee=spec.guarantee)
-        # 3. encode
+            remaining = ledger.charge_many([s for s in subject_ids for _ in range(n)],
+                                           noise_multiplier=cal.noise_multiplier, attributes=list(spec.attributes),
+                                           scope=spec.scope, guarantee=spec.guarantee)
+        # 3. encode; release j of image i is row i * n + j (diffusers' order for num_images_per_prompt)
         z = self.encode_tensor(x0)  # (B, d)
         # 4. stochastic code x_T (drawn first, so that epsilon=inf equals decode(encode(x)) with the same generator)
         if stochastic_code == "random":
-            x_t = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=self.unet.dtype)
+            x_t = randn_tensor((batch_size * n, *x0.shape[1:]), generator=generator, device=x0.device,
+                               dtype=self.unet.dtype)  # (B * n, 3, H, W)
         else:
             x_t = ddim_invert(self.unet, self.scheduler, x0, self.encoder.condition(z), num_inference_steps)
-        # 5. the privacy mechanism on the semantic latent
-        z_noisy, report = self.apply_privacy_noise(z, spec=spec, generator=generator, post_processing=post_processing)
+            x_t = x_t.repeat_interleave(n, dim=0)  # deterministic: the same code for every release of an image
+        # 5. the privacy mechanism on the semantic latent: fresh noise for every release
+        z_noisy, report = self.apply_privacy_noise(z.repeat_interleave(n, dim=0), spec=spec, generator=generator,
+                                                   post_processing=post_processing)  # (B * n, d)
+        report = dataclasses.replace(report, releases_per_image=n)
         # 6. deterministic DDIM decode with a progress bar (or the protected latents themselves)
         if output_type == "latent":
             out = z_noisy

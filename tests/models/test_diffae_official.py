@@ -261,11 +261,19 @@ def test_the_release_no_longer_follows_the_official_logit(converted):
     legacy_dirs.load_state_dict(pipe.attribute_directions.state_dict(), strict=False)
     legacy = DPDiffusionPipeline(unet=pipe.unet, encoder=pipe.encoder, scheduler=pipe.scheduler,
                                  attribute_directions=legacy_dirs)
+    # the stored-order basis alone leaves most of Young's direction in the residual (the issue: ~0.76)...
     with pytest.warns(PartialProtectionWarning):
-        (young,), report = _release_correlations(legacy, ["Young"], classifier)
-    assert "only part of its direction" in report.neighbouring_relation
-    print(f"{name}: stored-order basis, Young alone: correlation {young:.3f}")
-    assert young > 0.5
+        basis = legacy_dirs.basis(["Young"])
+    u = pipe.attribute_directions.raw_directions[:, [CELEBA_HQ_ATTRIBUTES.index("Young")]]
+    share = float(torch.linalg.norm(basis.T @ u))
+    print(f"{name}: stored-order basis, share of Young's direction in its coordinate: {share:.3f}")
+    assert share < 0.5
+    # ... so a release of Young alone on such directions is refused (issue 32 review: a warning while the report
+    # still names Young as protected was not enough), and the prefix it offers protects Young wholly
+    with pytest.raises(ValueError, match=r"cannot be wholly protected.*the smallest prefix"):
+        _release_correlations(legacy, ["Young"], classifier)
+    corrs, report = _release_correlations(legacy, list(legacy_dirs.names), classifier, draws=2)
+    assert abs(corrs[CELEBA_HQ_ATTRIBUTES.index("Young")]) <= 0.2
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _release_correlations(legacy, ["5_o_Clock_Shadow"], classifier)  # the first stored attribute: covered, no warning
