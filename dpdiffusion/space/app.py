@@ -4,21 +4,29 @@ The loop: load a face (upload, or a SynthFaces sample); choose the protected att
 releases a protected image at a starting epsilon and shows it next to the original with its privacy figures. The
 person answers "more privacy", "more detail" or "accept"; an `EpsilonController` (``controller.py``) picks the next
 epsilon and the app releases again. Every release is charged to the face's `PrivacyLedger` budget *before* its
-image is shown; a release that would exceed the budget is refused with the reason and charges nothing.
+image is shown; a release that would not fit is refused and charges nothing. The photo mode (``photo.py``) protects
+every face of a photo of any size and pastes them back.
 
-A face is a picture (``subjects.py``): its ledger subject is a keyed hash (HMAC-SHA256, server-side secret next to
-the ledger) of its coarse colour layout, so the same picture in another session, after "accept", re-encoded or
-resized spends the same budget. The Space keeps one ledger per Space folder; its budget and delta are fixed when it
-is created (restarting with another budget is refused). The privacy noise always comes from the OS CSPRNG.
+A face is keyed, not named (``subjects.py``): its ledger subjects are keyed hashes (HMAC-SHA256, server-side secret
+next to the ledger) of the picture's coarse colour layout and of each face found in it, aligned the same way in both
+modes, so the same face in another session, after "accept", re-encoded, resized or in the other mode spends the same
+budget. The Space keeps one ledger per Space folder; its budget and delta are fixed when it is created (restarting
+with another budget is refused), and it does not start where its ledger or secret has gone missing (``store.py``;
+``new_ledger`` starts over on purpose). The privacy noise always comes from the OS CSPRNG.
 
-Privacy of the upload: read and shrunk in the browser, sent as a data URL inside each request, kept only in the
-session's memory, never written to disk or logged (``images.py``). Stored: each judgement with the *protected*
-image in a local ``imagefolder`` dataset, optionally pushed to the Hub (``feedback.py``).
+What leaves the server (the threat model is docs/threat-model.md): an upload is read and shrunk in the browser and
+sent inside the request, kept only in memory and never written to disk, a file route or a log (``images.py``); the
+photo mode answers with a data URL too. A session is told its own releases and their composition, never what other
+sessions spent on a face (``session.py``). Stored: each judgement with the *protected* image and this session's
+figures in a local ``imagefolder`` dataset, optionally pushed to the Hub (``feedback.py``); files 0600 in 0700
+folders. The model is named by its repo id or card title, never by a path on the server.
 
-Files (the package ``dpdiffusion.space``, so that the app ships inside the wheel): ``config.py`` (settings, env vars), ``images.py`` (uploads), ``subjects.py`` (face -> subject, secret,
-ledger), ``feedback.py`` (the feedback dataset), ``session.py`` (the release logic), ``report.py`` (figures),
-``layout.py`` (the Gradio page), ``controller.py`` (the epsilon search), ``hardware.py`` (CUDA / ZeroGPU / persistent storage),
-``export.py`` (a ready-to-push Space repository); this file builds and runs the app.
+Files (the package ``dpdiffusion.space``, so that the app ships inside the wheel): ``config.py`` (settings, env
+vars), ``images.py`` (uploads), ``subjects.py`` (face -> subjects), ``store.py`` (the ledger, the secret, file modes,
+startup checks), ``feedback.py`` (the feedback dataset), ``session.py`` (the release logic), ``photo.py`` (the photo
+mode), ``report.py`` (figures), ``layout.py`` (the Gradio page), ``controller.py`` (the epsilon search),
+``hardware.py`` (CUDA / ZeroGPU / persistent storage), ``export.py`` (a ready-to-push Space repository); this file
+builds and runs the app.
 
 Run locally with ``dpdiffusion space`` (or ``python -m dpdiffusion.space.app --port 7860``); write a Space
 repository with ``dpdiffusion space --export DIR`` (see `export_space`). Environment variables: see
@@ -35,28 +43,29 @@ from typing import Optional
 
 from ..models.steps import DEFAULT_NUM_INFERENCE_STEPS
 from .config import (
-    ENV_BUDGET, ENV_DIR, ENV_FEEDBACK_REPO, ENV_MODEL, ENV_START, ENV_STEPS, ENV_THREADS, SESSION_TTL_S, SpaceConfig,
-    default_space_dir, env_float, load_pipeline)
+    ENV_BUDGET, ENV_DIR, ENV_FEEDBACK_REPO, ENV_MODEL, ENV_NEW_LEDGER, ENV_START, ENV_STEPS, ENV_THREADS,
+    SESSION_TTL_S, SpaceConfig, default_space_dir, env_flag, env_float, load_pipeline, public_model_name)
 from .config import hub_token as _hub_token
 from .controller import EpsilonController
 from .feedback import FeedbackLog, load_feedback_dataset
 from .images import (
-    BROWSER_SIDE, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, MIN_UPLOAD_SIDE, decode_original, image_to_data_url,
-    synthfaces_samples, upscale_for_display)
+    FACE_SIDE, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, MIN_UPLOAD_SIDE, PHOTO_SIDE, decode_original, decode_photo,
+    image_to_data_url, synthfaces_samples, upscale_for_display)
 from .layout import build_page
-from .session import VERDICT_LABELS, DPSpace, NoiseSourceError, SubjectSession, View
-from .subjects import (
-    LEDGER_FILE, SECRET_FILE, SubjectKeyer, face_features, load_or_create_secret, open_space_ledger)
+from .session import VERDICT_LABELS, DPSpace, NoiseSourceError, ReleaseRefused, SubjectSession, View
+from .store import LEDGER_FILE, SECRET_FILE, load_or_create_secret, open_space_ledger, open_space_store
+from .subjects import SubjectKeyer, face_features
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "BROWSER_SIDE", "DPSpace", "ENV_BUDGET", "ENV_DIR", "ENV_FEEDBACK_REPO", "ENV_MODEL", "ENV_START", "ENV_STEPS",
-    "ENV_THREADS", "EpsilonController", "FeedbackLog", "LEDGER_FILE", "MAX_UPLOAD_BYTES", "MAX_UPLOAD_PIXELS",
-    "MIN_UPLOAD_SIDE", "NoiseSourceError", "SECRET_FILE", "SESSION_TTL_S", "SpaceConfig", "SubjectKeyer",
-    "SubjectSession", "VERDICT_LABELS", "View", "build_demo", "decode_original", "default_space_dir",
-    "face_features", "image_to_data_url", "load_feedback_dataset", "load_or_create_secret", "load_pipeline", "main",
-    "open_space_ledger", "synthfaces_samples", "upscale_for_display",
+    "DPSpace", "ENV_BUDGET", "ENV_DIR", "ENV_FEEDBACK_REPO", "ENV_MODEL", "ENV_NEW_LEDGER", "ENV_START",
+    "ENV_STEPS", "ENV_THREADS", "EpsilonController", "FACE_SIDE", "FeedbackLog", "LEDGER_FILE", "MAX_UPLOAD_BYTES",
+    "MAX_UPLOAD_PIXELS", "MIN_UPLOAD_SIDE", "NoiseSourceError", "PHOTO_SIDE", "ReleaseRefused", "SECRET_FILE",
+    "SESSION_TTL_S", "SpaceConfig", "SubjectKeyer", "SubjectSession", "VERDICT_LABELS", "View", "build_demo",
+    "decode_original", "decode_photo", "default_space_dir", "face_features", "image_to_data_url",
+    "load_feedback_dataset", "load_or_create_secret", "load_pipeline", "main", "open_space_ledger",
+    "open_space_store", "public_model_name", "synthfaces_samples", "upscale_for_display",
 ]
 
 
@@ -75,7 +84,7 @@ def build_demo(pipe=None, *, ledger_dir=None, feedback_dir=None, budget_epsilon:
                delta: Optional[float] = None, start_epsilon: Optional[float] = None,
                num_inference_steps: Optional[int] = None, feedback_repo: Optional[str] = None,
                hub_token: Optional[str] = None, model_name: Optional[str] = None, secure_mode: bool = True,
-               **config_kwargs):
+               new_ledger: Optional[bool] = None, **config_kwargs):
     """Build the Space's page.
 
     Args:
@@ -93,8 +102,12 @@ def build_demo(pipe=None, *, ledger_dir=None, feedback_dir=None, budget_epsilon:
             ``DEFAULT_NUM_INFERENCE_STEPS``, 5).
         feedback_repo (`str`, *optional*): Hub dataset repo for the feedback (``$DPDIFFUSION_FEEDBACK_REPO``);
             pushed only when a token exists (``hub_token``, ``$HF_TOKEN`` or a saved login).
-        model_name (`str`, *optional*): recorded with the feedback.
+        model_name (`str`, *optional*): shown on the page and recorded with the feedback, as `public_model_name`
+            gives it (a path on the server becomes the model card's title).
         secure_mode (`bool`): must be `True` (the Space's privacy noise always comes from the OS CSPRNG).
+        new_ledger (`bool`, *optional*): start a new ledger and subject secret where one of them is missing (the
+            Space ran here before); default ``$DPDIFFUSION_SPACE_NEW_LEDGER``. Without it such a Space refuses to
+            start (`store.open_space_store`); with both present it changes nothing.
         **config_kwargs: other `SpaceConfig` fields.
 
     Returns:
@@ -102,7 +115,8 @@ def build_demo(pipe=None, *, ledger_dir=None, feedback_dir=None, budget_epsilon:
 
     Raises:
         ValueError: ``secure_mode=False``; a budget or delta that differs from the Space ledger's (the message names
-            the argument or environment variable); bad settings.
+            the argument or environment variable); the ledger or its secret is missing where the Space ran before
+            (without ``new_ledger``); bad settings.
     """
     if secure_mode is not True:
         raise ValueError(f"secure_mode must be True in the Space (privacy noise from the OS CSPRNG), got "
@@ -114,8 +128,12 @@ def build_demo(pipe=None, *, ledger_dir=None, feedback_dir=None, budget_epsilon:
     ledger_dir, feedback_dir = _resolve_dirs(ledger_dir, feedback_dir)
     budget_name = "budget_epsilon" if budget_epsilon is not None else ENV_BUDGET
     budget = budget_epsilon if budget_epsilon is not None else env_float(ENV_BUDGET, None)
-    ledger = open_space_ledger(ledger_dir, budget_epsilon=budget, delta=delta, budget_name=budget_name)
-    subjects = SubjectKeyer(load_or_create_secret(ledger_dir))
+    new_ledger_name = ("new_ledger=True" if new_ledger else
+                       f"`dpdiffusion space --new-ledger`, {ENV_NEW_LEDGER}=1 or build_demo(new_ledger=True)")
+    new_ledger = bool(new_ledger) if new_ledger is not None else env_flag(ENV_NEW_LEDGER)
+    ledger, secret = open_space_store(ledger_dir, feedback_dir, budget_epsilon=budget, delta=delta,
+                                      budget_name=budget_name, new_ledger=new_ledger, new_ledger_name=new_ledger_name)
+    subjects = SubjectKeyer(secret)
     config = SpaceConfig(
         budget_epsilon=ledger.budget_epsilon, delta=ledger.delta,
         start_epsilon=start_epsilon if start_epsilon is not None else env_float(ENV_START, 1.0),
@@ -124,8 +142,8 @@ def build_demo(pipe=None, *, ledger_dir=None, feedback_dir=None, budget_epsilon:
     repo = feedback_repo if feedback_repo is not None else os.environ.get(ENV_FEEDBACK_REPO)
     token = (hub_token or _hub_token()) if repo else None
     feedback = FeedbackLog(feedback_dir, repo_id=repo, token=token)
-    space = DPSpace(pipe, ledger=ledger, feedback=feedback, config=config, model_name=model_name or "custom",
-                    subjects=subjects)
+    space = DPSpace(pipe, ledger=ledger, feedback=feedback, config=config,
+                    model_name=public_model_name(model_name), subjects=subjects)
     hub_note = f", pushed to the Hub dataset `{repo}`" if feedback.scheduler is not None else " on the server"
     demo = build_page(space, hub_note=hub_note)
     demo.dp_space = space
@@ -133,7 +151,7 @@ def build_demo(pipe=None, *, ledger_dir=None, feedback_dir=None, budget_epsilon:
 
 
 def main(argv=None) -> None:
-    """``python app.py [--port P] [--host H] [--model M]``: serve the Space."""
+    """``python app.py [--port P] [--host H] [--model M] [--budget-epsilon E] [--new-ledger]``: serve the Space."""
     parser = argparse.ArgumentParser(description="The dpdiffusion Space (Gradio app).")
     parser.add_argument("--port", type=int, default=None, help="Port (default: Gradio's, or $GRADIO_SERVER_PORT).")
     parser.add_argument("--host", default=None, help="Interface to bind (default: Gradio's).")
@@ -142,6 +160,10 @@ def main(argv=None) -> None:
     parser.add_argument("--budget-epsilon", type=float, default=None,
                         help=f"Per-face epsilon budget (default: ${ENV_BUDGET}, else the Space ledger's, else 5); "
                              "cannot change once the Space's ledger exists.")
+    parser.add_argument("--new-ledger", action="store_true", default=None,
+                        help=f"Start a new ledger and subject secret where one of them has gone missing (default: "
+                             f"${ENV_NEW_LEDGER}); the old files are moved aside. Without it such a Space refuses to "
+                             "start, since every face would get a fresh budget.")
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if os.environ.get(ENV_THREADS):  # e.g. 1 where other work shares the cores (OpenMP spinning is costly)
@@ -149,8 +171,8 @@ def main(argv=None) -> None:
 
         torch.set_num_threads(int(os.environ[ENV_THREADS]))
     pipe, model_name = load_pipeline(ns.model)
-    build_demo(pipe, model_name=model_name, budget_epsilon=ns.budget_epsilon).launch(server_port=ns.port,
-                                                                                     server_name=ns.host)
+    build_demo(pipe, model_name=model_name, budget_epsilon=ns.budget_epsilon,
+               new_ledger=ns.new_ledger).launch(server_port=ns.port, server_name=ns.host)
 
 
 if __name__ == "__main__":

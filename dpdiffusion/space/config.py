@@ -6,6 +6,7 @@ Environment variables (read by `dpdiffusion.space.app`'s `build_demo` and `main`
 |---|---|
 | ``DPDIFFUSION_SPACE_MODEL`` | pipeline folder or Hub repo id (default: the embedded ``DEFAULT_MODEL``) |
 | ``DPDIFFUSION_SPACE_DIR`` | the Space folder: its one ledger, the subject secret and the feedback |
+| ``DPDIFFUSION_SPACE_NEW_LEDGER`` | ``1``: start a new ledger and secret where one of them is missing (``store.py``) |
 | ``DPDIFFUSION_FEEDBACK_REPO`` | Hub dataset repo for the feedback (needs ``HF_TOKEN`` or a saved token) |
 | ``DPDIFFUSION_SPACE_BUDGET_EPSILON`` | epsilon budget per face; fixed once the Space's ledger exists |
 | ``DPDIFFUSION_SPACE_START_EPSILON`` | default first epsilon |
@@ -35,6 +36,8 @@ ENV_BUDGET = "DPDIFFUSION_SPACE_BUDGET_EPSILON"
 ENV_START = "DPDIFFUSION_SPACE_START_EPSILON"
 ENV_STEPS = "DPDIFFUSION_SPACE_STEPS"
 ENV_THREADS = "DPDIFFUSION_SPACE_TORCH_THREADS"
+ENV_NEW_LEDGER = "DPDIFFUSION_SPACE_NEW_LEDGER"
+EMBEDDED_DEFAULT_NAME = "embedded default (SynthFaces)"
 
 SESSION_TTL_S = 2 * 3600  # the session's memory (with the original's pixels) is dropped after this
 DEFAULT_BUDGET_EPSILON = 5.0  # the budget of a new Space's ledger when none is configured
@@ -118,6 +121,56 @@ def env_float(name: str, default: Optional[float]) -> Optional[float]:
         raise ValueError(f"{name} must be a number, got {name}={raw!r}") from None
 
 
+def env_flag(name: str) -> bool:
+    """Whether environment variable ``name`` is set to a true value (``1``, ``true``, ``yes``, ``on``).
+
+    Raises:
+        ValueError: the variable is set to something else than a true or false value (the message names it).
+    """
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name} must be 1 or 0 (true or false), got {name}={os.environ[name]!r}")
+
+
+def public_model_name(model: Optional[str]) -> str:
+    """How the page and the feedback name the model: a Hub repo id as it is, an embedded model as
+    ``"embedded default (SynthFaces)"`` (or its card title), a local folder by its model card's title (else
+    ``"a local pipeline"``); never a path on the server.
+
+    Args:
+        model (`str`, *optional*): what the pipeline was loaded from (a folder or a Hub repo id), or a name.
+    """
+    from ..models.default import DEFAULT_MODEL, EMBEDDED_MODELS
+
+    if not model:
+        return "custom"
+    model = str(model)
+    try:
+        here = Path(model).expanduser().resolve()
+    except (OSError, RuntimeError):  # pragma: no cover - an unresolvable name is not a local path
+        here = None
+    if here is not None and here == Path(DEFAULT_MODEL).resolve():
+        return EMBEDDED_DEFAULT_NAME
+    for folder, _, title, _ in EMBEDDED_MODELS.values():
+        if here is not None and here == Path(folder).resolve():
+            return f"embedded: {title}"
+    looks_local = (os.path.isabs(model) or model.startswith(("~", ".")) or model.count("/") > 1 or "\\" in model
+                   or (here is not None and here.exists()))
+    if not looks_local:
+        return model  # a Hub repo id ("namespace/name") or a name given by the caller
+    card = here / "README.md" if here is not None else None
+    if card is not None and card.is_file():
+        for line in card.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("# "):
+                title = line[2:].strip()
+                if title and "/" not in title and "\\" not in title:
+                    return title
+    return "a local pipeline"
+
+
 def hub_token() -> Optional[str]:
     """``$HF_TOKEN``, else the token saved by ``huggingface-cli login``, else `None`."""
     token = os.environ.get("HF_TOKEN")
@@ -136,7 +189,7 @@ def load_pipeline(model: Optional[str] = None, *, device: Optional[str] = None):
     Space's device (`hardware.select_device`: CUDA when the Space has a GPU, else the CPU).
 
     Returns:
-        `tuple`: ``(pipe, model_name)``.
+        `tuple`: ``(pipe, model_name)``, the name as `public_model_name` gives it (never a path on the server).
 
     Raises:
         ValueError: no model named and the embedded default is not installed.
@@ -156,4 +209,4 @@ def load_pipeline(model: Optional[str] = None, *, device: Optional[str] = None):
     if device != "cpu":
         pipe = pipe.to(device)  # on ZeroGPU, `spaces` defers the move until a spaces.GPU call holds the GPU
     logger.info("the Space's pipeline runs on %s", device)
-    return pipe, model
+    return pipe, public_model_name(model)

@@ -1,7 +1,10 @@
 """`FeedbackLog`: the Space's judgements as an ``imagefolder`` dataset, optionally pushed to a Hub dataset repo.
 
 It holds the *protected* images and the figures of each judgement, never an original, the subject secret or a
-ledger subject id (records carry a random per-session id, so the dataset cannot be joined with the ledger).
+ledger subject id (records carry a random per-session id, so the dataset cannot be joined with the ledger), and no
+figure composed over sessions: ``session_spent_epsilon`` is what the record's own session spent, so two sessions on
+one face cannot be linked through it. Locally the folder is 0700 and its files 0600 (``store.py``), whatever the
+umask; a pushed dataset repo is private unless the operator makes it public.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import PIL.Image
 
 from .config import ENV_FEEDBACK_REPO
+from .store import FEEDBACK_RECORDS, FILE_MODE, open_private, private_folder
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ class FeedbackLog:
     hold the scheduler's lock so that a commit never sees a half-written line.
 
     Args:
-        folder (`str` or `Path`): the local dataset folder (created if missing).
+        folder (`str` or `Path`): the local dataset folder (created if missing; 0700, its files 0600).
         repo_id (`str`, *optional*): Hub dataset repo, e.g. ``"user/dpdiffusion-feedback"``.
         token (`str`, *optional*): Hub token; without one nothing is pushed.
         every_minutes (`float`): push interval.
@@ -40,9 +44,12 @@ class FeedbackLog:
 
     def __init__(self, folder, *, repo_id: Optional[str] = None, token: Optional[str] = None,
                  every_minutes: float = 5.0, private: bool = True):
-        self.folder = Path(folder)
-        (self.folder / "images").mkdir(parents=True, exist_ok=True)
-        self.path = self.folder / "metadata.jsonl"
+        self.folder = private_folder(folder)
+        private_folder(self.folder / "images")
+        self.path = self.folder / FEEDBACK_RECORDS
+        for p in [self.path, *(self.folder / "images").glob("*.png")]:  # left by an older version
+            if p.is_file() and p.stat().st_mode & 0o777 & ~FILE_MODE:
+                p.chmod(FILE_MODE)
         self.scheduler = None
         if repo_id and token:
             from huggingface_hub import CommitScheduler
@@ -64,7 +71,7 @@ class FeedbackLog:
         line = json.dumps(record, sort_keys=False, allow_nan=True) + "\n"
         with self._lock:
             _save_png_atomically(np.asarray(protected_image, dtype=np.uint8), self.folder / file_name)
-            with open(self.path, "a", encoding="utf-8") as f:
+            with open_private(self.path, "a") as f:
                 f.write(line)
                 f.flush()
                 os.fsync(f.fileno())
@@ -92,7 +99,7 @@ def _save_png_atomically(image: np.ndarray, path: Path) -> None:
     """Write the PNG to a temporary file in the same folder, fsync it, and rename it into place."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with open_private(tmp, "wb", exclusive=True) as f:
             PIL.Image.fromarray(image).save(f, format="PNG")
             f.flush()
             os.fsync(f.fileno())

@@ -1,9 +1,13 @@
 """Images in the Space: decoding and checking uploads (data URLs, in memory only), data URLs of the images shown,
 display upscaling and the SynthFaces samples.
 
-The upload never reaches the server's disk: the page centre-crops and shrinks it to ``BROWSER_SIDE`` px in the
-browser and sends it as a data URL inside each request; `decode_original` checks the limits before decoding and
-returns the pixels, which live only in the session's memory.
+An upload never reaches the server's disk, in either mode: the page reads the file in the browser (`layout.py`),
+shrinks it there to at most ``PHOTO_SIDE`` px on its long side and sends it as a PNG data URL *inside* the request
+(never through Gradio's file upload, which writes a temporary file that its file route then serves). On the server,
+`decode_photo` checks the limits before decoding and returns the pixels, which live only in memory: the face mode
+releases the photo's centre square (`face_square`, at most ``FACE_SIDE`` px; `decode_original` does both) and keeps
+it in the session's memory; the photo mode keeps the photo for the length of its request and returns the protected
+photo as a data URL too (`image_to_data_url`), so no file of it is written either.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import PIL.Image
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # a file larger than this is refused (in the browser, and again on the server)
 MAX_UPLOAD_PIXELS = 4096 * 4096  # ... and so is an image with more pixels than this
 MIN_UPLOAD_SIDE = 8
-BROWSER_SIDE = 256  # the page centre-crops and shrinks the upload to this many px before sending it
+PHOTO_SIDE = 1024  # the page shrinks an upload to at most this many px on its long side before sending it
+FACE_SIDE = 256  # the face mode releases the centre square of the picture, shrunk to at most this many px
 
 _DATA_URL = re.compile(r"data:image/(?:png|jpeg|webp|gif|bmp);base64,")
 
@@ -35,8 +40,8 @@ def image_to_data_url(image: np.ndarray | PIL.Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def decode_original(value: Any) -> np.ndarray:
-    """The original face as an RGB uint8 array (H, W, 3), at most ``BROWSER_SIDE`` px a side, in memory only.
+def decode_photo(value: Any) -> np.ndarray:
+    """The uploaded picture as an RGB uint8 array (H, W, 3), at most ``PHOTO_SIDE`` px on its long side, in memory.
 
     Args:
         value: a ``data:image/...;base64,`` URL (what the page sends), a PIL image or an (H, W, 3) uint8 array.
@@ -45,10 +50,10 @@ def decode_original(value: Any) -> np.ndarray:
         ValueError: no image, not an image, larger than ``MAX_UPLOAD_BYTES`` or ``MAX_UPLOAD_PIXELS``, or a side
             below ``MIN_UPLOAD_SIDE``. The message never contains the image's content.
     """
-    from ..data.images import resize_square, to_rgb
+    from ..data.images import to_rgb
 
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise ValueError("no face loaded yet: upload an image or pick a SynthFaces sample")
+        raise ValueError("nothing loaded yet: upload a picture (or, in the face mode, pick a SynthFaces sample)")
     if isinstance(value, np.ndarray):
         if value.ndim != 3 or value.shape[-1] != 3 or value.dtype != np.uint8:
             raise ValueError(f"an image array must be (H, W, 3) uint8, got shape {value.shape} dtype {value.dtype}")
@@ -83,11 +88,35 @@ def decode_original(value: Any) -> np.ndarray:
         image = to_rgb(image)
     except (OSError, ValueError, PIL.Image.DecompressionBombError):
         raise ValueError("the image file is truncated or corrupt") from None
-    image = resize_square(image, min(BROWSER_SIDE, width, height))
+    if max(width, height) > PHOTO_SIDE:  # what the page does; a client of the API may send more
+        scale = PHOTO_SIDE / max(width, height)
+        image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), PIL.Image.LANCZOS)
     return np.asarray(image, dtype=np.uint8).copy()
 
 
-def upscale_for_display(image: np.ndarray, side: int = BROWSER_SIDE) -> np.ndarray:
+def face_square(photo: np.ndarray) -> np.ndarray:
+    """The face mode's picture: the centre square of ``photo``, shrunk to at most ``FACE_SIDE`` px (bicubic)."""
+    from ..data.images import resize_square
+
+    h, w = photo.shape[:2]
+    return np.asarray(resize_square(PIL.Image.fromarray(photo), min(FACE_SIDE, w, h)), dtype=np.uint8).copy()
+
+
+def face_square_box(photo: np.ndarray) -> tuple:
+    """``(x0, y0, x1, y1)`` of the centre square `face_square` takes from ``photo``."""
+    h, w = photo.shape[:2]
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return left, top, left + side, top + side
+
+
+def decode_original(value: Any) -> np.ndarray:
+    """The face mode's picture of an upload: `face_square` of `decode_photo` (RGB uint8, at most ``FACE_SIDE`` px a
+    side, in memory only). Raises ``ValueError`` as `decode_photo`."""
+    return face_square(decode_photo(value))
+
+
+def upscale_for_display(image: np.ndarray, side: int = FACE_SIDE) -> np.ndarray:
     """Nearest-neighbour upscaling by an integer factor (a 32 px release shown at about ``side`` px, pixels
     visible as pixels); the stored feedback image keeps the model's resolution."""
     factor = max(1, side // max(image.shape[:2]))

@@ -1,6 +1,7 @@
 """Markdown the Space shows next to a release: its privacy figures and the final report of a session.
 
-Formatting only: every number arrives from the pipeline's report or the ledger; nothing here derives one.
+Formatting only: every number arrives from the pipeline's report, this session's releases or the settings; nothing
+here derives one, and nothing here reads the ledger (no figure of other sessions reaches a page).
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ def fmt(x: Optional[float], digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def release_figures(r: dict, *, releases_here: Sequence[float], releases_total: int, spent: float, left: float,
-                    budget: float, delta: float, latency_s: Optional[float], steps: int, hints: Sequence[str]) -> str:
-    """The figures table of the image shown.
+def release_figures(r: dict, *, releases_here: Sequence[float], session_spent: float, budget: float, delta: float,
+                    latency_s: Optional[float], steps: int, hints: Sequence[str]) -> str:
+    """The figures table of the image shown: this release, and this session's releases composed (never the face's
+    total over sessions, which would tell this session what others spent).
 
     Args:
         r (`dict`): the pipeline's report of the release (``PrivacyReport.to_dict()``).
         releases_here (`list[float]`): the epsilons released in this session.
-        releases_total (`int`): the face's releases in the ledger, in all sessions.
-        spent (`float`), left (`float`), budget (`float`), delta (`float`): the ledger's figures for the face.
+        session_spent (`float`): this session's releases composed (at ``delta``).
+        budget (`float`), delta (`float`): the face's budget and the ledger's delta (public settings).
         latency_s (`float`, *optional*), steps (`int`): how long the release took, with how many DDIM steps.
         hints (`list[str]`): what the next judgements would release.
     """
@@ -43,10 +45,10 @@ def release_figures(r: dict, *, releases_here: Sequence[float], releases_total: 
         f"| noise multiplier | {fmt(r['noise_multiplier'])} (diffusion strength {fmt(r['strength'], 3)}) |",
         f"| noise std per attribute | {sigmas} |",
         f"| budget shares | {weights} |",
-        f"| releases of this face | {releases_total} in all sessions; this session: "
-        f"{', '.join(fmt(e) for e in releases_here)} |",
-        f"| ε spent (all releases of this face composed) | {fmt(spent)} at δ={delta:.0e} |",
-        f"| **budget left** | **{fmt(left)}** of {fmt(budget)} |",
+        f"| releases in this session | {', '.join(fmt(e) for e in releases_here)} |",
+        f"| **ε spent by this session** (its releases composed) | **{fmt(session_spent)}** at δ={delta:.0e} |",
+        f"| the face's budget | every release of this face, in all sessions and both modes, stays within "
+        f"ε = {fmt(budget)} together (what other sessions spent is not shown) |",
     ]
     if latency_s is not None:
         lines.append(f"| generated in | {latency_s:.2f} s ({steps} steps) |")
@@ -54,8 +56,8 @@ def release_figures(r: dict, *, releases_here: Sequence[float], releases_total: 
     return "\n".join(lines)
 
 
-def final_report(r: dict, *, weights: Sequence[float], releases_here: int, releases_total: int, steps: str,
-                 spent: float, left: float, budget: float, delta: float) -> str:
+def final_report(r: dict, *, weights: Sequence[float], releases_here: int, steps: str, session_spent: float,
+                 budget: float, delta: float) -> str:
     """The report shown when a session is accepted (arguments as in `release_figures`; ``steps`` is the
     judgement history as text)."""
     return "\n".join([
@@ -63,9 +65,12 @@ def final_report(r: dict, *, weights: Sequence[float], releases_here: int, relea
         f"- Accepted image: ε = **{fmt(r['epsilon'])}**, δ = {r['delta']:.0e}, protecting "
         f"{', '.join(r['attributes'])} (weights {', '.join(fmt(w, 3) for w in weights)}).",
         f"- Releases in this session: {releases_here}; judgements: {steps}.",
-        f"- Everything released of this face (all {releases_total} images, in every session, together) is "
-        f"(**{fmt(spent)}**, {delta:.0e})-DP for {r['neighbouring_relation']}; guarantee: {r['guarantee']}.",
-        f"- Budget: {fmt(spent)} of {fmt(budget)} spent, {fmt(left)} left. Accepting ends this session, not the "
-        "budget: the same picture, uploaded again (in any session, format or size), continues from here.",
-        "- Stored: your judgements with the protected images only; the original was never stored.",
+        f"- Everything this session released of this face is (**{fmt(session_spent)}**, {delta:.0e})-DP for "
+        f"{r['neighbouring_relation']}; guarantee: {r['guarantee']}. Everything released of this face in all "
+        f"sessions and both modes together stays within its budget of ε = {fmt(budget)} (the ledger refuses what "
+        "would exceed it; it does not tell one session what others spent).",
+        "- Accepting ends this session, not the budget: the same picture, loaded again (in any session, format, size "
+        "or mode), continues on what is left.",
+        "- Stored: your judgements with the protected images and this session's figures only; the original was "
+        "never stored.",
     ])

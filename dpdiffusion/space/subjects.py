@@ -1,10 +1,20 @@
-"""Who is a subject in the Space: a keyed hash of the face picture's content, and the one ledger it is charged to.
+"""Who is a subject in the Space: a keyed hash of a face's normalised content, the same in both of its modes.
 
-A subject is a *picture*: the face as the app decodes it (`images.decode_original`: RGB, centre square, at most
-256 px), reduced to a coarse colour layout that survives re-encoding and resizing, and keyed with a server-side
-secret. The same picture uploaded again, in another session, as JPEG (quality 90) or at another size (2x, 0.75x)
-is the same subject and spends the same budget. Another photo of the same person, a crop or an edit is *not*
-recognised: it is a new subject (the app cannot tell who a person is; it can tell a picture it has seen).
+A subject is a *face as the app normalises it*, reduced to a coarse colour layout that survives re-encoding and
+resizing, and keyed with a server-side secret. Both modes receive the same picture (read in the browser and shrunk
+there to at most ``images.PHOTO_SIDE`` px on its long side) and find its faces the same way (`find_face_crops`:
+`dpdiffusion.faces`' dlib detector with the photo mode's thresholds, at least 48 px and score 0.5, and FFHQ
+alignment to a ``FACE_KEY_SIDE`` px crop); each face found is the subject of its aligned crop. The face mode, which
+releases the picture's centre square, also keys that square itself (what it keyed before faces were detected, and
+the only subject of a picture with no face found) and charges each release to all of its subjects at once. So:
+
+- the same picture uploaded again, in another session, as JPEG (quality 90) or at another size (2x, 0.75x) is the
+  same subject and spends the same budget;
+- a face spent in the photo mode is spent in the face mode, and the other way round (the astronaut's face:
+  ``tests/attacks/test_space_one_budget.py``);
+- another photo of the same person, a crop or an edit is *not* recognised: it is a new subject (the app cannot tell
+  who a person is; it can tell a face it has seen). Neither is a face the detector misses in one mode and finds in
+  the other (a face under 48 px, or one scoring near 0.5 in one encoding and not another).
 
 The face code (`face_code`). The decoded face is area-resampled to 32x32 per RGB channel (in float), blurred
 (Gaussian, sigma 1 px), converted to YCbCr (chroma centred on 0), and averaged over a 4x4 grid: 48 numbers on the
@@ -24,9 +34,9 @@ budget); splitting one picture into two would not, and is what the probes preven
 
 Keying. A subject id is ``HMAC-SHA256(secret, code)`` in hex: opaque, and impossible to recompute (or to test a
 guessed picture against) without the secret. The secret (32 bytes from `secrets.token_bytes`) lives next to the
-ledger in ``subject_key.bin``, mode 0600, created atomically (written to a temporary file, then hard-linked into
-place, which fails if another process got there first), so processes starting at once agree on one secret. It is
-never shown, logged or written to the feedback dataset.
+ledger in ``subject_key.bin`` (``store.py``: mode 0600, created atomically; the Space refuses to start without it
+next to a ledger that holds releases). It is never shown, logged or written to the feedback dataset, and subject ids
+never leave the server either.
 """
 
 from __future__ import annotations
@@ -35,22 +45,16 @@ import hashlib
 import hmac
 import logging
 import math
-import os
-import secrets
-import stat
-import time
-import uuid
-from pathlib import Path
-from typing import Collection, List, Optional
+import threading
+from typing import Collection, List, Optional, Sequence, Tuple
 
 import numpy as np
 import PIL.Image
 
+from .store import LEDGER_FILE, SECRET_BYTES, SECRET_FILE, load_or_create_secret, open_space_ledger  # noqa: F401
+
 logger = logging.getLogger(__name__)
 
-SECRET_FILE = "subject_key.bin"
-LEDGER_FILE = "ledger.sqlite"
-SECRET_BYTES = 32
 CODE_VERSION = b"dpdiffusion-space-face-v1"
 RESAMPLE_SIDE = 32  # the face is area-resampled to this many px a side ...
 BLUR_SIGMA = 1.0  # ... blurred with this Gaussian (px) ...
@@ -58,6 +62,7 @@ GRID = 4  # ... and averaged over GRID x GRID blocks, per Y, Cb, Cr channel
 LEVEL_STEP = 255.0 / 6.0  # quantisation step on the 0-255 scale; cell centres at 0, 42.5, ..., 255
 PROBE_MARGIN = 3.0  # a number nearer than this (levels) to a cell boundary is uncertain
 MAX_PROBED = 12  # at most this many uncertain numbers are probed (2**12 ids)
+FACE_KEY_SIDE = 32  # px: a face found in a picture is keyed on its FFHQ-aligned crop at this size (both modes)
 
 _YCBCR = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 
@@ -169,123 +174,54 @@ class SubjectKeyer:
         return next((c for c in candidates if c in known), candidates[0])
 
 
-# ---------------------------------------------------------------------------------------------------- the secret
-def load_or_create_secret(folder) -> bytes:
-    """The Space's subject secret in ``folder/subject_key.bin``, created once (atomically, mode 0600).
+# ---------------------------------------------------------------------------------------------------- faces
+class FoundFaces:
+    """A face detector that answers with faces found before (`find_face_crops`), so that the photo mode's release
+    (`dpdiffusion.faces.protect_photos`) protects exactly the faces the app keyed, without detecting twice."""
 
-    Two processes that start at once agree on one secret: each writes its candidate to a private temporary file
-    and hard-links it to the final name, which only the first succeeds in doing; everyone then reads that file.
+    def __init__(self, faces: Sequence):
+        self.faces = list(faces)
 
-    Args:
-        folder (`str` or `Path`): the folder of the Space's ledger (created if missing).
-
-    Returns:
-        `bytes`: ``SECRET_BYTES`` bytes.
-
-    Raises:
-        ValueError: the file exists but does not hold ``SECRET_BYTES`` bytes.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / SECRET_FILE
-    if not path.exists():
-        _create_secret(path)
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        logger.warning("%s was readable by others (mode %o); setting mode 600", path, mode)
-        os.chmod(path, 0o600)
-    for _ in range(50):  # without hard links the winner's file may briefly be shorter (see _create_secret)
-        secret = path.read_bytes()
-        if len(secret) == SECRET_BYTES:
-            return secret
-        time.sleep(0.02)
-    raise ValueError(f"{path} does not hold a {SECRET_BYTES}-byte subject secret; restore it from a backup (a new "
-                     "secret would give every face a fresh budget)")
+    def detect(self, image: np.ndarray, *, min_face_size: Optional[int] = None) -> list:
+        return list(self.faces)
 
 
-def _create_secret(path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(SECRET_BYTES))
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # atomic, and fails if the file exists: the first process wins
-        except FileExistsError:
-            pass
-        except OSError:  # a filesystem without hard links: exclusive create, then write
-            _create_secret_without_links(path, tmp.read_bytes())
-        _fsync_folder(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+_NO_DETECTOR_WARNED = threading.Event()
 
 
-def _create_secret_without_links(path: Path, secret: bytes) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    with os.fdopen(fd, "wb") as f:
-        f.write(secret)
-        f.flush()
-        os.fsync(f.fileno())
+def find_face_crops(photo: np.ndarray, *, side: int = FACE_KEY_SIDE, within: Optional[Tuple[int, int, int, int]] = None,
+                    required: bool = False) -> List[tuple]:
+    """The faces of ``photo`` and their aligned crops, as both of the Space's modes key them.
 
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------------------------------------------- the ledger
-def open_space_ledger(folder, *, budget_epsilon: Optional[float], delta: Optional[float],
-                      budget_name: str = "budget_epsilon", delta_name: str = "delta"):
-    """The Space's one ledger, ``folder/ledger.sqlite``; its budget and delta are fixed when it is created.
-
-    Restarting the Space with another budget must not give every face a fresh one, so a configured budget or delta
-    that differs from the stored one is an error; one left unset (`None`) takes the stored value (or, for a new
-    ledger, ``DEFAULT_BUDGET_EPSILON`` / ``DEFAULT_DELTA``).
+    Detection and alignment are `dpdiffusion.faces`' (dlib HOG with its 68 landmarks, FFHQ alignment) with the
+    photo mode's thresholds (``DEFAULT_MIN_FACE_SIZE`` = 48 px, ``DEFAULT_MIN_CONFIDENCE`` = 0.5).
 
     Args:
-        folder (`str` or `Path`): the ledger folder (created if missing).
-        budget_epsilon (`float`, *optional*), delta (`float`, *optional*): the configured values.
-        budget_name (`str`), delta_name (`str`): how the user set them (an env var or argument), for the error.
+        photo (`np.ndarray`): (H, W, 3) uint8, as returned by `images.decode_photo`.
+        side (`int`): the crops' side in px (``FACE_KEY_SIDE``).
+        within (`tuple`, *optional*): ``(x0, y0, x1, y1)``: keep only the faces whose box overlaps this box (the
+            face mode's released square).
+        required (`bool`): raise `ImportError` when the ``faces`` extra is missing, instead of returning no face
+            (with a warning, once).
 
     Returns:
-        `PrivacyLedger`.
-
-    Raises:
-        ValueError: the configured budget or delta differs from the ledger's.
+        `list[tuple[DetectedFace, np.ndarray]]`: each face (best first) and its (side, side, 3) uint8 crop.
     """
-    from .config import DEFAULT_BUDGET_EPSILON, DEFAULT_DELTA
-    from ..privacy.ledger import PrivacyLedger
+    try:
+        from ..faces.align import align_face
+        from ..faces.photos import find_faces
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    old = sorted(p.name for p in folder.glob("ledger_budget*_delta*.sqlite"))
-    if old:
-        logger.warning("ignoring older per-budget ledgers %s in %s: their subjects were per-session ids that no "
-                       "face can be matched to", old, folder)
-    path = folder / LEDGER_FILE
-    if not path.exists():
-        return PrivacyLedger(path, budget_epsilon=DEFAULT_BUDGET_EPSILON if budget_epsilon is None else budget_epsilon,
-                             delta=DEFAULT_DELTA if delta is None else delta)
-    ledger = PrivacyLedger(path)
-    for name, wanted, stored in ((budget_name, budget_epsilon, ledger.budget_epsilon),
-                                 (delta_name, delta, ledger.delta)):
-        if wanted is not None and float(wanted) != stored:
-            raise ValueError(
-                f"{name}={wanted:g} differs from the Space ledger's {stored:g} ({path}): each face's budget is "
-                f"fixed when the ledger is created, and restarting with another value would give every face a fresh "
-                f"one. Set {name} to {stored:g} (or leave it unset to use the stored value), or point "
-                f"DPDIFFUSION_SPACE_DIR at a new folder for a new Space.")
-    return ledger
+        faces = find_faces(photo)
+    except ImportError:
+        if required:
+            raise
+        if not _NO_DETECTOR_WARNED.is_set():
+            _NO_DETECTOR_WARNED.set()
+            logger.warning("the faces extra (dlib) is not installed: the face mode keys whole pictures only, and the "
+                           "photo mode is unavailable")
+        return []
+    if within is not None:
+        x0, y0, x1, y1 = within
+        faces = [f for f in faces if f.box[0] < x1 and f.box[2] > x0 and f.box[1] < y1 and f.box[3] > y0]
+    return [(f, align_face(photo, f.landmarks, side).crop) for f in faces]
+

@@ -145,7 +145,7 @@ class TestDecodeOriginal:
     def test_data_url_round_trip_and_browser_size(self):
         img = face(size=300)
         arr = app.decode_original(app.image_to_data_url(img))
-        assert arr.dtype == np.uint8 and arr.shape == (app.BROWSER_SIDE, app.BROWSER_SIDE, 3)
+        assert arr.dtype == np.uint8 and arr.shape == (app.FACE_SIDE, app.FACE_SIDE, 3)
         small = face(size=40)
         np.testing.assert_array_equal(app.decode_original(app.image_to_data_url(small)), small)
 
@@ -154,7 +154,7 @@ class TestDecodeOriginal:
         np.testing.assert_array_equal(app.decode_original(img), img)
         np.testing.assert_array_equal(app.decode_original(PIL.Image.fromarray(img).convert("RGBA")), img)
 
-    @pytest.mark.parametrize("value,match", [(None, "no face loaded"), ("", "no face loaded"),
+    @pytest.mark.parametrize("value,match", [(None, "nothing loaded"), ("", "nothing loaded"),
                                              ("hello", "data:image"), ("data:image/png;base64,@@@@", "base64"),
                                              ("data:image/png;base64," + base64.b64encode(b"not an image").decode(),
                                               "not an image"),
@@ -211,11 +211,12 @@ class TestHandlers:
         history = space.ledger.history(s.subject_id)
         assert len(history) == 1 and history[0].attributes == tuple(ATTRS)
         assert view.epsilon == pytest.approx(1.0)
-        assert view.budget_left == pytest.approx(space.ledger.remaining(s.subject_id), rel=1e-3)
-        assert view.budget_left == pytest.approx(2.0, rel=1e-3)  # one release at epsilon 1 of a budget of 3
+        assert view.session_spent == pytest.approx(1.0, rel=1e-3)  # this session's one release at epsilon 1
+        assert view.session_spent == pytest.approx(space.ledger.spent(s.subject_id), rel=1e-3)  # (the only one)
         assert s.protected.shape == (16, 16, 3) and view.protected.shape == (256, 256, 3)
         assert s.weights == (2.0, 1.0) and s.report["weights"] == [pytest.approx(2 / 3), pytest.approx(1 / 3)]
-        for text in ("ε of this image", "δ", "guarantee", "formal", "budget left", "noise std", "next release"):
+        for text in ("ε of this image", "δ", "guarantee", "formal", "ε spent by this session", "noise std",
+                     "next release"):
             assert text in view.figures
         assert space.feedback_log.records() == []  # nothing judged yet
 
@@ -225,15 +226,18 @@ class TestHandlers:
         second = space.feedback("more_privacy", first.session)
         third = space.feedback("more_privacy", second.session)
         assert [first.epsilon, second.epsilon, third.epsilon] == [1.0, 0.5, 0.25]
-        assert first.budget_left > second.budget_left > third.budget_left
+        assert first.session_spent < second.session_spent < third.session_spent  # this session's, composed
         sid = first.session.subject_id
         assert third.session.subject_id == sid and len(space.ledger.history(sid)) == 3
+        # this session's spend is composed as the ledger composes (here the session is the face's only one)
+        assert third.session.spent_epsilon == pytest.approx(space.ledger.spent(sid), rel=1e-12)
         records = space.feedback_log.records()
         assert [(r["verdict"], r["epsilon"]) for r in records] == [("more_privacy", 1.0), ("more_privacy", 0.5)]
         assert records[0]["session_id"] == first.session.session_id != sid  # never the ledger's subject id
         assert records[0]["attributes"] == ATTRS
         assert records[0]["weights"] == [1.0, 1.0] and records[0]["budget_epsilon"] == 3.0
-        assert records[0]["spent_epsilon"] == pytest.approx(1.0, rel=1e-6)
+        assert records[0]["session_spent_epsilon"] == pytest.approx(1.0, rel=1e-6)
+        assert "spent_epsilon" not in records[0]  # never the face's total over sessions
         # the stored image is the protected image that was judged, at the model's resolution
         stored = np.asarray(PIL.Image.open(tmp_path / "feedback" / records[0]["file_name"]))
         np.testing.assert_array_equal(stored, first.session.protected)
@@ -245,7 +249,7 @@ class TestHandlers:
         before = (space.ledger.history(sid), space.ledger.spent(sid), space.feedback_log.records())
         refused = space.feedback("more_detail", shown.session)  # epsilon 4 alone exceeds the budget
         assert refused.level == "refused"
-        assert "exceed" in refused.status and "nothing was charged" in refused.status
+        assert "whole budget" in refused.status and "nothing was generated or charged" in refused.status
         assert (space.ledger.history(sid), space.ledger.spent(sid), space.feedback_log.records()) == before
         assert refused.session is shown.session and refused.protected is None and refused.epsilon is None
         # the session goes on: a cheaper release still fits
@@ -277,11 +281,12 @@ class TestHandlers:
         again = space.protect(img, ATTRS + ["smiling"], None, 1.0, first.session)  # superset: allowed
         assert again.level == "info" and again.session.subject_id == first.session.subject_id
         narrower = space.protect(img, ["smiling"], None, 1.0, again.session)  # not a superset: refused
-        assert narrower.level == "refused" and "superset" in narrower.status
+        assert narrower.level == "refused" and "at least the attributes its first release protected" in narrower.status
+        assert "dark_skin" not in narrower.status  # what the face's first release protected is not said
         assert len(space.ledger.history(first.session.subject_id)) == 2
 
     @pytest.mark.parametrize("image,attributes,weights,eps,match", [
-        (None, ATTRS, None, 1.0, "no face loaded"),
+        (None, ATTRS, None, 1.0, "nothing loaded"),
         ("x", ATTRS, None, 1.0, "data:image"),
         ("FACE", [], None, 1.0, "at least one attribute"),
         ("FACE", ["age"], None, 1.0, "unknown attributes"),
@@ -349,13 +354,25 @@ class TestHandlers:
         assert isinstance(demo, gr.Blocks)
         config = demo.get_config_file()
         ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
-        assert {"dp-original", "dp-protected", "dp-epsilon", "dp-budget-left", "dp-more-privacy", "dp-more-detail",
-                "dp-accept", "dp-protect", "dp-status"} <= ids
+        assert {"dp-original", "dp-protected", "dp-epsilon", "dp-session-spent", "dp-more-privacy", "dp-more-detail",
+                "dp-accept", "dp-protect", "dp-status", "dp-photo-in", "dp-photo-out"} <= ids
         note = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "dp-privacy-note")
         assert "never written to disk or to logs" in note["props"]["value"]
         assert "8 MB" in note["props"]["value"] and "16.8 megapixels" in note["props"]["value"]
         api = {d.get("api_name") for d in config["dependencies"]}
-        assert {"protect", "more_privacy", "more_detail", "accept", "sample"} <= api
+        assert {"protect", "more_privacy", "more_detail", "accept", "sample", "protect_photo"} <= api
+        # no component takes a file upload (Gradio writes uploads to its cache and serves them): both modes read the
+        # picture in the browser through the same HTML component
+        uploads = [c for c in config["components"] if c.get("type") in ("image", "file", "annotatedimage", "gallery",
+                                                                        "uploadbutton")
+                   and c.get("props", {}).get("interactive") is not False]
+        assert uploads == [], [c.get("props", {}).get("elem_id") for c in uploads]
+        html = {c["props"]["elem_id"]: c["props"] for c in config["components"]
+                if c.get("type") == "html" and c["props"].get("elem_id") in ("dp-original", "dp-photo-in")}
+        assert html["dp-original"]["js_on_load"] == html["dp-photo-in"]["js_on_load"]  # one script, two uses
+        # readable API parameter names (no param_4 ...)
+        params = [p["parameter_name"] for p in demo.get_api_info()["named_endpoints"]["/protect"]["parameters"]]
+        assert params[:3] == ["image", "attributes", "start_epsilon"] and params[3].startswith("weight_"), params
 
 
 # ------------------------------------------------------------------------------------------------ one budget per face
@@ -409,7 +426,8 @@ class TestOneBudgetPerFace:
         assert views["A, B, A in one session"].level == "info"  # the second release of A still fits
         for name, view in list(views.items())[1:]:
             assert view.level == "refused", name
-            assert "over its budget of 1.5" in view.status and "nothing was charged" in view.status, name
+            assert "does not fit what is left of this face's privacy budget" in view.status, name
+            assert "nothing was charged" in view.status, name
         assert len(space.ledger.history(sid_a)) == 2
         assert space.ledger.spent(sid_a) == pytest.approx(1.4652, abs=1e-4)
         # and once more, every path refused now that A is spent, whatever session it comes from
@@ -580,13 +598,13 @@ def test_smoke_launch_and_gradio_client(dummy_components, tmp_path, monkeypatch)
         assert time.perf_counter() - t0 < 1.0 and not job.done()
         progress = job.status().progress_data  # the page shows progress while generating
         assert progress and progress[0].desc == "charging the privacy ledger", progress
-        image_path, epsilon, budget_left, figures, status, report = job.result(timeout=60)
-        assert epsilon == 1.0 and budget_left == pytest.approx(2.0, rel=1e-3) and "budget left" in figures
+        image_path, epsilon, spent, figures, status, report = job.result(timeout=60)
+        assert epsilon == 1.0 and spent == pytest.approx(1.0, rel=1e-3) and "ε spent by this session" in figures
         assert PIL.Image.open(image_path).size == (256, 256)
-        _, epsilon2, budget2, _, status2, _ = alice.predict(api_name="/more_privacy")
-        assert epsilon2 == 0.5 and budget2 < budget_left, status2
+        _, epsilon2, spent2, _, status2, _ = alice.predict(api_name="/more_privacy")
+        assert epsilon2 == 0.5 and spent2 > spent, status2
         bob_result = bob.predict(other, ["dark_skin"], 2.0, *weights, api_name="/protect")
-        assert bob_result[1] == 2.0 and bob_result[2] == pytest.approx(1.0, rel=1e-3)
+        assert bob_result[1] == 2.0 and bob_result[2] == pytest.approx(2.0, rel=1e-3)
         ledger = demo.dp_space.ledger
         subjects = ledger.subjects()
         assert len(subjects) == 2
@@ -594,7 +612,7 @@ def test_smoke_launch_and_gradio_client(dummy_components, tmp_path, monkeypatch)
         # over budget for bob (epsilon 4 alone): refused, and bob's ledger is unchanged
         bob_sid = next(s for s in subjects if len(ledger.history(s)) == 1)
         refused = bob.predict(api_name="/more_detail")
-        assert "Refused" in refused[4] and "exceed" in refused[4]
+        assert "Refused" in refused[4] and "whole budget" in refused[4]
         assert len(ledger.history(bob_sid)) == 1 and ledger.spent(bob_sid) == pytest.approx(2.0)
         final = alice.predict(api_name="/accept")
         assert "Final report" in final[5]

@@ -186,7 +186,7 @@ def test_load_pipeline_moves_the_model_to_the_selected_device(dummy_pipe, tmp_pa
     monkeypatch.setattr(DPDiffusionPipeline, "to", lambda self, device: moved.append(device) or self)
     monkeypatch.setattr(config, "select_device", lambda device=None: "cuda")
     pipe, name = config.load_pipeline(str(tmp_path / "model"))
-    assert moved == ["cuda"] and name == str(tmp_path / "model")
+    assert moved == ["cuda"] and name == "a local pipeline"  # never the server's path (no model card here)
     monkeypatch.setattr(config, "select_device", hardware.select_device)
     monkeypatch.setenv(hardware.ENV_DEVICE, "cpu")
     moved.clear()
@@ -391,10 +391,10 @@ def test_exported_space_runs_in_a_fresh_venv(tmp_path):
         original = client.predict(3, api_name="/sample")  # a SynthFaces face, as the page offers it
         assert original.startswith("data:image/png;base64,")
         weights = [1.0] * _n_weights(client)
-        image_path, epsilon, budget_left, figures, status, report = client.predict(
+        image_path, epsilon, spent, figures, status, report = client.predict(
             original, ["dark_skin"], 1.0, *weights, api_name="/protect")
-        assert epsilon == 1.0 and budget_left == pytest.approx(4.0, rel=1e-3), status
-        assert "budget left" in figures and Path(image_path).is_file()
+        assert epsilon == 1.0 and spent == pytest.approx(1.0, rel=1e-3), status  # this session's spend
+        assert "ε spent by this session" in figures and Path(image_path).is_file()
         assert len(list((tmp_path / "d" / "ledger").glob("ledger.sqlite"))) == 1
     finally:
         proc.terminate()

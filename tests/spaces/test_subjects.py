@@ -158,7 +158,7 @@ def test_a_secret_readable_by_others_is_made_private(tmp_path, caplog):
     path.chmod(0o644)
     with caplog.at_level(logging.WARNING):
         assert subjects.load_or_create_secret(tmp_path) == secret
-    assert (path.stat().st_mode & 0o777) == 0o600 and "readable by others" in caplog.text
+    assert (path.stat().st_mode & 0o777) == 0o600 and "open to others" in caplog.text
     assert secret.hex() not in caplog.text
 
 

@@ -1,0 +1,132 @@
+"""Attacker: whoever can delete a file in the Space folder, or an operator's mistake (threat model: channel "the
+ledger and its secret across restarts").
+
+A face's budget lives in the ledger (``ledger/ledger.sqlite``), and a face is found in it only through the subject
+secret (``ledger/subject_key.bin``). Deleting either one, then restarting the Space, would give every face a fresh
+budget. The actor deletes one of them (or the whole ledger folder while the feedback dataset stays) and restarts the
+Space, as a library call (`build_demo`) and as the command line (``dpdiffusion space``); what they see is whether it
+starts and what it says. It must refuse to start, naming the missing file and the way out; with ``new_ledger``
+(``--new-ledger``, ``$DPDIFFUSION_SPACE_NEW_LEDGER``) it starts over on purpose, and the old files are kept aside.
+
+Both tests fail on commit ae36aae, where a restart created a new secret (or a new ledger) silently, and there was
+no ``new_ledger``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.filterwarnings("ignore:::gradio.queueing")]
+
+
+def load_harness():
+    name = "dpdiffusion_space_harness"
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "spaces" /
+                                                  "space_harness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+H = load_harness()
+
+
+def _a_space_that_ran(app, pipe, space: Path) -> str:
+    """A Space that protected one face (a SynthFaces sample): its ledger, secret and feedback exist."""
+    demo = app.build_demo(pipe, ledger_dir=space / "ledger", feedback_dir=space / "feedback", budget_epsilon=3.0,
+                          num_inference_steps=1)
+    view = demo.dp_space.protect(demo.dp_space.sample(0), ["dark_skin"], None, 1.0, None)
+    demo.dp_space.feedback("accept", view.session)
+    assert view.level == "info", view.status
+    return view.session.subject_id
+
+
+@pytest.mark.parametrize("deleted", ["secret", "ledger", "ledger folder"])
+def test_a_restart_without_the_secret_or_the_ledger_is_refused(tmp_path, deleted):
+    app = H.load_space_module()
+    pipe = H.tiny_pipe(16)
+    space = tmp_path / "space"
+    kw = dict(ledger_dir=space / "ledger", feedback_dir=space / "feedback", num_inference_steps=1)
+    sid = _a_space_that_ran(app, pipe, space)
+    if deleted == "secret":
+        (space / "ledger" / app.SECRET_FILE).unlink()
+        missing = app.SECRET_FILE
+    elif deleted == "ledger":
+        for p in (space / "ledger").glob("ledger.sqlite*"):
+            p.unlink()
+        missing = app.LEDGER_FILE
+    else:
+        shutil.rmtree(space / "ledger")
+        missing = app.LEDGER_FILE
+    with pytest.raises(ValueError, match="refusing to start") as refused:
+        app.build_demo(pipe, **kw)
+    message = str(refused.value)
+    assert missing in message and "--new-ledger" in message and "backup" in message, message
+    print(f"\n{deleted} deleted, restart: {message}")
+    # on purpose: it starts over, with a new ledger and secret, and keeps what was left of the old ones aside
+    demo = app.build_demo(pipe, new_ledger=True, **kw)
+    assert demo.dp_space.ledger.subjects() == []
+    aside = [p for p in (space / "ledger").glob("replaced-*/*")]
+    if deleted != "ledger folder":
+        assert aside, "the surviving files were not kept"
+    # and a second restart, with both files present, starts without new_ledger and keeps the new budgets
+    view = demo.dp_space.protect(demo.dp_space.sample(0), ["dark_skin"], None, 1.0, None)
+    assert view.level == "info" and view.session.subject_id != sid  # another secret: another id
+    again = app.build_demo(pipe, new_ledger=True, **kw)  # new_ledger with both present changes nothing
+    assert again.dp_space.ledger.subjects() == [view.session.subject_id]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_the_command_line_refuses_and_starts_over_with_new_ledger(tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    app = H.load_space_module()
+    pipe = H.tiny_pipe(16)
+    pipe.save_pretrained(tmp_path / "model", safe_serialization=True)
+    space = tmp_path / "space"
+    _a_space_that_ran(app, pipe, space)
+    (space / "ledger" / app.SECRET_FILE).unlink()
+    env = dict(os.environ, DPDIFFUSION_SPACE_MODEL=str(tmp_path / "model"), DPDIFFUSION_SPACE_DIR=str(space),
+               DPDIFFUSION_SPACE_STEPS="1", DPDIFFUSION_SPACE_TORCH_THREADS="1", GRADIO_SERVER_NAME="127.0.0.1",
+               GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(tmp_path / "gradio"))
+    env.pop("DPDIFFUSION_SPACE_NEW_LEDGER", None)
+    cmd = [sys.executable, "-c", "import sys; from dpdiffusion.cli import main; sys.exit(main())", "space"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        refused = subprocess.run([*cmd, "--port", str(port)], env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the Space started without its subject secret (still serving after 120 s)")
+    assert refused.returncode == 2 and "refusing to start" in refused.stderr, refused.stderr[-2000:]
+    assert app.SECRET_FILE in refused.stderr and "--new-ledger" in refused.stderr
+    print(f"\n`dpdiffusion space` without the secret: exit {refused.returncode}: {refused.stderr.strip()[-600:]}")
+    proc = subprocess.Popen([*cmd, "--port", str(port), "--new-ledger"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, page = time.time() + 180, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5).read().decode()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert page is not None and "How much privacy is enough?" in page, \
+            proc.stdout.read() if proc.poll() is not None else "no answer"
+        assert (space / "ledger" / app.SECRET_FILE).is_file() and list((space / "ledger").glob("replaced-*"))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
