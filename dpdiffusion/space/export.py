@@ -38,8 +38,50 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the installed (or checked-o
 #: the Hub repository the embedded default pipeline is pushed to (``DPDiffusionPipeline.push_to_hub``)
 DEFAULT_PIPELINE_REPO = "dpdiffusion/dp-diffusion-synthfaces"
 SPACE_FILES = ("app.py", "README.md", "requirements.txt")
-# unet2d_model: the former default (UNET2D_MODEL), which the Space never runs (6 MB less to upload)
-_IGNORED = ("__pycache__", "*.pyc", "*.pyo", "*.egg-info", ".tmp-*", ".DS_Store", "unet2d_model")
+# What of the package goes into a Space (a whitelist: the Space repository is public, so a ledger, a subject secret,
+# feedback, demo output or any other file someone left inside the package folder must never ride along). The former
+# default ``unet2d_model`` (UNET2D_MODEL) is left out: the Space never runs it (6 MB less to upload).
+_DATA_SUFFIXES = {"default_model": (".json", ".safetensors", ".md"), "model_cards": (".md",),
+                  "space/template": (".py", ".md", ".txt"), "custom_pipeline": (".py",)}
+
+
+def _ships(rel: Path) -> bool:
+    """Whether the package file ``rel`` (relative to the package folder) belongs in the Space repository."""
+    if any(part.startswith(".") or part == "__pycache__" for part in rel.parts) or rel.parts[0] == "unet2d_model":
+        return False
+    if rel.parts[0] == "default_model" and (len(rel.parts) > 3 or len(rel.parts) == 3
+                                            and rel.parts[1] not in _model_components()):
+        return False  # a pipeline folder's own layout only: its files and its components' files
+    for folder, suffixes in _DATA_SUFFIXES.items():
+        if rel.as_posix().startswith(folder + "/"):
+            return rel.suffix in suffixes
+    return rel.suffix == ".py"
+
+
+def _model_components() -> set:
+    """The component folders of the embedded default (``model_index.json``)."""
+    import json
+
+    index = json.loads((PACKAGE_DIR / "default_model" / "model_index.json").read_text())
+    return {k for k in index if not k.startswith("_")}
+
+
+def _copy_package(dest: Path) -> list:
+    """Copy the package's shipped files (following the links of the source checkout) to ``dest``; returns what was
+    left out that a careless copy would have taken along (for the log)."""
+    import os
+
+    left_out = []
+    files = sorted(Path(root, name) for root, _, names in os.walk(PACKAGE_DIR, followlinks=True) for name in names)
+    for path in files:
+        rel = path.relative_to(PACKAGE_DIR)
+        if not _ships(rel):
+            if "__pycache__" not in rel.parts and rel.parts[0] != "unet2d_model":
+                left_out.append(rel.as_posix())
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest / rel)
+    return left_out
 
 __all__ = ["DEFAULT_PIPELINE_REPO", "SPACE_FILES", "TEMPLATE_DIR", "export_space", "push_space", "space_card",
            "space_requirements"]
@@ -89,7 +131,10 @@ def _write_space(folder: Path, model_repo: Optional[str]) -> None:
         shutil.copyfile(TEMPLATE_DIR / name, folder / name)
     space_card(model_repo=model_repo).save(folder / "README.md")
     # the package, following the links in the source checkout (model_cards/, space/template/, custom_pipeline/)
-    shutil.copytree(PACKAGE_DIR, folder / "dpdiffusion", ignore=shutil.ignore_patterns(*_IGNORED))
+    left_out = _copy_package(folder / "dpdiffusion")
+    if left_out:
+        logger.warning("left %d file(s) of the package folder out of the Space (not part of the package): %s",
+                       len(left_out), ", ".join(left_out[:10]) + (" ..." if len(left_out) > 10 else ""))
     from ..models.default import DEFAULT_MODEL
 
     if not (folder / "dpdiffusion" / Path(DEFAULT_MODEL).name / "model_index.json").is_file():

@@ -62,8 +62,16 @@ def victim(demo, tmp_path, picture):
     person.predict(api_name="/accept")
 
 
-def test_a_new_session_is_told_nothing_of_other_sessions(tmp_path, monkeypatch):
+def test_a_new_session_is_told_nothing_of_other_sessions(tmp_path, monkeypatch, caplog):
+    """Also the host's logs (threat model: channel "logs"): no subject id, picture or data URL, and no figure
+    composed over sessions. On ae36aae each release logged the first 8 characters of the face's subject id."""
+    import logging
+
     from skimage import data
+
+    from dpdiffusion.privacy.ledger import PrivacyLedger
+
+    caplog.set_level(logging.DEBUG, logger="dpdiffusion")
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     picture = data.astronaut()
@@ -94,6 +102,13 @@ def test_a_new_session_is_told_nothing_of_other_sessions(tmp_path, monkeypatch):
             for name, figure in {**forbidden, **after}.items():
                 assert not H.shows(answer, figure), f"{what} shows {name} ({figure:.6g}): {H.texts(answer)}"
         print(f"\nrefusal in a new session: {refusal}\nrelation refusal: {relation}")
+    subjects = PrivacyLedger(tmp_path / "space" / "ledger" / "ledger.sqlite").subjects()
+    logs = "\n".join(r.getMessage() for r in caplog.records)
+    assert subjects and caplog.records, "the attack needs the ledger's subjects and the app's log lines"
+    assert not [s for s in subjects if s[:6] in logs], f"a subject id is in the logs:\n{logs}"
+    assert "data:image" not in logs and "base64" not in logs
+    for name, figure in {**forbidden, **after}.items():
+        assert f"{figure:.4g}" not in logs, f"the logs show {name} ({figure:.4g}):\n{logs}"
 
 
 def _figures(record: dict) -> dict:
