@@ -41,7 +41,7 @@ from .models.diffae_unet import DiffAEUNet2DModel
 from .models.semantic_encoder import SemanticEncoder
 from .models.steps import resolve_num_inference_steps
 from .pipeline_hub import CUSTOM_PIPELINE_FILE, CUSTOM_PIPELINE_NAME, PipelineHubMixin  # noqa: F401
-from .pipeline_hub import _download_repo, _from_hub_folder
+from .pipeline_hub import _download_repo, _from_hub_folder, check_safetensors_weights
 from .pipeline_outputs import DPDiffusionPipelineOutput, PrivacyReport
 from .pipeline_sampling import (DEFAULT_GUIDANCE_SCALE, DEFAULT_INVERSION_STEPS,  # noqa: F401
                                 DEFAULT_NUM_INFERENCE_STEPS, DDIMSamplingMixin)
@@ -81,7 +81,8 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         """``DiffusionPipeline.from_pretrained`` that loads safetensors weights only unless told otherwise.
 
         Pickled ``.bin`` weights can execute code when loaded; pass ``use_safetensors=False`` explicitly to allow
-        them for a checkpoint you trust.
+        them for a checkpoint you trust. A folder (or Hub repository) that holds only ``.bin`` weights is refused by
+        default with an ``OSError`` that names the component, its ``.bin`` files and ``use_safetensors=False``.
 
         A Hub repo id is fetched with ``huggingface_hub.snapshot_download`` (configs, safetensors weights, the
         component files) and loaded from there: diffusers' own download refuses components of libraries other than
@@ -90,8 +91,10 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         """
         kwargs.setdefault("use_safetensors", True)
         path = pretrained_model_name_or_path
-        if not os.path.isdir(str(path)):  # a Hub repo id: fetch the repository's files, then load them locally
+        downloaded = not os.path.isdir(str(path))
+        if downloaded:  # a Hub repo id: fetch the repository's files, then load them locally
             path = _download_repo(str(path), kwargs)
+        check_safetensors_weights(Path(path), kwargs, downloaded=downloaded)  # a .bin only: say so, and how to load
         pipe = _from_hub_folder(cls, Path(path), kwargs)
         if pipe is not None:
             return pipe
@@ -480,6 +483,7 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         num_inference_steps = resolve_num_inference_steps(num_inference_steps, stochastic_code)
         self.check_inputs(num_inference_steps, output_type, ledger, subject_ids, batch_size, generator, secure_mode,
                           num_images_per_prompt=n)
+        n = int(n)  # validated: an integer >= 1
         self._guidance(guidance_scale, stochastic_code)  # validate before anything is charged
         self._check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         self._check_scheduler()

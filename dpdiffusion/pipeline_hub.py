@@ -13,7 +13,8 @@ from .models.semantic_encoder import SemanticEncoder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CUSTOM_PIPELINE_FILE", "CUSTOM_PIPELINE_NAME", "HUB_FILE_PATTERNS", "PipelineHubMixin"]
+__all__ = ["CUSTOM_PIPELINE_FILE", "CUSTOM_PIPELINE_NAME", "HUB_FILE_PATTERNS", "PipelineHubMixin",
+           "check_safetensors_weights"]
 
 # the diffusers custom-pipeline entry (the repository's pipelines/dp_diffusion/pipeline.py, shipped in the package)
 # that `push_to_hub` uploads as ``pipeline.py``
@@ -146,15 +147,62 @@ def _hub_component_files(folder: Path) -> None:
 
 
 def _download_repo(repo_id: str, kwargs: dict) -> str:
-    """``snapshot_download`` of what a pipeline needs (no pickled weights), taking the download arguments out of
-    ``kwargs``."""
+    """``snapshot_download`` of what a pipeline needs (no pickled weights unless ``use_safetensors=False`` was passed),
+    taking the download arguments out of ``kwargs``."""
     from huggingface_hub import snapshot_download
 
     options = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only", "force_download",
                                           "proxies") if k in kwargs}
     if options.pop("proxies", None) is not None:
         logger.warning("proxies are not passed to the Hub download; set HTTPS_PROXY instead")
-    return snapshot_download(repo_id, allow_patterns=HUB_FILE_PATTERNS, **options)
+    patterns = HUB_FILE_PATTERNS + (PICKLE_FILE_PATTERNS if kwargs.get("use_safetensors") is False else [])
+    return snapshot_download(repo_id, allow_patterns=patterns, **options)
+
+
+PICKLE_FILE_PATTERNS = ["*/*.bin"]  # diffusers' and transformers' pickled weights (diffusion_pytorch_model.bin ...)
+
+
+def check_safetensors_weights(folder: Path, kwargs: dict, *, downloaded: bool = False) -> None:
+    """With ``use_safetensors=True`` (``DPDiffusionPipeline.from_pretrained``'s default), refuse a pipeline folder
+    whose component holds pickled weights and no safetensors, saying so and how to load it, instead of diffusers'
+    bare "no file named diffusion_pytorch_model.safetensors".
+
+    Args:
+        folder (`Path`): the pipeline folder (its ``model_index.json`` names the components).
+        kwargs (`dict`): ``from_pretrained``'s arguments (``use_safetensors``; a component passed in is not read).
+        downloaded (`bool`): the folder is a Hub download (which fetched no pickles): a model component without any
+            weights file is then named too.
+
+    Raises:
+        OSError: (as diffusers raises for missing weights) naming the component, its pickled files and
+            ``use_safetensors=False``.
+    """
+    import json
+
+    index_file = folder / "model_index.json"
+    if kwargs.get("use_safetensors") is not True or not index_file.is_file():
+        return
+    index = json.loads(index_file.read_text())
+    for name, value in index.items():
+        sub = folder / name
+        if name.startswith("_") or name in kwargs or not isinstance(value, list) or not sub.is_dir():
+            continue
+        if any(sub.glob("*.safetensors")):
+            continue
+        pickles = sorted(p.name for p in sub.glob("*.bin"))
+        if pickles:
+            raise OSError(
+                f"{sub} holds pickled weights ({', '.join(pickles)}) and no .safetensors file. "
+                "DPDiffusionPipeline.from_pretrained loads safetensors weights only unless told otherwise, because "
+                "loading a pickled .bin file can execute arbitrary code. If you trust this checkpoint, pass "
+                "use_safetensors=False to load it (and convert it once with "
+                "pipe.save_pretrained(folder, safe_serialization=True)).")
+        if downloaded and (sub / "config.json").is_file():
+            raise OSError(
+                f"component {name!r} of the downloaded repository has no .safetensors weights (only safetensors are "
+                "downloaded by default, because loading a pickled .bin file can execute arbitrary code). If the "
+                "repository holds pickled .bin weights and you trust it, use_safetensors=False downloads and loads "
+                "them.")
 
 
 def _from_hub_folder(cls, folder: Path, kwargs: dict):
@@ -162,8 +210,8 @@ def _from_hub_folder(cls, folder: Path, kwargs: dict):
     by re-export files), loaded with this package's classes, no remote code; `None` for any other folder.
 
     Raises:
-        ValueError: an argument other than ``torch_dtype`` / ``use_safetensors`` / a component, or a component of a
-            library other than diffusers and this package.
+        ValueError: an argument other than ``dtype`` (or ``torch_dtype``; a dtype or diffusers' per-component dict) /
+            ``use_safetensors`` / a component, or a component of a library other than diffusers and this package.
     """
     import json
 
@@ -177,11 +225,14 @@ def _from_hub_folder(cls, folder: Path, kwargs: dict):
     classes = _component_classes()
     if not any(c in classes and (folder / k / f"{lib}.py").is_file() for k, (lib, c) in entries.items()):
         return None
-    torch_dtype = kwargs.pop("torch_dtype", None)
+    dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)  # diffusers' new and old name
+    if dtype is not None and torch_dtype is not None:
+        raise ValueError("pass dtype only (torch_dtype is its deprecated name in diffusers), not both")
+    dtype = dtype if dtype is not None else torch_dtype
     use_safetensors = kwargs.pop("use_safetensors", True)
     components = {k: kwargs.pop(k) for k in list(kwargs) if k in entries}
     if kwargs:
-        raise ValueError(f"DPDiffusionPipeline.from_pretrained of a pushed repository takes torch_dtype, "
+        raise ValueError(f"DPDiffusionPipeline.from_pretrained of a pushed repository takes dtype (or torch_dtype), "
                          f"use_safetensors and components; got {sorted(kwargs)}")
     for name, (library, class_name) in entries.items():
         if name in components:
@@ -196,7 +247,8 @@ def _from_hub_folder(cls, folder: Path, kwargs: dict):
         if issubclass(klass, diffusers.SchedulerMixin):
             components[name] = klass.from_pretrained(folder / name)
         else:
-            options = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+            wanted = dtype.get(name, dtype.get("default")) if isinstance(dtype, dict) else dtype  # diffusers' dict
+            options = {"dtype": wanted} if wanted is not None else {}
             components[name] = klass.from_pretrained(folder / name, use_safetensors=use_safetensors, **options)
     pipe = cls(**components)
     pipe.register_to_config(_name_or_path=str(folder))

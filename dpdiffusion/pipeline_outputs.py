@@ -17,7 +17,7 @@ class PrivacyReport:
     """The privacy figures of one release (shared by every image of a call).
 
     Attributes:
-        epsilon (`float`), delta (`float`): the (epsilon, delta)-DP guarantee of one release.
+        epsilon (`float`), delta (`float`): the (epsilon, delta)-DP guarantee of one release (of one image).
         noise_multiplier (`float`): noise of the composed Gaussian mechanism over its unit sensitivity.
         sigmas (`dict[str, float]`): noise standard deviation added to each protected coordinate.
         residual_sigma (`float | None`): noise std on the residual (``scope="latent"`` only).
@@ -26,6 +26,10 @@ class PrivacyReport:
         scope (`str`), guarantee (`str`): ``"formal"``, ``"heuristic"`` or ``"none (reproducible noise)"``.
         neighbouring_relation (`str`): the relation the guarantee is stated for.
         noise_source (`str`): ``"csprng"`` (the OS CSPRNG) or ``"seeded"`` (replayable from the generator).
+        releases_per_image (`int`): how many independent releases of each input the call made
+            (``num_images_per_prompt``). The figures above hold for each release; the releases of one subject
+            compose (each is its own charge in a ``PrivacyLedger``, which accounts the composition), so releasing
+            several images of one input costs more than ``epsilon``.
     """
 
     epsilon: float
@@ -41,6 +45,7 @@ class PrivacyReport:
     guarantee: str
     neighbouring_relation: str
     noise_source: str = "csprng"
+    releases_per_image: int = 1
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -55,7 +60,8 @@ class DPDiffusionPipelineOutput(BaseOutput):
         epsilon, delta, noise_multiplier, sigmas, strength, attributes, guarantee, noise_source: see
             ``PrivacyReport``; ``guarantee == "formal"`` only for CSPRNG noise and a random stochastic code.
         report (`PrivacyReport`): everything above plus clip bounds, weights, scope and neighbouring relation.
-        remaining_budget (`list[float] | None`): per-subject epsilon left in the ledger, when a ledger was used.
+        remaining_budget (`list[float] | None`): when a ledger was used, one entry per released image (in the
+            order of ``images``): the epsilon its subject has left after the whole call.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor

@@ -211,8 +211,9 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
             ``{"index", "reason"}`` in ``skipped`` (for batch jobs that write ``skipped.jsonl``); the others are
             protected.
         output_type (`str`): ``"pil"``, ``"np"`` (``(H, W, 3)`` float in [0, 1]) or ``"pt"`` (``(3, H, W)``).
-        **pipe_kwargs: passed to ``pipe(crops, ...)`` (``epsilon``, ``attributes``, ``generator``, ``ledger`` ...).
-            A list of generators must hold one per face.
+        **pipe_kwargs: passed to ``pipe(crops, ...)`` (``epsilon``, ``attributes``, ``generator``, ``ledger`` ...;
+            the crops are its ``image``). A list of generators must hold one per face; ``num_images_per_prompt``
+            must be 1.
 
     Returns:
         `FacesOutput` (or ``(images, faces)`` when ``return_dict=False``).
@@ -226,9 +227,13 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
         raise ValueError(f"on_no_face must be 'raise' or 'skip', got on_no_face={on_no_face!r}")
     if output_type not in ("pil", "np", "pt"):
         raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got output_type={output_type!r}")
-    for key in ("images", "subject_ids", "output_type", "return_dict", "faces"):
+    for key in ("image", "images", "subject_ids", "output_type", "return_dict", "faces"):
         if key in pipe_kwargs:
             raise ValueError(f"{key} is set by protect_photos and cannot be passed through to the pipeline")
+    if pipe_kwargs.get("num_images_per_prompt", 1) != 1:
+        raise ValueError("num_images_per_prompt must be 1 with protect_photos (a photo holds one release of each "
+                         f"face), got num_images_per_prompt={pipe_kwargs['num_images_per_prompt']!r}; call again for "
+                         "another release")
     items = _photos_list(photos)
     if subject_ids is not None and len(subject_ids) != len(items):
         raise ValueError(f"subject_ids has {len(subject_ids)} ids for {len(items)} photos; pass one per photo")
@@ -272,7 +277,7 @@ def protect_photos(pipe, photos: Any, *, min_face_size: int = DEFAULT_MIN_FACE_S
         crops = np.stack([a.crop for a in aligned])  # (N, S, S, 3) uint8
         if face_generator is not None:
             pipe_kwargs = dict(pipe_kwargs, generator=gens)
-        out = pipe(crops, subject_ids=face_ids if named else None, output_type="np",
+        out = pipe(crops, subject_ids=face_ids if named else None, output_type="np",  # crops: the `image` argument
                    return_dict=True, **pipe_kwargs)
         protected = np.clip(np.rint(np.asarray(out.images) * 255.0), 0, 255).astype(np.uint8)  # (N, S, S, 3)
         report, remaining = out.report, out.remaining_budget

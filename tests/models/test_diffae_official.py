@@ -113,7 +113,7 @@ def test_decode_equals_the_official_ddim_sampler(converted, steps):
 @pytest.mark.parametrize("steps", META["steps"])
 def test_invert_equals_the_official_ddim_inversion(converted, steps):
     name, _, pipe, x, _, ref = converted
-    x_t = pipe.invert(x, z=ref["z"], num_inference_steps=steps)
+    x_t = pipe.invert(x, z=ref["z"], num_inference_steps=steps, input_range=(-1, 1))  # x: the model's range
     print(f"{name}, {steps} steps: max |invert - official| = {_maxdiff(x_t, ref[f'inverted_{steps}']):.3g}")
     torch.testing.assert_close(x_t, ref[f"inverted_{steps}"], rtol=0, atol=ATOL_CODE)
 
@@ -383,8 +383,8 @@ def test_privacy_oracles_on_a_converted_pipeline(converted):
     inverted = pipe(images, attributes=attrs, epsilon=math.inf, stochastic_code="inverted", num_inference_steps=3,
                     output_type="pt")  # __call__ inverts with the official ddim_reverse_sample_loop too
     z = pipe.encode(images)
-    by_stages = pipe.decode(z, stochastic_code=pipe.invert(x, z=z, num_inference_steps=3), num_inference_steps=3,
-                            output_type="pt")
+    x_t = pipe.invert(x, z=z, num_inference_steps=3, input_range=(-1, 1))  # x: the model's range, said so
+    by_stages = pipe.decode(z, stochastic_code=x_t, num_inference_steps=3, output_type="pt")
     assert inverted.guarantee == "none (epsilon = inf)" and torch.equal(inverted.images, by_stages)
     noisy = pipe(images, attributes=attrs, epsilon=1.0, num_inference_steps=2, output_type="np", generator=g())
     assert noisy.guarantee == "formal" and set(noisy.sigmas) == set(attrs) and noisy.epsilon <= 1.0
@@ -417,7 +417,7 @@ def test_ffhq256_official_configuration_equals_the_official_code():
     x, x_t = FIXTURES.fixed_inputs(256, batch=1)
     z = pipe.encode_tensor(x)
     images = pipe.decode(ref["z"], stochastic_code=x_t, num_inference_steps=steps, output_type="pt")
-    inverted = pipe.invert(x, z=ref["z"], num_inference_steps=steps)
+    inverted = pipe.invert(x, z=ref["z"], num_inference_steps=steps, input_range=(-1, 1))
     diffs = (_maxdiff(z, ref["z"]), _maxdiff(images, ((ref[f"decoded_{steps}"] + 1) / 2).clamp(0, 1)),
              _maxdiff(inverted, ref[f"inverted_{steps}"]))
     print(f"ffhq256, {steps} steps: max |z|, |decode|, |invert| differences = {diffs}")

@@ -332,8 +332,8 @@ def test_step_count_defaults_follow_the_stochastic_code(dummy_pipe, dummy_images
     seen = []
     real_invert, real_denoise, real_pipe_invert = module.ddim_invert, dummy_pipe._denoise, dummy_pipe.invert
     monkeypatch.setattr(module, "ddim_invert", lambda u, s, x, c, n: seen.append(("invert", n)) or real_invert(u, s, x, c, n))
-    monkeypatch.setattr(dummy_pipe, "invert", lambda im, z=None, *, num_inference_steps=5: seen.append(
-        ("invert", num_inference_steps)) or real_pipe_invert(im, z, num_inference_steps=num_inference_steps))
+    monkeypatch.setattr(dummy_pipe, "invert", lambda im, z=None, *, num_inference_steps=5, **kw: seen.append(
+        ("invert", num_inference_steps)) or real_pipe_invert(im, z, num_inference_steps=num_inference_steps, **kw))
     monkeypatch.setattr(dummy_pipe, "_denoise", lambda x_t, c, gc, scale, n, **kw: seen.append(("decode", n))
                         or real_denoise(x_t, c, gc, scale, n, **kw))
     dummy_pipe(dummy_images, epsilon=1.0, output_type="np")
@@ -347,7 +347,7 @@ def test_step_count_defaults_follow_the_stochastic_code(dummy_pipe, dummy_images
     seen.clear()
     z = dummy_pipe.encode(dummy_images)
     dummy_pipe.decode(z, output_type="np", progress=False)
-    dummy_pipe.decode(z, stochastic_code="inverted", images=dummy_images, output_type="np", progress=False)
+    dummy_pipe.decode(z, stochastic_code="inverted", image=dummy_images, output_type="np", progress=False)
     assert seen == [("decode", 5), ("invert", 25), ("decode", 25)]
     with pytest.raises(ValueError, match="num_inference_steps must be an integer >= 1, got num_inference_steps=0"):
         dummy_pipe.decode(z, num_inference_steps=0, output_type="np")
