@@ -102,8 +102,15 @@ def cmd_protect(ns) -> int:
                f"source files)" if skipped else "the source has no rows to protect (check --source, --split, --limit)")
         print(f"dpdiffusion protect: error: nothing was released: {why}", file=sys.stderr)
         return 1
-    print(f"{summary['released']} protected image(s) with their privacy figures written to {out} (safe to publish)")
+    if summary["warning"]:  # SynthFaces: re-renderable from the generator's seed, so nothing here is protected
+        print(f"{summary['released']} protected image(s) with their privacy figures written to {out} (a "
+              f"demonstration: see the warning below)")
+    else:
+        print(f"{summary['released']} protected image(s) with their privacy figures written to {out} (safe to "
+              f"publish)")
     print(f"the run's settings, resume state and {skipped} skipped row(s) are in {private} (private: do not publish)")
+    if summary["warning"]:
+        print(f"warning: {summary['warning']}")
     return 0
 
 

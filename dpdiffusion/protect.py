@@ -8,13 +8,16 @@ reads, and nothing else (no hidden file once a run has finished)::
     out/images/00000042.png      one protected image per released row (named by the row's position in the source)
     out/metadata.jsonl           per image: index (the row's position), file_name, every privacy figure of the
                                  release (epsilon, delta, sigmas, noise_source, guarantee, ...), with --faces detect
-                                 its faces, and ONLY the input columns named in ``keep_columns`` (default none)
+                                 each face's paste box and privacy figures (nothing the detector computed from the
+                                 original face: no confidence, box, landmarks or alignment quad), and ONLY the input
+                                 columns named in ``keep_columns`` (default none)
 
 ``private_dir`` -- the owner's bookkeeping, never to be published (default ``<output_dir>-private`` next to it;
 created with mode 0700, its files 0600, whatever the umask)::
 
-    private/protect_config.json  the run's settings (the source path; in the seeded mode the seed); a resumed run
-                                 must use the same ones
+    private/protect_config.json  the run's settings (the source path, the model; in the seeded mode the seed); a
+                                 resumed run must use the same ones (a folder that released nothing yet takes a
+                                 rerun's corrected settings instead)
     private/skipped.jsonl        rows not released: unreadable (corrupt, truncated, not an image, too small or too
                                  large; with the source path when known), no face (--faces detect), or released
                                  before and their image lost; with the reason
@@ -22,14 +25,29 @@ created with mode 0700, its files 0600, whatever the umask)::
                                  merged into metadata.jsonl and skipped.jsonl at the end) and the merge's temporaries
 
 Columns: an input column reaches the release only when named in ``keep_columns`` (utility labels, e.g. smiling).
-Refused before anything is written, with a ``ValueError`` naming ``keep_columns`` and the columns it may name: a
-protected attribute's column (the names of the release's protected attributes compared case-insensitively and
-ignoring ``_``, ``-`` and spaces, so ``Dark-Skin`` is ``dark_skin``; with ``scope="latent"`` every attribute of the
-model), ``identity`` and ``seed`` in any dataset (a person's identity links their releases; SynthFaces' ``identity``
-and ``seed`` with the row's ``index`` re-render the original bit for bit), the image column and any other image
-column, a name the record itself uses (``index``, ``file_name``, ``faces``, a privacy figure) and an unknown column.
-Another attribute of the model, not protected in this run, may be kept (utility). The record's ``index`` and the
-image names are the row's position in the source: shuffle a source whose order is itself sensitive.
+Refused before anything is written, with a ``ValueError`` naming ``keep_columns`` and the columns it may name (column
+names only, never a cell's value; `dpdiffusion.protect_columns`): a protected attribute's column however it is spelt
+(names compared after Unicode NFKC and casefolding, keeping only letters and digits, so ``dark.skin``, ``Dark-Skin``
+and a fullwidth ``ｄａｒｋ＿ｓｋｉｎ`` are ``dark_skin``; with ``scope="latent"`` every attribute of the model), a
+name containing one (``Is_Dark_Skin``), a CelebA look-alike of one (``Pale_Skin`` for ``dark_skin``), a column whose
+values are a one-to-one relabelling of a protected attribute's column present in the source (checked in one pass
+over the metadata of the rows to release, images not decoded), ``identity`` and ``seed`` in any dataset (a person's
+identity links their releases; SynthFaces' ``identity`` and ``seed`` with the row's ``index`` re-render the original
+bit for bit), anything holding an image (the image column, an image nested in a list or struct, raw bytes, a struct
+with ``bytes`` or ``path``), a name the record itself uses (``index``, ``file_name``, ``faces``, a privacy figure)
+and an unknown column. Another attribute of the model, not protected in this run, may be kept (utility).
+
+Row positions: the record's ``index`` and the image names are the row's position in the source: shuffle a source
+whose order is itself sensitive. Rows not released (unreadable, or with ``--faces detect`` a photo in which no face
+was found) leave gaps in the published indices: a recipient learns that those rows did not decode or held no face
+the detector found.
+
+SynthFaces (a source with the generator columns ``index``, ``identity`` and ``seed``; `SYNTHFACES_WARNING`, logged
+once and printed by the CLI): synthetic faces of no real person, rendered from the generator's seed and the row's
+position. Anyone who knows or guesses the seed (``make_synthfaces`` defaults to 0; a small seed is found by trying
+them, in seconds) re-renders every original, protected attributes included, from the ``index`` each record carries:
+withholding ``identity`` and ``seed`` does not prevent it. Such a release demonstrates the mechanism; it protects no
+one.
 
 Streaming: rows are read one batch at a time (a ``save_to_disk`` folder as a stream of its Arrow shards, not a memory
 map) and the part files are merged by a k-way merge of index-sorted runs, so memory stays flat in the dataset size.
@@ -46,7 +64,11 @@ its state from ``private_dir`` and keeps every image already written: a row with
 row whose image was written but whose record was lost in a crash gets its record back without being recomputed; a row
 whose record exists but whose image file has gone is *not* released a second time with other noise (it is listed in
 the private ``skipped.jsonl``). Only the remaining rows are protected. A release folder whose ``private_dir`` holds no
-state of it (another ``--private-dir``, or the private folder deleted) is refused rather than resumed blind.
+state of it (another ``--private-dir``, or the private folder deleted) is refused rather than resumed blind, and so is
+a resume with other settings or another model (the recorded model: an embedded one by name, a folder by its real path,
+a Hub id; a config written before the model was recorded is taken to be this run's and upgraded). Every argument, the
+step count against the model's sampler and the source (its split and image column) are checked before either folder
+is created. An existing ``private_dir`` that other local users may enter is used as it is, with a warning.
 With ``insecure_seed``, batches are fixed blocks of ``batch_size`` consecutive rows (of the worker's share), a partly
 done block being recomputed whole, so that a run killed at any point (even SIGKILL) and resumed with the same
 ``batch_size`` writes the same files, byte for byte, as an uninterrupted one (a different ``batch_size`` may change
@@ -68,7 +90,6 @@ import io
 import json
 import logging
 import os
-import re
 import secrets
 import shlex
 from dataclasses import asdict, dataclass, field
@@ -81,6 +102,7 @@ from tqdm.auto import tqdm
 
 from .data.images import MAX_IMAGE_PIXELS
 from .models.steps import DEFAULT_INVERSION_STEPS, DEFAULT_NUM_INFERENCE_STEPS, resolve_num_inference_steps
+from .protect_columns import RECORD_KEYS, check_keep_columns, jsonable, protected_column_keys
 
 logger = logging.getLogger(__name__)
 
@@ -95,14 +117,17 @@ class ProtectConfig:
         "only the --keep-columns columns); an imagefolder that datasets.load_dataset reads.")})
     private_dir: str | None = field(default=None, metadata={"help": (
         "The data owner's folder, never to be published (mode 0700): the run's settings (protect_config.json: the "
-        "source path and, with --insecure-seed, the seed), the resume state (.parts/) and skipped.jsonl (rows not "
-        "released, with their source paths). Default: <output-dir>-private next to the output folder. It must be "
-        "outside the output folder, and the output folder outside it; a rerun reads its state from it.")})
+        "source path, the model and, with --insecure-seed, the seed), the resume state (.parts/) and skipped.jsonl "
+        "(rows not released, with their source paths). Default: <output-dir>-private next to the output folder. It "
+        "must be outside the output folder, and the output folder outside it; a rerun reads its state from it. An "
+        "existing folder is used as it is (a warning if other users may enter it).")})
     keep_columns: list[str] | None = field(default=None, metadata={"help": (
         "Input columns copied next to each release in metadata.jsonl (utility labels, e.g. smiling); default none. "
-        "Refused before anything is written: a protected attribute's column (case, _, - and spaces ignored; with "
-        "--scope latent every attribute of the model), identity and seed (always), an image column, a name the "
-        "record uses itself (index, file_name, faces, a privacy figure) and an unknown column.")})
+        "Refused before anything is written: a protected attribute's column however it is spelt (only letters and "
+        "digits compared; with --scope latent every attribute of the model), a name containing one, a CelebA "
+        "look-alike of one (Pale_Skin for dark_skin), a column that relabels a protected column of the source one to "
+        "one, identity and seed (always), anything holding an image or raw bytes, a name the record uses itself "
+        "(index, file_name, faces, a privacy figure) and an unknown column.")})
     attributes: list[str] | None = field(default=None, metadata={"help": "Attributes to protect (default: the model's dark_skin, long_hair)."})
     weights: list[float] | None = field(default=None, metadata={"help": "Positive budget shares of the attributes."})
     epsilon: float = field(default=1.0, metadata={"help": "Epsilon of each image's release (> 0; inf disables noise)."})
@@ -178,70 +203,75 @@ def _iter_rows(config: ProtectConfig, ds=None) -> Iterator[tuple[int, dict]]:
         yield i, row
 
 
-# Never kept, whatever the dataset: a person's identity label links their releases to each other, and SynthFaces'
-# generator keys `identity` and `seed` (with the row's index, which every record carries) re-render the original.
-NEVER_KEPT_COLUMNS = ("identity", "seed")
-# Keys of every published record besides the privacy figures (a kept column may not overwrite them).
-RECORD_KEYS = ("index", "file_name", "faces")
+def _source_columns(ds) -> list[str]:
+    return list(ds.column_names or next(iter(ds), {}).keys())  # a stream that does not say: its first row's
 
 
-def _column_key(name: str) -> str:
-    """A column name compared as a person reads it: case, ``_``, ``-`` and spaces ignored (``Dark-Skin``)."""
-    return re.sub(r"[\s_\-]+", "", name).casefold()
+def _check_keep_columns(config: ProtectConfig, ds, *, protected: dict, figures: dict) -> list[str]:
+    """The columns of ``config.keep_columns``, checked against the source before anything is written
+    (`dpdiffusion.protect_columns`): by name and type, then by content in one pass over the released rows' metadata
+    (only the columns needed are selected: the images are neither read into the check nor decoded)."""
+
+    def rows(columns: list[str]):
+        selected = ds.select_columns(columns)
+        for i, row in enumerate(selected):
+            if config.limit is not None and i >= config.limit:
+                return
+            yield row
+
+    return check_keep_columns(list(config.keep_columns), _source_columns(ds), dict(ds.features or {}),
+                              image_column=config.image_column, protected=protected, figures=figures, rows=rows)
 
 
-def _protected_names(pipe, spec) -> dict[str, str]:
-    """``_column_key`` -> attribute, for every attribute this release protects: the spec's attributes (and their
-    CelebA columns), and with ``scope="latent"`` (the whole image is the protected unit) every attribute of the
-    model."""
-    from .data.attributes import CELEBA_TO_SYNTHFACES
-
-    names = list(spec.attributes)
-    directions = getattr(pipe, "attribute_directions", None)
-    if spec.scope == "latent" and directions is not None:
-        names += [n for n in directions.names if n not in names]
-    keys = {}
-    for name in names:
-        for alias in (name, CELEBA_TO_SYNTHFACES.get(name)):
-            if alias:
-                keys.setdefault(_column_key(alias), name)
-    return keys
+# SynthFaces' generator columns (dpdiffusion/data/synthfaces.py): a source that has all three was made by
+# make_synthfaces, whose images re-render from the generator's seed and the row's position.
+SYNTHFACES_GENERATOR_COLUMNS = ("index", "identity", "seed")
+SYNTHFACES_WARNING = (
+    "the source has SynthFaces' generator columns (index, identity, seed): it is synthetic data (no real person). "
+    "Anyone who knows or guesses the generator's seed (make_synthfaces defaults to seed 0; a small seed is found by "
+    "trying them) re-renders every original image, and with it every protected attribute, from the row's position "
+    "that each record carries; withholding identity and seed does not prevent it. This release demonstrates the "
+    "mechanism and protects no one.")
 
 
-def _check_keep_columns(config: ProtectConfig, ds, *, protected: dict[str, str], figures: dict) -> list[str]:
-    """The columns of ``config.keep_columns``, checked against the source's columns before anything is written.
+def is_synthfaces_source(columns) -> bool:
+    """Whether a source with these columns is a SynthFaces dataset (`SYNTHFACES_GENERATOR_COLUMNS`)."""
+    return set(SYNTHFACES_GENERATOR_COLUMNS) <= set(columns)
+
+
+def _model_name(pipe) -> str | None:
+    """The model a release was made with, as the private ``protect_config.json`` records it: an embedded model by
+    its name, a local folder by its real path, a Hub repo by its id; ``None`` for a pipeline built in memory."""
+    from .models.default import EMBEDDED_MODELS
+
+    name = getattr(pipe, "name_or_path", None) or dict(getattr(pipe, "config", {}) or {}).get("_name_or_path")
+    if not name:
+        return None
+    name = os.fspath(name)
+    if os.path.isdir(name):
+        real = os.path.realpath(name)
+        embedded = {os.path.realpath(folder): key for key, (folder, *_) in EMBEDDED_MODELS.items()}
+        return embedded.get(real, real)
+    return name
+
+
+def _check_steps(pipe, num_inference_steps: int) -> None:
+    """The step count against the model's sampler, as its decode would check it (before anything is written).
 
     Raises:
-        ValueError: naming ``keep_columns``, each refused column with the reason, and the columns it may name (column
-        names only: never a cell's value).
+        ValueError: for the official DiffAE architecture, a count its respaced grid cannot reach (e.g. 1); for
+            another model, more steps than the scheduler's training steps.
     """
-    import datasets
+    from .models.diffae import _is_official
 
-    columns = list(ds.column_names or next(iter(ds), {}).keys())  # a stream that does not say: its first row's
-    features = ds.features or {}
+    total = int(pipe.scheduler.config.num_train_timesteps)
+    if _is_official(pipe.unet):
+        from .models.diffae_sampler import official_timesteps
 
-    def reason(column: str) -> str | None:
-        key = _column_key(column)
-        if column not in columns:
-            return "not a column of the source"
-        if key in protected:
-            return (f"the column of the protected attribute {protected[key]!r}: it would publish each person's true "
-                    "value next to the image that hides it")
-        if key in NEVER_KEPT_COLUMNS:
-            return ("identity and seed are never kept: an identity links a person's releases, and SynthFaces' "
-                    "identity and seed re-render the original image")
-        if column == config.image_column or isinstance(features.get(column), datasets.Image):
-            return "an image column: the original image"
-        if column in RECORD_KEYS or column in figures:
-            return "a name each record uses itself"
-        return None
-
-    allowed = [c for c in columns if reason(c) is None]
-    refused = [f"{c!r} ({reason(c)})" for c in config.keep_columns if reason(c) is not None]
-    if refused:
-        raise ValueError(f"keep_columns may not name {'; '.join(refused)}; the columns keep_columns may name are "
-                         f"{allowed}")
-    return list(dict.fromkeys(config.keep_columns))
+        official_timesteps(total, num_inference_steps)
+    elif num_inference_steps > total:
+        raise ValueError(f"num_inference_steps must be at most the scheduler's num_train_timesteps={total}, got "
+                         f"num_inference_steps={num_inference_steps}")
 
 
 def private_dir_for(config: ProtectConfig) -> Path:
@@ -277,8 +307,7 @@ def _check_folders(out: Path, private: Path, source: str) -> None:
             f"the release folder: do not publish it as it is. To finish it in the new layout, keeping every image "
             f"already released: mkdir -p -m 700 {target} && mv {moved} {target}/ ; then rerun the same command "
             f"(metadata.jsonl is rewritten with only the privacy figures and the --keep-columns columns)")
-    released = (out / "metadata.jsonl").exists() or any((out / "images").glob("*.png"))
-    if released and not any((private / ".parts").glob("worker-*.jsonl")):
+    if _holds_release(out) and not any((private / ".parts").glob("worker-*.jsonl")):
         raise ValueError(
             f"output_dir={str(out)!r} already holds released images, but private_dir={str(private)!r} holds no "
             f"resume state of them (.parts/worker-*.jsonl); pass the --private-dir it was written with (a rerun reads "
@@ -344,6 +373,30 @@ def _make_private_dir(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
+def _warn_if_shared(private: Path) -> None:
+    """Warn when an existing private folder (or its ``.parts``) lets other local users in; a user's own folder is
+    not chmod'ed behind their back."""
+    import stat
+
+    for folder in (private, private / ".parts"):
+        if folder.is_dir() and stat.S_IMODE(folder.stat().st_mode) & 0o077:
+            logger.warning("private_dir %s has mode %o: other local users can list or read the owner's bookkeeping "
+                           "(source paths; with --insecure-seed the seed); it is left as it is: chmod 700 it",
+                           folder, stat.S_IMODE(folder.stat().st_mode))
+
+
+def _holds_release(out: Path) -> bool:
+    """Whether ``out`` holds a released image or record (an empty ``metadata.jsonl`` of a run that released nothing
+    does not count)."""
+    meta = out / "metadata.jsonl"
+    return (meta.is_file() and meta.stat().st_size > 0) or any((out / "images").glob("*.png"))
+
+
+def _released_any(out: Path, part_dir: Path) -> bool:
+    """Whether anything was released into ``out``: an image, a record, or a record in the resume state."""
+    return _holds_release(out) or bool(_read_recorded(part_dir))
+
+
 def _open_append(path: Path):
     """Open a part file (private, 0600) for appending, first ending a line cut short by a crash (else the next record
     would be glued to it and lost)."""
@@ -354,16 +407,6 @@ def _open_append(path: Path):
         if f.read(1) != b"\n":
             f.write(b"\n")
     return f
-
-
-def _jsonable(value: Any):
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return str(value)
 
 
 def _part_records(path: Path) -> Iterator[tuple[int, bytes, dict]]:
@@ -381,6 +424,17 @@ def _part_records(path: Path) -> Iterator[tuple[int, bytes, dict]]:
 def _has_image(out: Path, rec: dict) -> bool:
     """Whether the image a record names exists (a record whose image was lost does not count)."""
     return isinstance(rec.get("file_name"), str) and (out / rec["file_name"]).is_file()
+
+
+# What a published record says of each face (--faces detect): where the protected face was pasted, and the privacy
+# figures of its release. Nothing computed from the original face (the detector's box and confidence, the landmarks,
+# the alignment quad, an identity distance) leaves the owner's machine.
+PUBLISHED_FACE_KEYS = ("paste_box", "epsilon", "delta", "noise_multiplier", "sigmas", "guarantee", "noise_source")
+
+
+def published_face(face: dict) -> dict:
+    """The part of a face record (`FaceRecord.to_dict`) that a release publishes (`PUBLISHED_FACE_KEYS`)."""
+    return {k: face[k] for k in PUBLISHED_FACE_KEYS if k in face}
 
 
 def _image_name(index: int) -> str:
@@ -419,46 +473,66 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
         `pathlib.Path`: the output folder.
 
     Raises:
-        ValueError: before anything is written: invalid privacy arguments, a missing image column, a refused or
-        unknown column in ``keep_columns``, a private folder inside the output folder (or the reverse), an output
-        folder of an earlier version or one whose private folder holds no state of it, or an existing output folder
-        written with other settings.
+        ValueError: before anything is written: invalid privacy arguments, a step count the model's sampler cannot
+        run, a missing split or image column, a refused or unknown column in ``keep_columns``, a private folder inside
+        the output folder (or the reverse), an output folder of an earlier version or one whose private folder holds
+        no state of it, or an existing output folder that released rows with other settings or another model.
+        OSError: a source that cannot be found (before anything is written).
     """
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
-    # validate all arguments before touching the disk
+    # validate all arguments, the model's step count and the source before touching the disk
     _check_config(config)
     spec = pipe.privacy_spec(attributes=config.attributes, weights=config.weights, epsilon=config.epsilon,
                              delta=config.delta, scope=config.scope, stochastic_code=config.stochastic_code,
                              secure_mode=config.secure_mode)
     figures = pipe.report_for(spec).to_dict()
-    source = None
+    num_inference_steps = resolve_num_inference_steps(config.num_inference_steps, spec.stochastic_code)
+    _check_steps(pipe, num_inference_steps)
+    source = _open_source(config)  # a missing source, split or image column raises here
+    columns = _source_columns(source)
     keep: list[str] = []
     if config.keep_columns:
-        source = _open_source(config)
-        keep = _check_keep_columns(config, source, protected=_protected_names(pipe, spec), figures=figures)
+        keep = _check_keep_columns(config, source, protected=protected_column_keys(pipe, spec), figures=figures)
     out, private = Path(config.output_dir), private_dir_for(config)
     _check_folders(out, private, config.source)
     part_dir = private / ".parts"
-    settings = _jsonable({**{k: v for k, v in asdict(config).items()
-                             if k not in ("output_dir", "private_dir", "limit", "batch_size")},
-                          "keep_columns": keep or None})
+    settings = jsonable({**{k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in asdict(config).items()
+                            if k not in ("output_dir", "private_dir", "limit", "batch_size")},
+                         "keep_columns": keep or None, "model": _model_name(pipe)})
     cfg_path = private / "protect_config.json"
     old = json.loads(cfg_path.read_text()) if cfg_path.exists() else None
+    replaced = False
     if old is not None:
-        # a folder of an earlier version (moved into its private folder) kept every column: any choice is consistent
-        old_upgraded = {"keep_columns": settings["keep_columns"], **old}
+        # a folder of an earlier version (moved into its private folder) kept every column: any choice is consistent;
+        # a config without the model (written before it was recorded) is taken to be this run's
+        old_upgraded = {"keep_columns": settings["keep_columns"], "model": settings["model"], **old}
         if old_upgraded != settings:
-            raise ValueError(f"output_dir={str(out)!r} was written with other settings {old} (recorded in {cfg_path});"
-                             f" use another output_dir or the same settings")
-    if not config.secure_mode:
-        logger.warning("insecure_seed=%d: the privacy noise is reproducible from the seed (written to the private "
-                       "%s); the output is NOT a private release", config.insecure_seed, cfg_path)
+            differ = sorted(k for k in {*settings, *old_upgraded} if settings.get(k) != old_upgraded.get(k))
+            if _released_any(out, part_dir):
+                raise ValueError(f"output_dir={str(out)!r} was written with other settings ({', '.join(differ)} "
+                                 f"differ: {old}, recorded in {cfg_path}); use another output_dir or the same settings")
+            replaced = True  # nothing was released under them (a run refused or stopped early): nothing to keep
+            if rank == 0:
+                logger.warning("%s held the settings of a run that released nothing (%s differ): replaced by this "
+                               "run's", cfg_path, ", ".join(differ))
+    if rank == 0:
+        if not config.secure_mode:
+            logger.warning("insecure_seed=%d: the privacy noise is reproducible from the seed (written to the "
+                           "private %s); the output is NOT a private release", config.insecure_seed, cfg_path)
+        if is_synthfaces_source(columns):
+            logger.warning(SYNTHFACES_WARNING)
+        _warn_if_shared(private)
     _make_private_dir(private)
     _make_private_dir(part_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     if rank == 0 and (old is None or old != settings):
+        if replaced:  # rows listed as skipped under the other settings (another source, another column) do not hold
+            for stale in [*part_dir.glob("skipped-*.jsonl"), private / "skipped.jsonl"]:
+                stale.unlink(missing_ok=True)
         _atomic_write(cfg_path, json.dumps(settings, indent=2).encode(), private=True)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()  # every worker reads the state after rank 0 has settled it
     recorded = _read_recorded(part_dir)
     listed = _read_listed(part_dir)
     part = _open_append(part_dir / f"worker-{rank}.jsonl")
@@ -495,7 +569,7 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
                                                     "missing; not released a second time with other noise"})
                 continue
             if state == "recover":  # crashed between the image and its record: the image on disk is the release
-                lines.append(json.dumps(_jsonable({"index": i, "file_name": _image_name(i), **figures, **extra}))
+                lines.append(json.dumps(jsonable({"index": i, "file_name": _image_name(i), **figures, **extra}))
                              + "\n")
                 recorded.add(i)
             if config.secure_mode and state != "todo":
@@ -526,7 +600,7 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
 
     privacy = dict(attributes=list(spec.attributes), weights=spec.weights, epsilon=spec.epsilon, delta=spec.delta,
                    scope=spec.scope, stochastic_code=spec.stochastic_code,
-                   num_inference_steps=resolve_num_inference_steps(config.num_inference_steps, spec.stochastic_code),
+                   num_inference_steps=num_inference_steps,
                    secure_mode=config.secure_mode)
 
     def release(batch) -> list[str]:
@@ -555,8 +629,8 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
             if state == "todo":  # a "lost" row (seeded mode) has its record: the same image is written again
                 record = {"index": i, "file_name": _image_name(i), **figures, **extra}
                 if face_records is not None:
-                    record["faces"] = [face.to_dict() for face in face_records[k]]
-                lines.append(json.dumps(_jsonable(record)) + "\n")
+                    record["faces"] = [published_face(face.to_dict()) for face in face_records[k]]
+                lines.append(json.dumps(jsonable(record)) + "\n")
         return lines
 
     # Fixed blocks: row i is the (i // world)-th row of its worker and belongs to block (i // world) // batch_size,
@@ -591,8 +665,9 @@ def release_summary(config: ProtectConfig) -> dict:
     """Where a finished run's two folders are and how many rows each lists (for the CLI's last words).
 
     Returns:
-        `dict`: ``output_dir``, ``private_dir`` (`pathlib.Path`), ``released`` (records in ``metadata.jsonl``) and
-        ``skipped`` (rows in the private ``skipped.jsonl``).
+        `dict`: ``output_dir``, ``private_dir`` (`pathlib.Path`), ``released`` (records in ``metadata.jsonl``),
+        ``skipped`` (rows in the private ``skipped.jsonl``) and ``warning`` (`SYNTHFACES_WARNING` for a SynthFaces
+        source, whose release protects no one; else ``None``).
     """
     def count(path: Path) -> int:
         if not path.is_file():
@@ -601,8 +676,9 @@ def release_summary(config: ProtectConfig) -> dict:
             return sum(1 for line in f if line.strip())
 
     out, private = Path(config.output_dir), private_dir_for(config)
+    synthfaces = is_synthfaces_source(_source_columns(_open_source(config)))
     return {"output_dir": out, "private_dir": private, "released": count(out / "metadata.jsonl"),
-            "skipped": count(private / "skipped.jsonl")}
+            "skipped": count(private / "skipped.jsonl"), "warning": SYNTHFACES_WARNING if synthfaces else None}
 
 
 # Rows sorted in memory at once when a part file is out of order (a resumed run that redid a row whose image was
@@ -643,14 +719,21 @@ def _sorted_runs(part: Path, tmp_dir: Path) -> list[Path]:
 def _merge_parts(parts: list[Path], dest: Path, tmp_dir: Path, keep, *, keys=None, private: bool = False) -> int:
     """Write the records of ``parts`` kept by ``keep`` to ``dest`` (atomically), sorted by index, one per index,
     streaming: a k-way merge of sorted runs, so memory does not grow with the number of records. With ``keys``,
-    each record keeps only those keys (a record of an earlier version carried every input column)."""
+    each record keeps only those keys and each of its faces only `PUBLISHED_FACE_KEYS` (a record of an earlier
+    version carried every input column, and the detector's figures of each face)."""
     import heapq
     import shutil
 
     def line_of(line: bytes, rec: dict) -> bytes:
-        if keys is None or rec.keys() <= keys:
+        faces = rec.get("faces") if keys is not None else None
+        wide = isinstance(faces, list) and any(not isinstance(f, dict) or f.keys() - set(PUBLISHED_FACE_KEYS)
+                                               for f in faces)
+        if keys is None or (rec.keys() <= keys and not wide):
             return line
-        return json.dumps({k: v for k, v in rec.items() if k in keys}).encode()
+        rec = {k: v for k, v in rec.items() if k in keys}
+        if wide:  # a record of an earlier version carried the detector's figures of each face
+            rec["faces"] = [published_face(f) for f in faces if isinstance(f, dict)]
+        return json.dumps(rec).encode()
 
     runs = [run for part in parts for run in _sorted_runs(part, tmp_dir)]
     streams = [((index, line_of(line, rec)) for index, line, rec in _part_records(run) if keep(rec)) for run in runs]

@@ -42,6 +42,7 @@ def _replay(dummy_pipe, source: Path, released: Path, out: Path) -> dict:
 
     settings = json.loads(_private(released, "protect_config.json").read_text())
     settings.update(source=str(source), output_dir=str(out))
+    settings.pop("model")  # recorded beside the settings (not a ProtectConfig field): the replay uses the same pipe
     protect_dataset(dummy_pipe, ProtectConfig(**settings), progress=False)
     return {p.name: p.read_bytes() for p in (out / "images").glob("*.png")}
 

@@ -236,9 +236,9 @@ def test_keep_columns_refusals_name_the_column_and_what_may_be_kept(dummy_pipe, 
     import datasets
 
     rng = np.random.default_rng(2)
-    ds = datasets.Dataset.from_dict(
-        {"image": [PIL.Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(2)],
-         "Smiling": [1, -1], "index": [7, 9], "epsilon": [0.5, 0.5], "Dark Skin": [1, 0]},
+    ds = datasets.Dataset.from_dict(  # Smiling is no relabelling of Dark Skin (else it too would be refused)
+        {"image": [PIL.Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(3)],
+         "Smiling": [1, -1, 1], "index": [7, 9, 11], "epsilon": [0.5, 0.5, 0.5], "Dark Skin": [1, 0, 0]},
         features=datasets.Features({"image": datasets.Image(), "Smiling": datasets.Value("int64"),
                                     "index": datasets.Value("int64"), "epsilon": datasets.Value("float64"),
                                     "Dark Skin": datasets.Value("int64")}))
@@ -303,3 +303,104 @@ def test_a_release_folder_overlapping_the_source_is_refused(dummy_pipe, image_fo
         protect_dataset(dummy_pipe, _cfg(image_folder, out, private_dir=str(image_folder.parent.parent / "private")),
                         progress=False)
     assert sorted(p.name for p in image_folder.parent.rglob("*")) == before
+
+
+# ----------------------------------------------------------------------------------- settings, model and reruns
+def test_settings_of_a_run_that_released_nothing_give_way_to_a_corrected_rerun(dummy_pipe, image_folder, tmp_path):
+    """A run that released nothing (--limit 0; then a source whose only row is unreadable) leaves its settings in the
+    private folder; a rerun with other settings replaces them (and the skipped list made under them) instead of
+    refusing. Once a row is released, other settings are refused."""
+    out, private = tmp_path / "out", tmp_path / "out-private"
+    protect_dataset(dummy_pipe, _cfg(image_folder, out, limit=0), progress=False)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "0.png").write_bytes(b"not a png")
+    protect_dataset(dummy_pipe, _cfg(broken, out, delta=1e-6), progress=False)  # other settings, nothing released
+    assert json.loads((private / "protect_config.json").read_text())["source"] == str(broken)
+    assert len((private / "skipped.jsonl").read_text().splitlines()) == 1
+    protect_dataset(dummy_pipe, _cfg(image_folder, out), progress=False)  # corrected: replaced, row 0 not skipped
+    recs = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in recs] == [0, 1, 2, 3, 4]
+    assert [json.loads(line)["index"] for line in (private / "skipped.jsonl").read_text().splitlines()] == [5]
+    with pytest.raises(ValueError, match=r"other settings \(delta differ"):
+        protect_dataset(dummy_pipe, _cfg(image_folder, out, delta=1e-6), progress=False)
+
+
+def test_a_resume_with_another_model_is_refused(dummy_pipe, image_folder, tmp_path):
+    """The model is recorded in the private settings: a resumed run with another model would stamp its own figures
+    on the rows it recovers. Refused; a config written before the model was recorded is accepted and upgraded."""
+    from dpdiffusion import DPDiffusionPipeline
+
+    dummy_pipe.save_pretrained(tmp_path / "model_a")
+    dummy_pipe.save_pretrained(tmp_path / "model_b")
+    a = DPDiffusionPipeline.from_pretrained(tmp_path / "model_a")
+    b = DPDiffusionPipeline.from_pretrained(tmp_path / "model_b")
+    out, config = tmp_path / "out", tmp_path / "out-private" / "protect_config.json"
+    protect_dataset(a, _cfg(image_folder, out, limit=2), progress=False)
+    assert json.loads(config.read_text())["model"] == str((tmp_path / "model_a").resolve())
+    assert "model" not in json.loads((out / "metadata.jsonl").read_text().splitlines()[0])  # private only
+    with pytest.raises(ValueError, match=r"other settings \(model differ"):
+        protect_dataset(b, _cfg(image_folder, out), progress=False)
+    old = json.loads(config.read_text())
+    del old["model"]  # an earlier version's settings
+    config.write_text(json.dumps(old))
+    protect_dataset(a, _cfg(image_folder, out, limit=3), progress=False)
+    assert json.loads(config.read_text())["model"] == str((tmp_path / "model_a").resolve())  # upgraded
+
+
+def test_an_existing_private_folder_open_to_others_is_used_with_a_warning(dummy_pipe, image_folder, tmp_path, caplog):
+    import os
+    import stat
+
+    private = tmp_path / "mine"
+    private.mkdir()
+    os.chmod(private, 0o755)
+    with caplog.at_level("WARNING", logger="dpdiffusion.protect"):
+        protect_dataset(dummy_pipe, _cfg(image_folder, tmp_path / "out", private_dir=str(private), limit=1),
+                        progress=False)
+    assert any("mode 755" in r.getMessage() and "chmod 700" in r.getMessage() for r in caplog.records)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o755  # the user's folder is left as it is
+
+
+def test_records_hold_json_values_only():
+    """Kept cells become JSON values: numpy scalars and arrays, dates and durations are converted; bytes and images
+    are refused (never written as their str(), which would publish them), naming the type only."""
+    import datetime
+    import decimal
+
+    from dpdiffusion.protect_columns import jsonable
+
+    assert jsonable({"a": np.int64(3), "b": np.float32(0.5), "c": np.bool_(True), "d": np.arange(2),
+                     "e": datetime.date(2024, 5, 1), "f": datetime.timedelta(seconds=3), "g": decimal.Decimal("1.5"),
+                     "h": (1, None)}) == {"a": 3, "b": 0.5, "c": True, "d": [0, 1], "e": "2024-05-01", "f": 3.0,
+                                          "g": "1.5", "h": [1, None]}
+    for bad in (b"\x89PNG secret", [b"x"], PIL.Image.new("RGB", (2, 2)), {"k": bytearray(b"x")}, object()):
+        with pytest.raises(TypeError, match="cannot be written to a JSON record") as info:
+            jsonable(bad)
+        assert "secret" not in str(info.value) and "PNG" not in str(info.value)
+
+
+def test_keep_columns_content_check_without_features_and_past_the_tracked_values(monkeypatch):
+    """The content pass: a stream that declares no features still has its bytes cells refused; past
+    MAX_TRACKED_VALUES distinct values a relabelling is still caught when it is equality or negation, and a column
+    that only agrees on some rows is kept."""
+    from dpdiffusion import protect_columns
+    from dpdiffusion.protect_columns import check_keep_columns
+
+    monkeypatch.setattr(protect_columns, "MAX_TRACKED_VALUES", 4)
+    tone = [0.1 * i for i in range(20)]
+    table = {"image": [None] * 20, "raw": [b"\x89PNG"] * 20, "tone": tone, "minus": [-t for t in tone],
+             "noisy": [t if i % 3 else 0.0 for i, t in enumerate(tone)], "smiling": [i % 2 for i in range(20)]}
+
+    def rows(columns):
+        for i in range(20):
+            yield {c: table[c][i] for c in columns}
+
+    protected = {"tone": ("tone", "own")}
+    kw = dict(columns=list(table), features={}, image_column="image", protected=protected, figures={}, rows=rows)
+    with pytest.raises(ValueError, match="may not name 'raw' \\(it holds bytes values") as info:
+        check_keep_columns(["raw"], **kw)
+    assert "PNG" not in str(info.value) and str(info.value).endswith("may name are ['noisy', 'smiling']")
+    with pytest.raises(ValueError, match="'minus' \\(a one-to-one relabelling of the column 'tone'"):
+        check_keep_columns(["minus"], **kw)
+    assert check_keep_columns(["noisy", "smiling"], **kw) == ["noisy", "smiling"]

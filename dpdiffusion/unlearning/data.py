@@ -211,7 +211,8 @@ class LabelSpec:
         """Labels from a column table: `(N,)` int64 class ids, `(N, L)` float 0/1, or `(N,)` float (regression).
 
         Raises:
-            ValueError: naming the column and values that do not map to the model's labels.
+            ValueError: naming the column, the number of distinct values that do not map to the model's labels and
+                their types, and the first row holding one; never a value (a column may hold personal data).
         """
         if self.problem_type == "multi_label_classification":
             from ..data.attributes import _bool_from_values
@@ -221,9 +222,15 @@ class LabelSpec:
         col = self.columns[0]
         values = list(table[col])
         if self.problem_type == "regression":
-            return torch.tensor([float(v) for v in values], dtype=torch.float32)
+            try:
+                return torch.tensor([float(v) for v in values], dtype=torch.float32)
+            except (TypeError, ValueError):  # float()'s own message quotes the value
+                bad = [(i, v) for i, v in enumerate(values) if not _is_number(v)]
+                raise ValueError(f"label column {col!r} must hold numbers for a regression model; "
+                                 f"{_describe(bad)}") from None
         num = len(self.label2id) or None
         out = np.empty(len(values), dtype=np.int64)
+        unknown, outside = [], []
         for i, v in enumerate(values):
             if isinstance(v, (bool, np.bool_)):
                 v = int(v)
@@ -231,13 +238,34 @@ class LabelSpec:
                 out[i] = self.label2id[v]
             elif isinstance(v, (int, np.integer)) or (isinstance(v, str) and v.lstrip("-").isdigit()):
                 out[i] = int(v)
+                if num is not None and not 0 <= out[i] < num:
+                    outside.append((i, v))
             else:
-                raise ValueError(f"label column {col!r} row {i} holds {v!r}, which is neither one of the classifier's "
-                                 f"label names {sorted(self.label2id)} nor an integer id")
-            if num is not None and not 0 <= out[i] < num:
-                raise ValueError(f"label column {col!r} row {i} holds id {out[i]}, outside [0, {num - 1}] "
-                                 f"(the classifier's labels: {sorted(self.label2id, key=self.label2id.get)})")
+                unknown.append((i, v))
+        if unknown:
+            raise ValueError(f"label column {col!r} holds values that are neither one of the classifier's label names "
+                             f"{sorted(self.label2id)} nor an integer id: {_describe(unknown)}")
+        if outside:
+            raise ValueError(f"label column {col!r} holds integer ids outside [0, {num - 1}] (the classifier's labels: "
+                             f"{sorted(self.label2id, key=self.label2id.get)}): {_describe(outside)}")
         return torch.from_numpy(out)
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _describe(bad: list[tuple[int, Any]]) -> str:
+    """Rows holding unusable labels, described without a value: how many distinct values, their types, the first
+    row."""
+    distinct = len({(type(v).__name__, repr(v)) for _, v in bad})
+    types = sorted({type(v).__name__ for _, v in bad})
+    return (f"{distinct} distinct such value(s) of type {', '.join(types)}, first at row {bad[0][0]} (values not "
+            "shown: the column may hold personal data)")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -65,3 +65,30 @@ def test_card_of_an_epsilon_inf_release_says_no_protection(tmp_path, model):
     card = (folder / "README.md").read_text()
     assert "infinity (no noise)" in card and "none (epsilon = inf) guarantee" in card
     assert "formal guarantee" not in card.split("## Privacy", 1)[1].split("##", 1)[0]
+
+
+def test_card_hides_a_relative_output_dir(tmp_path, monkeypatch):
+    """Hub reader: the card's command line of `dpdiffusion unlearn ... --output-dir ana_lopez/clinic/unlearned` run
+    with relative paths. The output folder does not exist yet when the card is written, so on dfd5c23 public_path
+    leaves it as typed and the card shows the owner's folders."""
+    import json
+
+    from dpdiffusion.hub import write_unlearned_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ana_lopez" / "clinic_patients" / "faces").mkdir(parents=True)
+    model = build_classifier(1, image_size=16, hidden_sizes=(4, 8), embedding_size=4, seed=0, label_names=["smiling"])
+    result = UnlearningResult(model=model, method="first_order", seconds=0.5, n_changed=3, tau=1e-4, n_train=10,
+                              updated_parameters=1, extra={})
+    privacy = dict(epsilon=1.0, delta=1e-5, guarantee="formal", neighbouring_relation="attribute-neighbours",
+                   attributes=["dark_skin"])
+    command = ("dpdiffusion unlearn --original ana_lopez/clinic_patients/faces "
+               "--output-dir ana_lopez/clinic_patients/unlearned --epochs 2")
+    folder = write_unlearned_model(model, Path("ana_lopez/clinic_patients/unlearned"), result=result, privacy=privacy,
+                                   metrics={"test_accuracy": 0.9}, cost=dict(seconds=0.5, retrain_seconds=None),
+                                   command=command)
+    text = "\n".join(p.read_text(encoding="utf-8", errors="ignore") for p in folder.rglob("*")
+                     if p.suffix in (".md", ".json"))
+    assert "ana_lopez" not in text and "clinic_patients" not in text
+    assert "--epochs 2" in text
+    json.loads((folder / "unlearning.json").read_text())

@@ -60,6 +60,19 @@ def test_protect_subprocess_writes_outputs(tiny_model, tmp_path):
     assert (tmp_path / "out-private" / "protect_config.json").exists() and str(tmp_path / "out-private") in res.stdout
 
 
+def test_protect_of_synthfaces_says_the_release_protects_no_one(tiny_model, tmp_path):
+    """SynthFaces re-render from their generator's seed and the published index: the command line does not call
+    that release safe to publish, and says why (tests/attacks/test_protect_release_folder.py has the attack)."""
+    from dpdiffusion.data.synthfaces import make_synthfaces
+
+    make_synthfaces(2, image_size=16).save_to_disk(tmp_path / "synthfaces")
+    res = _run("protect", "--model", str(tiny_model), "--source", str(tmp_path / "synthfaces"), "--output-dir",
+               str(tmp_path / "out"), "--num-inference-steps", "1", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "safe to publish" not in res.stdout and "warning: " in res.stdout and "protects no one" in res.stdout
+    assert res.stderr.count("protects no one") == 1  # logged once
+
+
 def test_protect_that_releases_nothing_exits_non_zero_and_says_where_the_reasons_are(tiny_model, tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -118,8 +118,9 @@ def test_selected_columns_zero_one_values_jsonl(tmp_path):
     assert list(ds["Smiling"]) == [bool(i % 2) for i in order]
     assert ds.features["Male"] == datasets.Value("int64")  # only the named columns are normalised
     assert ds.column_names == ["image", "Smiling", "Male", "score"]  # column order kept
-    with pytest.raises(ValueError, match=r"'score'.*\[0, 10, 20, 30\]"):
+    with pytest.raises(ValueError, match=r"'score'.* 4 distinct value\(s\) of type int64") as info:
         load_attribute_dataset(folder, attribute_columns=["score"])
+    assert "10" not in str(info.value) and "30" not in str(info.value)  # the values are not shown
 
 
 def test_unknown_columns_list_available(celeba_folder):
@@ -170,8 +171,9 @@ def test_save_to_disk_round_trip(tmp_path, celeba_folder):
 def test_values_other_than_binary_raise(tmp_path):
     ds = datasets.Dataset.from_dict({"image": [None, None, None], "Smiling": [1, 2, -1], "Bald": [0.0, 1.0, 1.0]})
     ds.save_to_disk(str(tmp_path / "bad"))
-    with pytest.raises(ValueError, match=r"'Smiling'.*\[-1, 1, 2\]"):
+    with pytest.raises(ValueError, match=r"'Smiling'.* 3 distinct value\(s\) of type int64") as info:
         load_attribute_dataset(tmp_path / "bad")
+    assert "[-1" not in str(info.value) and "2]" not in str(info.value)  # the values are not shown
     streamed = load_attribute_dataset(tmp_path / "bad", attribute_columns=["Smiling"], streaming=True)
     with pytest.raises(ValueError, match="'Smiling'"):  # streaming checks each row as it is read
         list(streamed)

@@ -162,10 +162,12 @@ def test_single_label_by_name_or_id_from_a_dataset():
     for p, q, s in zip(a.model.parameters(), b.model.parameters(), c.model.parameters()):
         torch.testing.assert_close(p, q)
         torch.testing.assert_close(p, s)
-    with pytest.raises(ValueError, match="'bird'.*label names"):
+    with pytest.raises(ValueError, match="'label' holds values that are neither.*label names.*1 distinct") as info:
         unlearn(model, _dataset(orig, {"label": ["bird"] * 6}), _dataset(rev, {"label": ["bird"] * 6}), **kw)
-    with pytest.raises(ValueError, match="outside"):
+    assert "bird" not in str(info.value)  # a cell's value is never shown (a column may hold personal data)
+    with pytest.raises(ValueError, match="outside") as info:
         unlearn(model, _dataset(orig, {"label": [5] * 6}), _dataset(rev, {"label": [5] * 6}), **kw)
+    assert "5" not in str(info.value)
 
 
 def test_multi_label_columns_matched_by_id2label_name():
@@ -198,6 +200,25 @@ def test_label_spec_errors_name_the_option():
     spec = LabelSpec.from_config(resnet.config, label_columns=["a", "b"])
     assert spec.columns == ["a", "b"] and spec.problem_type == "multi_label_classification"
     assert LabelSpec.from_config(resnet.config, label_column="y").problem_type == "single_label_classification"
+
+
+def test_label_errors_name_the_column_never_a_value():
+    """The data owner's label columns may hold names or hometowns: an unusable column is reported by its name, the
+    number of distinct values and their types, never a value (`unlearn --label-column name`, `--label-columns
+    smiling hometown`, a regression model's non-numeric column)."""
+    names = ["zoe_quartz", "yannick_ferrule", "zoe_quartz"]
+    single = LabelSpec("single_label_classification", ["name"], {"cat": 0, "dog": 1})
+    with pytest.raises(ValueError, match=r"'name' holds values that are neither.*2 distinct.*of type str, first at "
+                                         r"row 0") as info:
+        single.labels({"name": names})
+    multi = LabelSpec("multi_label_classification", ["smiling", "hometown"], {})
+    with pytest.raises(ValueError, match=r"'hometown' must hold -1/1, 0/1 or bool values; it holds 2 distinct") as more:
+        multi.labels({"smiling": [1, 0, 1], "hometown": ["Fernhollow", "Quillmere", "Fernhollow"]})
+    regression = LabelSpec("regression", ["name"], {})
+    with pytest.raises(ValueError, match=r"'name' must hold numbers.*2 distinct") as third:
+        regression.labels({"name": names})
+    for error in (info, more, third):
+        assert not any(v in str(error.value) for v in ("zoe", "yannick", "Fernhollow", "Quillmere")), error.value
 
 
 def test_resnet_with_default_processor_equals_legacy_scaling():
