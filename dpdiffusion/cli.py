@@ -295,9 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "$DPDIFFUSION_SPACE_MODEL or the embedded default).")
     p.add_argument("--budget-epsilon", type=float, default=None, help="Per-face epsilon budget of a new ledger.")
     p.add_argument("--new-ledger", action="store_true",
-                   help="Start a new ledger and subject secret where one of them has gone missing (the old files are "
-                        "moved aside; every face then starts with a fresh budget). Without it such a Space refuses to "
-                        "start; with both present it changes nothing ($DPDIFFUSION_SPACE_NEW_LEDGER=1 does the same).")
+                   help="Start a new ledger and subject secret where one or both have gone missing or the secret is "
+                        "not the ledger's (the old files are moved aside; every face then starts with a fresh budget). "
+                        "Without it such a Space refuses to start; with both present and matching it changes nothing "
+                        "($DPDIFFUSION_SPACE_NEW_LEDGER=1 does the same).")
     p.add_argument("--export", metavar="DIR", default=None,
                    help="Write a complete, ready-to-push Space repository to DIR (app.py, README.md with the Space "
                         "YAML, requirements.txt and the package with its default model) instead of serving.")

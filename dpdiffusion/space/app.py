@@ -11,15 +11,18 @@ A face is keyed, not named (``subjects.py``): its ledger subjects are keyed hash
 next to the ledger) of the picture's coarse colour layout and of each face found in it, aligned the same way in both
 modes, so the same face in another session, after "accept", re-encoded, resized or in the other mode spends the same
 budget. The Space keeps one ledger per Space folder; its budget and delta are fixed when it is created (restarting
-with another budget is refused), and it does not start where its ledger or secret has gone missing (``store.py``;
-``new_ledger`` starts over on purpose). The privacy noise always comes from the OS CSPRNG.
+with another budget is refused), and it does not start where its ledger or secret has gone missing or the secret is
+not the ledger's (``store.py``: a key check in the ledger and in a marker next to it; ``new_ledger`` starts over on
+purpose). The privacy noise always comes from the OS CSPRNG.
 
 What leaves the server (the threat model is docs/threat-model.md): an upload is read and shrunk in the browser and
-sent inside the request, kept only in memory and never written to disk, a file route or a log (``images.py``); the
-photo mode answers with a data URL too. A session is told its own releases and their composition, never what other
-sessions spent on a face (``session.py``). Stored: each judgement with the *protected* image and this session's
-figures in a local ``imagefolder`` dataset, optionally pushed to the Hub (``feedback.py``); files 0600 in 0700
-folders. The model is named by its repo id or card title, never by a path on the server.
+sent inside the request, held in memory while it is answered (the face mode keeps its centre square in the session's
+state until the tab closes) and never written to a file, a file route or a log (``images.py``; Gradio's own copies,
+routes and monitoring are closed off in ``layout.py``); the photo mode answers with a data URL too. A session is told
+its own releases and their composition, never what other sessions spent on a face (``session.py``). Stored: each
+judgement with the *protected* image and this session's figures in a local ``imagefolder`` dataset, optionally pushed
+to the Hub (``feedback.py``); files 0600 in 0700 folders. The model is named by its repo id or card title, never by a
+path on the server.
 
 Files (the package ``dpdiffusion.space``, so that the app ships inside the wheel): ``config.py`` (settings, env
 vars), ``images.py`` (uploads), ``subjects.py`` (face -> subjects), ``store.py`` (the ledger, the secret, file modes,
@@ -105,9 +108,10 @@ def build_demo(pipe=None, *, ledger_dir=None, feedback_dir=None, budget_epsilon:
         model_name (`str`, *optional*): shown on the page and recorded with the feedback, as `public_model_name`
             gives it (a path on the server becomes the model card's title).
         secure_mode (`bool`): must be `True` (the Space's privacy noise always comes from the OS CSPRNG).
-        new_ledger (`bool`, *optional*): start a new ledger and subject secret where one of them is missing (the
-            Space ran here before); default ``$DPDIFFUSION_SPACE_NEW_LEDGER``. Without it such a Space refuses to
-            start (`store.open_space_store`); with both present it changes nothing.
+        new_ledger (`bool`, *optional*): start a new ledger and subject secret where one of them, or both, is
+            missing (the Space ran here before), or the secret is not the ledger's (key check); default
+            ``$DPDIFFUSION_SPACE_NEW_LEDGER``. Without it such a Space refuses to start (`store.open_space_store`);
+            with both present and matching it changes nothing.
         **config_kwargs: other `SpaceConfig` fields.
 
     Returns:
@@ -115,8 +119,9 @@ def build_demo(pipe=None, *, ledger_dir=None, feedback_dir=None, budget_epsilon:
 
     Raises:
         ValueError: ``secure_mode=False``; a budget or delta that differs from the Space ledger's (the message names
-            the argument or environment variable); the ledger or its secret is missing where the Space ran before
-            (without ``new_ledger``); bad settings.
+            the argument or environment variable); the ledger or its secret is missing where the Space ran before,
+            or the secret is not the ledger's or the pair not the Space folder's (without ``new_ledger``); bad
+            settings.
     """
     if secure_mode is not True:
         raise ValueError(f"secure_mode must be True in the Space (privacy noise from the OS CSPRNG), got "
@@ -151,7 +156,10 @@ def build_demo(pipe=None, *, ledger_dir=None, feedback_dir=None, budget_epsilon:
 
 
 def main(argv=None) -> None:
-    """``python app.py [--port P] [--host H] [--model M] [--budget-epsilon E] [--new-ledger]``: serve the Space."""
+    """``python app.py [--port P] [--host H] [--model M] [--budget-epsilon E] [--new-ledger]``: serve the Space.
+
+    Sets the process's umask to 077 first: every file and folder the server creates, Gradio's included, is its
+    user's only."""
     parser = argparse.ArgumentParser(description="The dpdiffusion Space (Gradio app).")
     parser.add_argument("--port", type=int, default=None, help="Port (default: Gradio's, or $GRADIO_SERVER_PORT).")
     parser.add_argument("--host", default=None, help="Interface to bind (default: Gradio's).")
@@ -161,10 +169,12 @@ def main(argv=None) -> None:
                         help=f"Per-face epsilon budget (default: ${ENV_BUDGET}, else the Space ledger's, else 5); "
                              "cannot change once the Space's ledger exists.")
     parser.add_argument("--new-ledger", action="store_true", default=None,
-                        help=f"Start a new ledger and subject secret where one of them has gone missing (default: "
-                             f"${ENV_NEW_LEDGER}); the old files are moved aside. Without it such a Space refuses to "
-                             "start, since every face would get a fresh budget.")
+                        help=f"Start a new ledger and subject secret where one or both have gone missing or the "
+                             f"secret is not the ledger's (default: ${ENV_NEW_LEDGER}); the old files are moved aside. "
+                             "Without it such a Space refuses to start, since every face would get a fresh budget.")
     ns = parser.parse_args(argv)
+    # every file and folder this process creates (Gradio's releases and cache included) is for this user only
+    os.umask(0o077)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if os.environ.get(ENV_THREADS):  # e.g. 1 where other work shares the cores (OpenMP spinning is costly)
         import torch

@@ -6,7 +6,7 @@ Environment variables (read by `dpdiffusion.space.app`'s `build_demo` and `main`
 |---|---|
 | ``DPDIFFUSION_SPACE_MODEL`` | pipeline folder or Hub repo id (default: the embedded ``DEFAULT_MODEL``) |
 | ``DPDIFFUSION_SPACE_DIR`` | the Space folder: its one ledger, the subject secret and the feedback |
-| ``DPDIFFUSION_SPACE_NEW_LEDGER`` | ``1``: start a new ledger and secret where one of them is missing (``store.py``) |
+| ``DPDIFFUSION_SPACE_NEW_LEDGER`` | ``1``: start over where the ledger or secret is missing or wrong (``store.py``) |
 | ``DPDIFFUSION_FEEDBACK_REPO`` | Hub dataset repo for the feedback (needs ``HF_TOKEN`` or a saved token) |
 | ``DPDIFFUSION_SPACE_BUDGET_EPSILON`` | epsilon budget per face; fixed once the Space's ledger exists |
 | ``DPDIFFUSION_SPACE_START_EPSILON`` | default first epsilon |
@@ -39,7 +39,7 @@ ENV_THREADS = "DPDIFFUSION_SPACE_TORCH_THREADS"
 ENV_NEW_LEDGER = "DPDIFFUSION_SPACE_NEW_LEDGER"
 EMBEDDED_DEFAULT_NAME = "embedded default (SynthFaces)"
 
-SESSION_TTL_S = 2 * 3600  # the session's memory (with the original's pixels) is dropped after this
+SESSION_TTL_S = 2 * 3600  # the session's state (the face mode's square) is dropped this long after its last answer
 DEFAULT_BUDGET_EPSILON = 5.0  # the budget of a new Space's ledger when none is configured
 DEFAULT_DELTA = 1e-5
 

@@ -6,20 +6,37 @@ Both modes take their picture through one component (`upload_component`): a `gr.
 in the browser, checks the limits, shrinks it to at most ``PHOTO_SIDE`` px on its long side on a canvas and puts
 the PNG data URL in the component's value, which is sent *inside* the next request. Gradio's file upload (which
 writes the file to its cache, where its file route serves it to any client that has the path) is not used
-anywhere. The photo mode's answer is a data URL too (`photo.photo_view`); the face mode's protected image (a
-release, charged) is the only image Gradio serves as a file.
+anywhere, and its upload route refuses every file (``max_file_size=0``). The photo mode's answer is a data URL too
+(`photo.photo_view`); the face mode's protected image (a release, charged) is the only image Gradio serves as a file,
+from its temporary folder (0700), deleted 60 to 65 min after it is written (`CACHE_DELETION`).
+
+What Gradio itself would keep, and how the page stops it (`PrivateBlocks`, measured in
+``tests/attacks/test_space_uploads.py``): each session's stored page config (the uploads and the photo answer are
+set back to their initial value there), the queue's last request (its body is dropped once parsed, and the values
+of the uploads in it blanked), the deep-link route (removed), the monitoring routes (off), the run history (off).
+The face mode's session state (its centre square and last release) is dropped when the tab closes (an unload
+handler) or ``SESSION_TTL_S`` after the session's last answer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
+import os
 import re
+import stat
 from functools import lru_cache
+from pathlib import Path
 
 from .config import SESSION_TTL_S, SpaceConfig
 from .hardware import gpu_task
 from .images import FACE_SIDE, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, MIN_UPLOAD_SIDE, PHOTO_SIDE
 from .session import DPSpace, SubjectSession, View
+
+# Gradio's delete_cache: every 5 min, the files it wrote more than an hour ago (the face mode's releases) are deleted,
+# so a release's file lasts 60 to 65 min (and all of them go when the server stops)
+CACHE_DELETION = (300, 3600)
 
 _UPLOAD_TEMPLATE = """
 <div class="dp-upload">
@@ -106,11 +123,15 @@ _PHOTO_OUT_CSS = """
 
 _PRIVACY_NOTE = """
 **What happens to your picture.** A picture you load, in either mode, is read **in your browser** and shrunk there to
-at most {side} px on its long side; it is sent to the server only *inside* each request, never as a file, and it is
-**never written to disk or to logs** and never part of the feedback. The face mode keeps its centre square (at most
-{face_side}×{face_side} px) in this session's memory only (dropped when you close the tab, or after {ttl} h); the
-photo mode keeps the photo only while it answers, and sends the protected photo back inside the answer, not as a
-file. Limits: files up to **{mb} MB** and **{mp:.1f} megapixels**, each side at least {min_side} px.
+at most {side} px on its long side; it is sent to the server only *inside* each request, never as a file (the server
+refuses file uploads), and it is **never written to a file or to logs** and never part of the feedback. The server
+holds it in memory while it answers; once it has answered, it keeps no copy of the request. The face mode keeps only
+the picture's centre square (at most {face_side}×{face_side} px) and the last image released of it, in this session's
+memory, dropped when you close or reload the tab, or {ttl} h after the session's last answer. The photo mode keeps
+nothing once it has answered: the protected photo comes back inside the answer, not as a file. The face mode's
+protected image is served as a file from the server's temporary folder (private to the server's user) and deleted
+{cache_min} to {cache_max} minutes after it is made while the server runs (all of them when it stops). Limits: files
+up to **{mb} MB** and **{mp:.1f} megapixels**, each side at least {min_side} px.
 
 **What is stored.** Each judgement you make (ε, δ, the protected attributes and weights, your verdict, what *this
 session* has spent, and the *protected* image) is appended to a feedback dataset{hub}. Every image you see is a
@@ -124,8 +145,13 @@ the picture (the same detector and alignment in both modes) and keys each one wi
 crop's coarse colour layout; the face mode also keys the picture itself (its centre square: a 4×4 grid after the
 app's own decoding, blurring and quantising) and charges each release to all of them. **The same face counts as the
 same face** when its picture is loaded again, in another tab or session, after *accept*, as PNG or JPEG, at another
-size, **or in the other mode**: all of its releases share one budget of ε = {budget:g}. The page tells you what
-*this session* spent, never what other sessions spent on a face; a refusal says only that a release does not fit.
+size, **or in the other mode**: all of its releases share one budget of ε = {budget:g}. Every release of a face must
+also protect at least the attributes its first release protected, in whatever session. The page tells you what
+*this session* spent, never what other sessions spent on a face or which attributes they protected; a refusal says
+only that a release does not fit. Refusals are free and still depend on other sessions, though: someone holding the
+picture can bound what a face has spent by asking at smaller and smaller ε, and can find which attributes its first
+release protected by asking, at a tiny ε, with one attribute left out at a time (the requests that leave out a
+protected one are refused).
 **Not recognised as the same face:** another photo of the same person, a crop, an edit, or a face the detector
 misses (under 48 px, or turned away) in one mode and finds in the other (these start a budget of their own; the app
 cannot tell who a person is, only which faces it has seen). Two different pictures with nearly the same coarse layout
@@ -166,20 +192,160 @@ def _weight_name(attribute: str, index: int) -> str:
     return name if name.isidentifier() else f"weight_{index}"
 
 
+# Gradio routes the Space removes before its server answers a request: ``/gradio_api/deep_link`` writes a session's
+# page config (its component values) to ``GRADIO_TEMP_DIR/deep_links/<id>/state.json``, never deleted, and
+# ``/config?deep_link=<id>`` serves it back to any client; the page has no deep-link button.
+_DROPPED_ROUTES = ("/gradio_api/deep_link",)
+
+
+def _without_routes(user_lifespan, paths):
+    """A lifespan (run by the server before it answers any request) that removes the routes at ``paths``, then runs
+    ``user_lifespan`` (if any)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in paths]
+        if user_lifespan is None:
+            yield None
+        else:
+            async with user_lifespan(app) as state:
+                yield state
+
+    return lifespan
+
+
+def gradio_temp_folders(blocks) -> list:
+    """The folders Gradio writes the page's files to: ``GRADIO_TEMP_DIR`` (or Gradio's default, ``<tmp>/gradio``) as
+    it is now and as each component saw it when it was built."""
+    from gradio.utils import get_upload_folder
+
+    folders = {Path(get_upload_folder())}
+    folders |= {Path(b.GRADIO_CACHE) for b in blocks.blocks.values() if getattr(b, "GRADIO_CACHE", None)}
+    return sorted(folders)
+
+
+def private_gradio_temp(blocks) -> list:
+    """Make Gradio's temporary folders (`gradio_temp_folders`) 0700, creating them (and missing parents) if need be,
+    and take group and other access off what is already inside, so that no other user of the machine reaches what
+    Gradio writes there (the face mode's releases) whatever the umask. Gradio itself creates the folder when it is
+    imported, with the umask's mode. Returns the folders.
+
+    Raises:
+        ValueError: a folder belongs to another user (e.g. a shared ``/tmp/gradio`` someone else created first).
+    """
+    folders = gradio_temp_folders(blocks)
+    for folder in folders:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        owner = folder.stat().st_uid
+        if hasattr(os, "getuid") and owner != os.getuid():
+            raise ValueError(f"Gradio's temporary folder {folder} belongs to another user (uid {owner}), who could "
+                             "read the Space's files there: set GRADIO_TEMP_DIR to a folder of your own")
+        os.chmod(folder, 0o700)
+        for path in folder.rglob("*"):
+            try:
+                mode = path.lstat().st_mode
+                if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & 0o077:
+                    os.chmod(path, stat.S_IMODE(mode) & ~0o077)
+            except OSError:  # gone meanwhile, or not ours: out of reach behind the 0700 folder anyway
+                continue
+    return folders
+
+
 @lru_cache(maxsize=1)
 def _private_blocks_class():
     import gradio as gr
 
     class PrivateBlocks(gr.Blocks):
-        """`gr.Blocks` whose `launch` defaults to ``run_history=False``: Gradio's run history would keep each
-        request's inputs (the original face) in the browser's storage."""
+        """`gr.Blocks` that keeps what a person loads out of Gradio's own stores.
+
+        - `launch` defaults to ``run_history=False`` (Gradio's run history would keep each request's inputs, the
+          original face, in the browser's storage), ``max_file_size=0`` (Gradio's upload route, mounted on every
+          app and used by `gradio_client`'s ``handle_file`` whatever the endpoint takes, answers 413 before it
+          writes a byte: no component of the page takes a file) and ``enable_monitoring=False`` (``/monitoring``
+          and its public ``/monitoring/summary`` would tell any client when other sessions release and how long each
+          took); it removes the deep-link route (`_DROPPED_ROUTES`) before the server answers; and it makes Gradio's
+          temporary folder 0700 (`private_gradio_temp`).
+        - Gradio copies every input and output value into the session's page config
+          (``SessionState.config_values``, kept until 10,000 newer sessions push it out, and what deep links are
+          made of). The values of the components named in `keep_out_of_sessions` (the uploads, and the photo mode's
+          answer, which holds the upload's pixels outside the faces) are set back to their initial value there as
+          soon as Gradio has stored them, before the handler runs and again after the answer is built: the browser
+          keeps its copy, the server none.
+        """
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._kept_out: dict = {}
+
+        def keep_out_of_sessions(self, *components) -> None:
+            """Never keep the values of ``components`` in a session's stored page config."""
+            for c in components:
+                self._kept_out[c._id] = copy.deepcopy(c.value)
+
+        def _forget(self, state) -> None:
+            values = getattr(state, "config_values", None)
+            if not values:
+                return
+            for key, initial in self._kept_out.items():
+                config = values.get(key)
+                if isinstance(config, dict) and isinstance(config.get("props"), dict):
+                    config["props"]["value"] = copy.deepcopy(initial)
+
+        def _private_inputs(self, block_fn) -> list:
+            return [i for i, block in enumerate(getattr(block_fn, "inputs", None) or [])
+                    if getattr(block, "_id", None) in self._kept_out]
+
+        async def preprocess_data(self, block_fn, inputs, state, *args, **kwargs):
+            try:
+                return await super().preprocess_data(block_fn, inputs, state, *args, **kwargs)
+            finally:
+                self._forget(state)
+                # the request's own list of values (the queued event's, which Gradio's queue may hold on to after
+                # the answer): the handler gets the preprocessed copy
+                for i in self._private_inputs(block_fn):
+                    if isinstance(inputs, list) and i < len(inputs):
+                        inputs[i] = copy.deepcopy(self._kept_out[block_fn.inputs[i]._id])
+
+        async def call_function(self, block_fn, processed_input, iterator=None, requests=None, *args, **kwargs):
+            if self._private_inputs(block_fn):  # the HTTP request's cached body (bytes and parsed JSON): parsed now
+                for request in requests if isinstance(requests, list) else [requests]:
+                    raw = getattr(request, "__dict__", {}).get("request")
+                    for cached in ("_body", "_json", "_form"):
+                        getattr(raw, "__dict__", {}).pop(cached, None)
+            return await super().call_function(block_fn, processed_input, iterator, requests, *args, **kwargs)
+
+        async def postprocess_data(self, block_fn, predictions, state, *args, **kwargs):
+            try:
+                return await super().postprocess_data(block_fn, predictions, state, *args, **kwargs)
+            finally:
+                self._forget(state)
 
         def launch(self, *args, **kwargs):
             kwargs.setdefault("run_history", False)
             kwargs.setdefault("footer_links", ["api", "gradio", "settings"])
+            kwargs.setdefault("max_file_size", 0)
+            kwargs.setdefault("enable_monitoring", False)
+            app_kwargs = dict(kwargs.get("app_kwargs") or {})
+            app_kwargs["lifespan"] = _without_routes(app_kwargs.get("lifespan"), _DROPPED_ROUTES)
+            kwargs["app_kwargs"] = app_kwargs
+            private_gradio_temp(self)
             return super().launch(*args, **kwargs)
 
     return PrivateBlocks
+
+
+def _forget_session(demo):
+    """An unload handler: drop the session's `gr.State` (its picture) as soon as its tab is closed or reloaded, instead
+    of Gradio's hour after the close."""
+    import gradio as gr
+
+    def on_unload(request):
+        holder = getattr(demo, "state_holder", None)
+        if holder is not None and request is not None and request.session_hash:
+            holder.delete_state(request.session_hash)
+
+    on_unload.__annotations__ = {"request": gr.Request}  # a class, not a string: Gradio passes the request by its type
+    return on_unload
 
 
 def _outputs_of(view: View):
@@ -242,14 +408,17 @@ def _intro(space: DPSpace, config: SpaceConfig, hub_note: str) -> None:
         f"Model: {space.model_name} ({size}×{size} px). Each face has a privacy budget of "
         f"ε = {config.budget_epsilon:g} at δ = {config.delta:.0e} over all the images released of it, in all "
         "sessions and both modes.")
-    gr.Markdown(_PRIVACY_NOTE.format(side=PHOTO_SIDE, face_side=FACE_SIDE, ttl=SESSION_TTL_S // 3600,
+    every, age = CACHE_DELETION
+    gr.Markdown(_PRIVACY_NOTE.format(side=PHOTO_SIDE, face_side=FACE_SIDE, ttl=f"{SESSION_TTL_S / 3600:g}",
+                                     cache_min=age // 60, cache_max=(age + every) // 60,
                                      mb=MAX_UPLOAD_BYTES // (1024 * 1024), mp=MAX_UPLOAD_PIXELS / 1e6,
                                      min_side=MIN_UPLOAD_SIDE, hub=hub_note), elem_id="dp-privacy-note")
     gr.Markdown(_FACE_NOTE.format(budget=config.budget_epsilon), elem_id="dp-face-note")
 
 
-def _photo_mode(space: DPSpace, attributes, release: dict) -> None:
-    """A photo of any size: every face detected, protected on its own budget and pasted back (`photo.py`)."""
+def _photo_mode(space: DPSpace, attributes, release: dict) -> tuple:
+    """A photo of any size: every face detected, protected on its own budget and pasted back (`photo.py`). Returns
+    ``(photo_in, photo_out)``."""
     import gradio as gr
 
     from .photo import photo_view, protect_photo
@@ -264,7 +433,8 @@ def _photo_mode(space: DPSpace, attributes, release: dict) -> None:
                     "pasted back; the rest of the photo is shown as uploaded and is not covered by the guarantee. A "
                     "photo without a face releases nothing. The photo is read and shrunk in your browser and sent "
                     f"inside the request (at most {PHOTO_SIDE} px on its long side); the protected photo comes back "
-                    "inside the answer. Neither is written to a file on the server.", elem_id="dp-photo-note")
+                    "inside the answer. Neither is written to a file on the server, and the server keeps neither "
+                    "once it has answered.", elem_id="dp-photo-note")
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
                 photo_in = upload_component("dp-photo-in", title="Photo (stays in your browser and this request)",
@@ -281,6 +451,7 @@ def _photo_mode(space: DPSpace, attributes, release: dict) -> None:
         photo_status = gr.Markdown(elem_id="dp-photo-status")
     photo_btn.click(gpu_task(on_photo), [photo_in, attributes, photo_eps], [photo_out, photo_status],
                     api_name="protect_photo", **{k: v for k, v in release.items() if k != "show_progress_on"})
+    return photo_in, photo_out
 
 
 def build_page(space: DPSpace, *, hub_note: str):
@@ -298,7 +469,7 @@ def build_page(space: DPSpace, *, hub_note: str):
     config = space.config
     on_protect, on_more_privacy, on_more_detail, on_accept, on_sample = _handlers(space)
     with _private_blocks_class()(title="dpdiffusion: how much privacy is enough?", analytics_enabled=False,
-                                 delete_cache=(3600, 3600)) as demo:
+                                 delete_cache=CACHE_DELETION) as demo:
         _intro(space, config, hub_note)
         session_state = gr.State(SubjectSession(), time_to_live=SESSION_TTL_S)
         with gr.Row():
@@ -346,6 +517,9 @@ def build_page(space: DPSpace, *, hub_note: str):
         more_detail_btn.click(on_more_detail, [session_state], outs, api_name="more_detail", **release)
         accept_btn.click(on_accept, [session_state], outs, api_name="accept", concurrency_limit=None)
         sample_btn.click(on_sample, [sample_index], [original], api_name="sample", concurrency_limit=None)
-        _photo_mode(space, attributes, release)
+        photo_in, photo_out = _photo_mode(space, attributes, release)
+        # the uploads, and the photo mode's answer (the upload's pixels outside the faces): never kept by Gradio
+        demo.keep_out_of_sessions(original, photo_in, photo_out)
+        demo.unload(_forget_session(demo))
     demo.queue(max_size=64)
     return demo

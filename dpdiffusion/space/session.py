@@ -17,8 +17,10 @@ or the attributes its first release protected) says only that the release does n
 is left or what others protected. The figures, the final report and the feedback records carry this session's
 releases and their composition (`SubjectSession.spent_epsilon`), never the face's total over sessions: "budget left"
 after a release would tell anyone holding the picture what others spent, at the price of one release at the
-smallest epsilon (which costs almost nothing). Residual channel: whether a request is refused is itself a function of
-what others spent, so repeated free refusals at decreasing epsilons bound a face's spend (see README).
+smallest epsilon (which costs almost nothing). Residual channels: whether a request is refused is itself a function of
+what others spent and protected, so repeated free refusals at decreasing epsilons bound a face's spend, and requests
+at a negligible epsilon that each leave out one attribute reveal which attributes the face's first release protected
+(those refused); see docs/threat-model.md, "What a refusal still tells".
 
 A face's *first* release resolves its subjects and charges them under a lock, so that two encodings of one new
 picture released at the same moment cannot start two subjects. That lock is per process (the Space runs one);
@@ -71,13 +73,15 @@ class ReleaseRefused(Exception):
 
 
 def refusal_text(budget_epsilon: float, delta: float) -> str:
-    """What a session is told when the ledger refuses a release: that it does not fit, and nothing about others."""
+    """What a session is told when the ledger refuses a release: that it does not fit, and nothing about others (no
+    figure, no attribute). Whether a request is refused still depends on other sessions' releases (the module
+    docstring)."""
     return (f"this release does not fit what is left of this face's privacy budget, so nothing was generated and "
             f"nothing was charged. A face's budget (ε = {budget_epsilon:g} at δ = {delta:.0e}) covers every release "
             "of it, in every session and in both modes, and every release of a face must protect at least the "
-            "attributes its first release protected; the app does not tell anyone what other sessions spent or "
-            "protected. You can accept the current image, ask for more privacy (a smaller ε), protect more "
-            "attributes, or load another face.")
+            "attributes its first release protected; no message names what other sessions spent or which "
+            "attributes they protected (though which requests are refused depends on both). You can accept the "
+            "current image, ask for more privacy (a smaller ε), protect more attributes, or load another face.")
 
 
 class FaceLedger:
@@ -111,7 +115,8 @@ class FaceLedger:
 
 @dataclass
 class SubjectSession:
-    """One browser session's state (in `gr.State`: server memory only, never on disk).
+    """One browser session's state (in `gr.State`: server memory only, never on disk; dropped when the session's tab
+    closes, or ``SESSION_TTL_S`` after its last answer).
 
     ``subject_ids`` are the ledger keys every release is charged to: the picture's keyed hash first
     (``subject_id``), then that of each face found in it (the same in every session and in the photo mode);

@@ -1,5 +1,5 @@
-"""Attackers: anyone who holds a picture and opens a session of the Space, and a reader of its feedback dataset
-(threat model: channels "refusals and figures" and "feedback dataset").
+"""Attackers: anyone who holds a picture and opens a session of the Space, any client of its routes, and a reader of
+its feedback dataset (threat model: channels "refusals and figures", "Gradio's monitoring" and "feedback dataset").
 
 A person (the victim) protects a face in the face mode: epsilon 2, then "more privacy" (epsilon 1), then accept.
 Then:
@@ -17,11 +17,30 @@ Then:
 Both tests fail on commit ae36aae, where a refusal said "spent so far in all sessions: ...", the figures and the
 "budget left" box showed the face's total and what it had left, a relation refusal named the first release's
 attributes, and each record's ``spent_epsilon`` was the face's total over all sessions.
+
+Two more come from an attacker review of the Space (commit 4c74bf1):
+
+- `test_no_client_reads_what_other_sessions_did_from_the_monitoring_summary` fails there: Gradio's monitoring is on
+  for a launched app by default, and ``GET /monitoring/summary`` answered any client, with no key, each endpoint's
+  request count, success rate and process-time percentiles, updated live: when other sessions protect, ask for more
+  privacy or detail, accept or use the photo mode, and how long each took (a release refused by the ledger returns
+  in milliseconds, a generated one takes the model's time). Now the Space launches with
+  ``enable_monitoring=False`` (403).
+- `test_refusals_name_no_attribute_but_probing_finds_the_first_release_set` measures a residual the threat model
+  documents ("What a refusal still tells"): a face's first release fixes its neighbouring relation, and every later
+  release must protect a superset of its attributes, else the ledger refuses (free). The refusal names no attribute,
+  but a client holding the picture asks, in fresh sessions at epsilon 0.01, for every attribute set that leaves out
+  one attribute: the set that leaves out ``a`` is refused exactly when the first release protected ``a``. The test
+  checks that the messages name no attribute and that the probe recovers exactly the victim's set, at the cost the
+  threat model states (one release at epsilon 0.01 per attribute the victim did not protect); if the channel is
+  closed one day, this test fails and the threat model must change with it.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -147,3 +166,54 @@ def test_feedback_records_of_two_sessions_on_one_face_cannot_be_linked(tmp_path,
             assert not H.shows(r, figure), r
     print(f"\nthe other session's spend in its records: {[r.get('session_spent_epsilon') for r in other_records]} "
           f"(with the victim) and {[r.get('session_spent_epsilon') for r in alone]} (alone)")
+
+
+# ------------------------------------------------------------------------------ Gradio's monitoring (4c74bf1)
+def test_no_client_reads_what_other_sessions_did_from_the_monitoring_summary(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    with H.served(H.tiny_pipe(), tmp_path / "space", budget_epsilon=5.0) as demo:
+        person = H.client(demo, tmp_path / "person")
+        picture = person.predict(3, api_name="/sample")
+        person.predict(picture, ["dark_skin"], 1.0, *[1.0] * len(demo.dp_space.attribute_names), api_name="/protect")
+        seen = {}
+        for route in ("/monitoring/summary", "/monitoring"):  # another client, no key
+            try:
+                with urllib.request.urlopen(demo.local_url.rstrip("/") + route, timeout=20) as r:
+                    seen[route] = (r.status, r.read().decode())
+            except urllib.error.HTTPError as err:
+                seen[route] = (err.code, "")
+        status, body = seen["/monitoring/summary"]
+        assert status != 200 or '"protect"' not in body, f"/monitoring/summary told another client: {body[:300]}"
+        assert all(code == 403 for code, _ in seen.values()), seen
+        print(f"\nmonitoring routes: {({k: v[0] for k, v in seen.items()})}")
+
+
+# ------------------------------------------------------- which attributes another session protected (4c74bf1)
+def test_refusals_name_no_attribute_but_probing_finds_the_first_release_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    with H.served(H.tiny_pipe(), tmp_path / "space", budget_epsilon=BUDGET, delta=DELTA) as demo:
+        names = list(demo.dp_space.attribute_names)
+        person = H.client(demo, tmp_path / "victim")
+        picture = person.predict(7, api_name="/sample")
+        secret_choice = [names[1]]
+        out = person.predict(picture, secret_choice, 1.0, *[1.0] * len(names), api_name="/protect")
+        assert "First protected image" in out[4], out[4]
+        inferred, refusals, released = [], [], []
+        for a in names:
+            probe = [x for x in names if x != a]
+            attacker = H.client(demo, tmp_path / f"attacker-{a}")
+            answer = attacker.predict(picture, probe, 0.01, *[1.0] * len(names), api_name="/protect")
+            if "Refused" in answer[4]:
+                inferred.append(a)
+                refusals.append(answer)
+            else:
+                released.append(answer[1])
+        # what the threat model promises: no message names an attribute the other session protected ...
+        for answer in refusals:
+            assert not [n for n in names if n in " ".join(H.texts(answer))], H.texts(answer)
+        # ... and what it documents: probing at a negligible epsilon finds the first release's set anyway
+        assert inferred == secret_choice, (inferred, secret_choice)
+        assert len(released) == len(names) - len(secret_choice) and all(e == pytest.approx(0.01) for e in released)
+        print(f"\nprobes (each set leaving out one attribute, epsilon 0.01): refused when leaving out {inferred} = the "
+              f"victim's set {secret_choice}; cost: {len(released)} release(s) at epsilon 0.01; refusal text: "
+              f"{refusals[0][4]}")

@@ -1,15 +1,22 @@
-"""Attacker: whoever can delete a file in the Space folder, or an operator's mistake (threat model: channel "the
-ledger and its secret across restarts").
+"""Attacker: whoever can delete or replace a file in the Space folder, or an operator's mistake (threat model: channel
+"the ledger and its secret across restarts").
 
 A face's budget lives in the ledger (``ledger/ledger.sqlite``), and a face is found in it only through the subject
-secret (``ledger/subject_key.bin``). Deleting either one, then restarting the Space, would give every face a fresh
-budget. The actor deletes one of them (or the whole ledger folder while the feedback dataset stays) and restarts the
-Space, as a library call (`build_demo`) and as the command line (``dpdiffusion space``); what they see is whether it
-starts and what it says. It must refuse to start, naming the missing file and the way out; with ``new_ledger``
-(``--new-ledger``, ``$DPDIFFUSION_SPACE_NEW_LEDGER``) it starts over on purpose, and the old files are kept aside.
+secret (``ledger/subject_key.bin``). Deleting either one, or both, or pairing the ledger with another secret, then
+restarting the Space, would give every face a fresh budget. The actor deletes one of them (or the whole ledger folder
+while the feedback dataset stays) and restarts the Space, as a library call (`build_demo`) and as the command line
+(``dpdiffusion space``); what they see is whether it starts and what it says. It must refuse to start, naming the
+missing file and the way out; with ``new_ledger`` (``--new-ledger``, ``$DPDIFFUSION_SPACE_NEW_LEDGER``) it starts
+over on purpose, and the old files are kept aside.
 
-Both tests fail on commit ae36aae, where a restart created a new secret (or a new ledger) silently, and there was
-no ``new_ledger``.
+The first two tests fail on commit ae36aae, where a restart created a new secret (or a new ledger) silently, and
+there was no ``new_ledger``. The last two fail on commit 4c74bf1 (an attacker review of the Space), on a Space used
+only in the photo mode (which writes no feedback record): with both files gone (``rm ledger/*``) nothing was left
+to compare with, so it started with an empty ledger; with another 32-byte secret (the wrong backup) nothing tied the
+secret to its ledger, so it started and found no face again. Now the secret's key check
+(``HMAC-SHA256(secret, "dpdiffusion-space-key-check")``) is stored in the ledger's ``meta`` table and in a marker
+next to the ledger folder (``.dpdiffusion-space-ledger``), and the Space refuses where the marker outlives the
+ledger or a check differs.
 """
 
 from __future__ import annotations
@@ -130,3 +137,77 @@ def test_the_command_line_refuses_and_starts_over_with_new_ledger(tmp_path):
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# --------------------------------------------------------------------- restarts the checks let through (4c74bf1)
+def _a_space_that_ran_in_the_photo_mode(tmp_path, pipe):
+    """A Space that protected the astronaut in the photo mode only: a ledger with releases, no feedback record."""
+    pytest.importorskip("dlib")
+    from skimage import data
+
+    from dpdiffusion.space.photo import protect_photo
+
+    app = H.load_space_module()
+    space_dir = tmp_path / "space"
+    demo = app.build_demo(pipe, ledger_dir=space_dir / "ledger", feedback_dir=space_dir / "feedback",
+                          budget_epsilon=5.0, num_inference_steps=1)
+    _, status = protect_photo(demo.dp_space, H.page_data_url(data.astronaut()), ["dark_skin"], 4.0)
+    assert "Protected **1 face(s)**" in status, status
+    assert demo.dp_space.ledger.subjects() and not H.feedback_records(space_dir)
+    return app, space_dir
+
+
+def _restart(app, pipe, space_dir, **kw):
+    return app.build_demo(pipe, ledger_dir=space_dir / "ledger", feedback_dir=space_dir / "feedback",
+                          num_inference_steps=1, **kw)
+
+
+def test_a_restart_with_the_ledger_and_the_secret_both_gone_is_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv("DPDIFFUSION_SPACE_NEW_LEDGER", raising=False)
+    pipe = H.tiny_pipe()
+    app, space_dir = _a_space_that_ran_in_the_photo_mode(tmp_path, pipe)
+    for p in (space_dir / "ledger").iterdir():
+        if p.is_file():
+            p.unlink()
+    with pytest.raises(ValueError, match="refusing to start") as refused:
+        demo = _restart(app, pipe, space_dir)
+        pytest.fail(f"the Space started with a new, empty ledger ({len(demo.dp_space.ledger.subjects())} subjects): "
+                    "every face has a fresh budget")
+    message = str(refused.value)
+    assert app.LEDGER_FILE in message and ".dpdiffusion-space-ledger" in message and "--new-ledger" in message
+    print(f"\nboth files deleted, restart: {message}")
+    demo = _restart(app, pipe, space_dir, new_ledger=True)  # on purpose: a new pair, and a new marker
+    assert demo.dp_space.ledger.subjects() == []
+    _restart(app, pipe, space_dir)  # and the next restart starts as it is
+
+
+def test_a_restart_with_another_secret_is_refused(tmp_path, monkeypatch):
+    import secrets
+
+    monkeypatch.delenv("DPDIFFUSION_SPACE_NEW_LEDGER", raising=False)
+    pipe = H.tiny_pipe()
+    app, space_dir = _a_space_that_ran_in_the_photo_mode(tmp_path, pipe)
+    original = (space_dir / "ledger" / app.SECRET_FILE).read_bytes()
+    (space_dir / "ledger" / app.SECRET_FILE).write_bytes(secrets.token_bytes(32))
+    with pytest.raises(ValueError, match="refusing to start") as refused:
+        _restart(app, pipe, space_dir)
+        pytest.fail("the Space started with a secret that is not its ledger's: no face is found in the ledger again")
+    message = str(refused.value)
+    assert app.SECRET_FILE in message and "key check" in message and "--new-ledger" in message, message
+    print(f"\nanother secret, restart: {message}")
+    # the right secret restored: it starts, and every face keeps its budget
+    (space_dir / "ledger" / app.SECRET_FILE).write_bytes(original)
+    subjects = _restart(app, pipe, space_dir).dp_space.ledger.subjects()
+    assert subjects
+    # another Space's ledger and secret (a pair that matches, but not this Space folder's): refused by the marker
+    other_dir = tmp_path / "other"
+    other = app.build_demo(pipe, ledger_dir=other_dir / "ledger", feedback_dir=other_dir / "feedback",
+                           budget_epsilon=5.0, num_inference_steps=1).dp_space
+    assert other.protect(other.sample(0), ["dark_skin"], None, 1.0, None).level == "info"
+    for p in (space_dir / "ledger").glob(app.LEDGER_FILE + "*"):
+        p.unlink()
+    for p in [*(other_dir / "ledger").glob(app.LEDGER_FILE + "*"), other_dir / "ledger" / app.SECRET_FILE]:
+        (space_dir / "ledger" / p.name).write_bytes(p.read_bytes())
+    with pytest.raises(ValueError, match="refusing to start.*marker") as refused:
+        _restart(app, pipe, space_dir)
+    print(f"another Space's ledger and secret, restart: {refused.value}")

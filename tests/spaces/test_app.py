@@ -357,7 +357,8 @@ class TestHandlers:
         assert {"dp-original", "dp-protected", "dp-epsilon", "dp-session-spent", "dp-more-privacy", "dp-more-detail",
                 "dp-accept", "dp-protect", "dp-status", "dp-photo-in", "dp-photo-out"} <= ids
         note = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "dp-privacy-note")
-        assert "never written to disk or to logs" in note["props"]["value"]
+        assert "never written to a file or to logs" in note["props"]["value"]
+        assert "keeps no copy of the request" in note["props"]["value"] and "60 to 65 minutes" in note["props"]["value"]
         assert "8 MB" in note["props"]["value"] and "16.8 megapixels" in note["props"]["value"]
         api = {d.get("api_name") for d in config["dependencies"]}
         assert {"protect", "more_privacy", "more_detail", "accept", "sample", "protect_photo"} <= api
@@ -650,7 +651,7 @@ def test_space_readme_front_matter_and_requirements():
     assert tuple(int(p) for p in meta["sdk_version"].split(".")) >= (5, 0, 0)
     assert len(meta["sdk_version"].split(".")) == 3  # pinned exactly
     assert (SPACES / meta["app_file"]).is_file()
-    assert "never written to disk" in text
+    assert "never written to a file" in text
     # the Space's requirements: third-party packages only (the package lies next to app.py), no extra index
     requirements = [line for line in (SPACES / "requirements.txt").read_text().splitlines()
                     if line.strip() and not line.startswith("#")]
