@@ -57,16 +57,17 @@ from .images import (
 from .layout import build_page
 from .session import VERDICT_LABELS, DPSpace, NoiseSourceError, ReleaseRefused, SubjectSession, View
 from .store import LEDGER_FILE, SECRET_FILE, load_or_create_secret, open_space_ledger, open_space_store
+from .face_identity import FaceIdentityKeyer, open_space_keyer
 from .subjects import SubjectKeyer, face_features
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DPSpace", "ENV_BUDGET", "ENV_DIR", "ENV_FEEDBACK_REPO", "ENV_MODEL", "ENV_NEW_LEDGER", "ENV_START",
-    "ENV_STEPS", "ENV_THREADS", "EpsilonController", "FACE_SIDE", "FeedbackLog", "LEDGER_FILE", "MAX_UPLOAD_BYTES",
-    "MAX_UPLOAD_PIXELS", "MIN_UPLOAD_SIDE", "NoiseSourceError", "PHOTO_SIDE", "ReleaseRefused", "SECRET_FILE",
-    "SESSION_TTL_S", "SpaceConfig", "SubjectKeyer", "SubjectSession", "VERDICT_LABELS", "View", "build_demo",
-    "decode_original", "decode_photo", "default_space_dir", "face_features", "image_to_data_url",
+    "ENV_STEPS", "ENV_THREADS", "EpsilonController", "FACE_SIDE", "FaceIdentityKeyer", "FeedbackLog", "LEDGER_FILE",
+    "MAX_UPLOAD_BYTES", "MAX_UPLOAD_PIXELS", "MIN_UPLOAD_SIDE", "NoiseSourceError", "PHOTO_SIDE", "ReleaseRefused",
+    "SECRET_FILE", "SESSION_TTL_S", "SpaceConfig", "SubjectKeyer", "SubjectSession", "VERDICT_LABELS", "View",
+    "build_demo", "decode_original", "decode_photo", "default_space_dir", "face_features", "image_to_data_url",
     "load_feedback_dataset", "load_or_create_secret", "load_pipeline", "main", "open_space_ledger",
     "open_space_store", "public_model_name", "synthfaces_samples", "upscale_for_display",
 ]
@@ -138,7 +139,7 @@ def build_demo(pipe=None, *, ledger_dir=None, feedback_dir=None, budget_epsilon:
     new_ledger = bool(new_ledger) if new_ledger is not None else env_flag(ENV_NEW_LEDGER)
     ledger, secret = open_space_store(ledger_dir, feedback_dir, budget_epsilon=budget, delta=delta,
                                       budget_name=budget_name, new_ledger=new_ledger, new_ledger_name=new_ledger_name)
-    subjects = SubjectKeyer(secret)
+    subjects = open_space_keyer(ledger_dir, secret, ledger=ledger, new_index=new_ledger)
     config = SpaceConfig(
         budget_epsilon=ledger.budget_epsilon, delta=ledger.delta,
         start_epsilon=start_epsilon if start_epsilon is not None else env_float(ENV_START, 1.0),

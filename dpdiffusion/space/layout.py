@@ -141,22 +141,22 @@ and charges nothing. The privacy noise always comes from the operating system's 
 
 _FACE_NOTE = """
 **What is a face here?** The budget belongs to the *face*, not to your browser session. The server finds the faces in
-the picture (the same detector and alignment in both modes) and keys each one with a secret hash of its aligned
-crop's coarse colour layout; the face mode also keys the picture itself (its centre square: a 4×4 grid after the
-app's own decoding, blurring and quantising) and charges each release to all of them. **The same face counts as the
-same face** when its picture is loaded again, in another tab or session, after *accept*, as PNG or JPEG, at another
-size, **or in the other mode**: all of its releases share one budget of ε = {budget:g}. Every release of a face must
-also protect at least the attributes its first release protected, in whatever session. The page tells you what
-*this session* spent, never what other sessions spent on a face or which attributes they protected; a refusal says
-only that a release does not fit. Refusals are free and still depend on other sessions, though: someone holding the
-picture can bound what a face has spent by asking at smaller and smaller ε, and can find which attributes its first
-release protected by asking, at a tiny ε, with one attribute left out at a time (the requests that leave out a
-protected one are refused).
-**Not recognised as the same face:** another photo of the same person, a crop, an edit, or a face the detector
-misses (under 48 px, or turned away) in one mode and finds in the other (these start a budget of their own; the app
-cannot tell who a person is, only which faces it has seen). Two different pictures with nearly the same coarse layout
-may share one budget (the cautious side). The hash cannot be computed without the server's secret, which is never
-shown, logged or stored with the feedback.
+the picture (the same detector and alignment in both modes) and keys each one with secret hashes of its aligned
+crop's luminance layout and, where it can, of the person's face descriptor; the face mode also keys the picture
+itself (its centre square) and charges each release to all of them. **The same face counts as the same face** when
+its picture is loaded again, in another tab or session, after *accept*, as PNG or JPEG, at another size, **in the
+other mode**, or after an ordinary edit (a mirror image, grey, brightness or contrast within 10 %, a border up to
+8 px, a crop up to 10 %, a turn up to 3 degrees); another photo of the same person often does too. All of its
+releases share one budget of ε = {budget:g}. Every release of a face must also protect at least the attributes its
+first release protected, in whatever session. The page tells you what *this session* spent, never what other
+sessions spent on a face or which attributes they protected; a refusal says only that a release does not fit.
+Refusals are free and still depend on other sessions, though: someone holding the picture can bound what a face has
+spent by asking at smaller and smaller ε, and can find which attributes its first release protected by asking, at a
+tiny ε, with one attribute left out at a time (the requests that leave out a protected one are refused).
+**Not recognised as the same face:** larger edits, a photo of the person that looks too different, or a face the
+detector misses (under 48 px, or turned away) in one mode and finds in the other (these start a budget of their
+own). Two different faces that look much alike may share one budget (the cautious side). The hashes cannot be
+computed without the server's secret, which is never shown, logged or stored with the feedback.
 """
 
 

@@ -66,7 +66,7 @@ def protect_photo(space, photo, attributes, epsilon) -> tuple:
     try:
         with space._new_subject_lock:  # faces resolved against the ledger and charged before another release
             known = set(space.ledger.subjects())
-            ids = [space.subjects.resolve(crop, known) for _, crop in found]
+            ids = [space.subjects.resolve(crop, known, photo=photo, face=face) for face, crop in found]
             if len(set(ids)) != len(ids):
                 return None, ("**Refused**: two faces of this photo look the same to the app's face key, so they "
                               "cannot be charged separately; nothing was released and nothing was charged.")

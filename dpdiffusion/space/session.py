@@ -48,7 +48,8 @@ from .feedback import FeedbackLog
 from .images import (decode_photo, face_square, face_square_box, image_to_data_url, synthfaces_samples,
                      upscale_for_display)
 from .report import final_report, fmt, release_figures
-from .subjects import SubjectKeyer, find_face_crops, load_or_create_secret
+from .face_identity import FaceIdentityKeyer, open_space_keyer
+from .subjects import find_face_crops, load_or_create_secret
 
 logger = logging.getLogger(__name__)
 
@@ -171,9 +172,10 @@ class DPSpace:
         config (`SpaceConfig`): settings; its budget and delta must be the ledger's.
         model_name (`str`): the model as shown and recorded with each judgement (a repo id or card title, never a
             file path: `config.public_model_name`).
-        subjects (`SubjectKeyer`, *optional*): the face -> subject keying; default: keyed with the secret next to
+        subjects (`FaceIdentityKeyer`, *optional*): the face -> subject keying; default: keyed with the secret next to
             the ledger (`store.load_or_create_secret`, which refuses to make a new one next to a ledger that holds
-            releases).
+            releases) on the subject index beside it (`face_identity.open_subject_index`, which refuses to make a
+            new one next to a ledger that holds releases).
 
     Raises:
         ValueError: the ledger's budget or delta differs from the config's; the secret is missing next to a ledger
@@ -181,7 +183,7 @@ class DPSpace:
     """
 
     def __init__(self, pipe, *, ledger, feedback: FeedbackLog, config: SpaceConfig, model_name: str = "custom",
-                 subjects: Optional[SubjectKeyer] = None):
+                 subjects: Optional[FaceIdentityKeyer] = None):
         if ledger.delta != config.delta:
             raise ValueError(f"the ledger's delta ({ledger.delta}) must equal the app's delta ({config.delta})")
         if ledger.budget_epsilon != config.budget_epsilon:
@@ -192,8 +194,11 @@ class DPSpace:
         self.feedback_log = feedback
         self.config = config
         self.model_name = model_name
-        self.subjects = subjects or SubjectKeyer(load_or_create_secret(Path(ledger.path).parent,
-                                                                       create=not ledger.subjects()))
+        if subjects is None:
+            folder = Path(ledger.path).parent
+            subjects = open_space_keyer(folder, load_or_create_secret(folder, create=not ledger.subjects()),
+                                        ledger=ledger)
+        self.subjects = subjects
         # a face's first release: resolving its subjects and charging them happen under this lock, so that two
         # re-encodings of one new picture released at once cannot start two subjects (within this process)
         self._new_subject_lock = threading.Lock()
@@ -383,10 +388,13 @@ class DPSpace:
                                            min_epsilon=self.config.min_epsilon, max_epsilon=self.config.max_epsilon)
         except (TypeError, ValueError) as exc:
             return self._refuse(session, str(exc))
-        crops = [crop for _, crop in find_face_crops(photo, within=face_square_box(photo))]
+        if progress is not None:
+            progress(0.0, desc="finding the face's budget")  # faces, descriptor and keyed lookups: about 1 s
+        found = find_face_crops(photo, within=face_square_box(photo))
 
-        def subjects_of(known) -> tuple:  # the picture itself first, then each face found in it
-            ids = [self.subjects.resolve(original, known), *(self.subjects.resolve(c, known) for c in crops)]
+        def subjects_of(known) -> tuple:  # the picture itself first, then each face found in it (and its person)
+            ids = [self.subjects.resolve(original, known, person=not found),
+                   *(self.subjects.resolve(crop, known, photo=photo, face=face) for face, crop in found)]
             return tuple(dict.fromkeys(ids))
 
         def start(subject_ids: tuple) -> SubjectSession:

@@ -214,7 +214,11 @@ def _fsync_folder(folder: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------- the ledger
 def _ledger_files(folder: Path) -> list:
-    return [p for p in [folder / LEDGER_FILE, *(folder / (LEDGER_FILE + s) for s in LEDGER_SIDE_FILES)] if p.exists()]
+    from .subject_index import INDEX_FILE  # the band keys of every subject: set aside with the ledger
+
+    names = [LEDGER_FILE, *(LEDGER_FILE + s for s in LEDGER_SIDE_FILES), INDEX_FILE,
+             *(INDEX_FILE + s for s in LEDGER_SIDE_FILES)]
+    return [folder / n for n in names if (folder / n).exists()]
 
 
 def open_space_ledger(folder, *, budget_epsilon: Optional[float], delta: Optional[float],

@@ -1,7 +1,10 @@
 """Who is a subject in the Space: a keyed hash of a face's normalised content, the same in both of its modes.
 
-A subject is a *face as the app normalises it*, reduced to a coarse colour layout that survives re-encoding and
-resizing, and keyed with a server-side secret. Both modes receive the same picture (read in the browser and shrunk
+A subject is a *face as the app normalises it*, keyed with a server-side secret: since issue 32 by
+`face_identity.FaceIdentityKeyer` (a luminance layout searched over mirror, border, crop and turn, and dlib's
+descriptor of the person, both as keyed LSH band keys in ``subject_index.sqlite``); `SubjectKeyer` below, a coarse
+colour layout that survives re-encoding and resizing only, still finds the subjects of ledgers written before. Both
+modes receive the same picture (read in the browser and shrunk
 there to at most ``images.PHOTO_SIDE`` px on its long side) and find its faces the same way (`find_face_crops`:
 `dpdiffusion.faces`' dlib detector with the photo mode's thresholds, at least 48 px and score 0.5, and FFHQ
 alignment to a ``FACE_KEY_SIDE`` px crop); each face found is the subject of its aligned crop. The face mode, which
@@ -12,9 +15,12 @@ the only subject of a picture with no face found) and charges each release to al
   same subject and spends the same budget;
 - a face spent in the photo mode is spent in the face mode, and the other way round (the astronaut's face:
   ``tests/attacks/test_space_one_budget.py``);
-- another photo of the same person, a crop or an edit is *not* recognised: it is a new subject (the app cannot tell
-  who a person is; it can tell a face it has seen). Neither is a face the detector misses in one mode and finds in
-  the other (a face under 48 px, or one scoring near 0.5 in one encoding and not another).
+- a mirror image, a grey copy, brightness or contrast within 10 %, a border up to 8 px, a crop up to 10 % and a
+  turn up to 3 degrees are the same subject (``tests/attacks/test_space_edited_reuploads.py``); with the faces
+  extra, so is another photo of the same person whose descriptor lies within about 0.44 of it (dlib's own
+  convention is 0.6; see `face_identity` for the measurements). A photo of the person further from it, or any
+  other edit, is a new subject; so is a face the detector misses in one mode and finds in the other (a face under
+  48 px, or one scoring near 0.5 in one encoding and not another).
 
 The face code (`face_code`). The decoded face is area-resampled to 32x32 per RGB channel (in float), blurred
 (Gaussian, sigma 1 px), converted to YCbCr (chroma centred on 0), and averaged over a 4x4 grid: 48 numbers on the

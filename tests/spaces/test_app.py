@@ -545,7 +545,7 @@ class TestRestarts:
         assert v2.session.subject_id == v1.session.subject_id
         assert len(second.ledger.history(v2.session.subject_id)) == 2
         assert sorted(p.name for p in (tmp_path / "ledger").iterdir() if not p.name.startswith("ledger.sqlite-")) \
-            == [app.LEDGER_FILE, app.SECRET_FILE]  # one ledger for the Space folder
+            == [app.LEDGER_FILE, "subject_index.sqlite", app.SECRET_FILE]  # one ledger (and its index) for the Space
 
     def test_restarting_with_another_budget_is_refused(self, dummy_pipe, tmp_path, monkeypatch):
         kw = dict(ledger_dir=tmp_path / "ledger", feedback_dir=tmp_path / "feedback", num_inference_steps=2)
@@ -598,7 +598,7 @@ def test_smoke_launch_and_gradio_client(dummy_components, tmp_path, monkeypatch)
         other = bob.predict(5, api_name="/sample")  # answered while alice's release is running
         assert time.perf_counter() - t0 < 1.0 and not job.done()
         progress = job.status().progress_data  # the page shows progress while generating
-        assert progress and progress[0].desc == "charging the privacy ledger", progress
+        assert progress and progress[0].desc in ("finding the face's budget", "charging the privacy ledger"), progress
         image_path, epsilon, spent, figures, status, report = job.result(timeout=60)
         assert epsilon == 1.0 and spent == pytest.approx(1.0, rel=1e-3) and "ε spent by this session" in figures
         assert PIL.Image.open(image_path).size == (256, 256)
