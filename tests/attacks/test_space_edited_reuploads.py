@@ -125,3 +125,50 @@ def test_edits_and_another_framing_of_a_spent_photo_are_refused(dummy_pipe, tmp_
     fresh = _fresh(_attack(space, photo, others))
     assert not fresh, f"{len(fresh)} of {len(others)} re-uploads got a fresh budget: {fresh}"
     assert space.protect(_url(data.coffee()), ATTRS, None, 0.5, None).level == "info"
+
+
+def _load_harness():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("dpdiffusion_space_harness", Path(__file__).resolve().parents[1] /
+                                                  "spaces" / "space_harness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# the eight edits of the issue's measurement: one of each kind
+LAUNCHED_EDITS = ("mirror", "grayscale", "brightness -10%", "contrast +10%", "border 8 px black", "crop 10% centred",
+                  "crop 10% top-left", "rotate +3 deg")
+
+
+def test_through_the_launched_space_spent_faces_stay_spent_and_other_faces_stay_distinct(tmp_path, monkeypatch):
+    """Issue 32's measurement through the launched Space, a new client (session) per upload, over HTTP: 8 faces' whole
+    budgets spent, then 8 edits of each (64 re-uploads) and 24 other faces asked for at a small epsilon. At most 3 of
+    the 64 may get a fresh budget, and at least 23 of the 24 must be released (no false merge). On ae36aae 11 of 13
+    edits of one SynthFaces sample got a fresh budget (see the module docstring)."""
+    from dpdiffusion.space.images import synthfaces_samples
+
+    H = _load_harness()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    faces = synthfaces_samples(32, 9090, 128)  # 32 distinct SynthFaces, as the Space's samples are made
+    spent, others = faces[:8], faces[8:]
+    fresh, released = [], 0
+    with H.served(H.tiny_pipe(), tmp_path / "space", budget_epsilon=BUDGET) as demo:
+        for k, face in enumerate(spent):
+            out = H.protect_face(H.client(demo, tmp_path / f"s{k}"), face, ATTRS, BUDGET, upload_dir=tmp_path)
+            assert "First protected image" in out[4], out[4]
+        for k, face in enumerate(spent):
+            for name in LAUNCHED_EDITS:
+                out = H.protect_face(H.client(demo, tmp_path / f"e{k}"), EDITS[name](face), ATTRS, 0.5,
+                                     upload_dir=tmp_path)
+                if not ("Refused" in out[4] and "nothing was charged" in out[4]):
+                    fresh.append(f"face {k}: {name}")
+        for k, face in enumerate(others):
+            out = H.protect_face(H.client(demo, tmp_path / f"o{k}"), face, ATTRS, 0.5, upload_dir=tmp_path)
+            released += "First protected image" in out[4]
+    print(f"\nthrough the launched Space: {len(fresh)} of {len(spent) * len(LAUNCHED_EDITS)} edited re-uploads of "
+          f"{len(spent)} spent faces got a fresh budget {fresh}; {released} of {len(others)} other faces released")
+    assert len(fresh) <= 3, fresh
+    assert released >= 23
