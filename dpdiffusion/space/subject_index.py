@@ -290,6 +290,8 @@ def open_subject_index(folder, secret: bytes, *, ledger=None, new_index: bool = 
     if not path.exists() and ledger is not None and not new_index and ledger.subjects():
         raise ValueError(f"the ledger {ledger.path} holds releases but its subject index {path} is missing: without "
                          "it, edited re-uploads and other photos of a person already released would get a fresh "
-                         "budget. Restore it from a backup, or start the index anew on purpose (new_index=True; "
-                         "faces are then found by their exact picture only until they are released again).")
+                         "budget. Restore it from a backup, or start the index anew on purpose (`dpdiffusion space "
+                         "--new-ledger`, DPDIFFUSION_SPACE_NEW_LEDGER=1 or new_index=True: with the ledger and its "
+                         "secret both present nothing is reset, and faces released before are found by their exact "
+                         "picture until they are released again).")
     return SubjectIndex(path, secret)
