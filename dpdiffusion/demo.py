@@ -14,16 +14,18 @@ Stages (each with a progress bar; every figure written comes from the code that 
 4. the privacy-utility evaluation (the quick sweep of ``dpdiffusion.evaluation.experiments``: every method at
    epsilon 1 and inf, leakage, utility, identity, quality, audit, plots in ``evaluation/``);
 5. write ``report.md``, ``report.html`` (the same content, self-contained apart from the PNGs), ``metrics.json``
-   ``unlearning.png`` and ``gap_restored.png``.
+   ``unlearning.png`` and ``gap_restored.png``; the report is rendered from ``metrics.json``'s content by
+   `dpdiffusion.demo_report`.
 """
 
 from __future__ import annotations
 
-import html
+import contextlib
 import json
 import logging
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ import PIL.Image
 import PIL.ImageDraw
 import torch
 
+from .demo_report import markdown_to_html, report_lines  # noqa: F401  (markdown_to_html: public here too)
 from .models.steps import DEFAULT_NUM_INFERENCE_STEPS
 
 logger = logging.getLogger(__name__)
@@ -52,49 +55,6 @@ def _grid(rows: list[list[PIL.Image.Image]], labels: list[str], scale: int = 3) 
 
 def _fmt(x: float) -> str:
     return "inf" if math.isinf(x) else f"{x:.4g}"
-
-
-def markdown_to_html(lines: list[str], title: str = "dpdiffusion demo report") -> str:
-    """The report's Markdown subset (headings, paragraphs, tables, images, inline code) as one HTML page."""
-    import re
-
-    def inline(text: str) -> str:
-        text = html.escape(text)
-        text = re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", r"<img alt='\1' src='\2' style='max-width:100%'>", text)
-        text = re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r"<a href='\2'>\1</a>", text)
-        text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-        return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
-
-    body, table = [], []
-
-    def flush_table():
-        if table:
-            rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table
-                    if not set(line.replace("|", "").strip()) <= set("-: ")]
-            head, rest = rows[0], rows[1:]
-            body.append("<table><thead><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr></thead><tbody>"
-                        + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rest)
-                        + "</tbody></table>")
-            table.clear()
-
-    for line in lines:
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        flush_table()
-        if not line.strip():
-            continue
-        level = len(line) - len(line.lstrip("#"))
-        if 0 < level <= 6 and line[level:level + 1] == " ":
-            body.append(f"<h{level}>{inline(line[level + 1:])}</h{level}>")
-        else:
-            body.append(f"<p>{inline(line)}</p>")
-    flush_table()
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:3px 6px}"
-             "th{background:#f3f3f3}code{background:#f3f3f3;padding:0 3px}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>" + "\n".join(body) + "</body></html>\n")
 
 
 def plot_unlearning(table: dict, path: str | Path) -> Path:
@@ -123,6 +83,34 @@ def plot_unlearning(table: dict, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+AUDIT_NOISE_NOTE = (
+    "note: the empirical privacy audit of this stage draws its noise from seeded generators on purpose: replaying "
+    "the same noise on two neighbouring inputs, many thousands of times, is how it measures the mechanism's epsilon. "
+    "Nothing the audit draws is released, so the warning below that such outputs 'are not private releases' is "
+    "expected; the grid and every release of this demo use the OS CSPRNG."
+)
+
+
+@contextlib.contextmanager
+def _explain_audit_noise():
+    """Print `AUDIT_NOISE_NOTE` once, right before the seeded-noise warning (`InsecurePRNGWarning`) is shown."""
+    from .privacy.noise import InsecurePRNGWarning
+
+    explained = False
+    with warnings.catch_warnings():  # restores warnings.showwarning on exit
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            nonlocal explained
+            if issubclass(category, InsecurePRNGWarning) and not explained:
+                explained = True
+                print("\n" + AUDIT_NOISE_NOTE, flush=True)  # on its own line, after any progress bar
+            shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 def run_demo(out: str | Path, *, model: str | None = None, num_images: int = 16, seed: int = 0,
@@ -171,14 +159,15 @@ def run_demo(out: str | Path, *, model: str | None = None, num_images: int = 16,
 
     t0 = time.monotonic()
     print("[4/5] privacy-utility evaluation (quick sweep)")
-    evaluation = run_evaluation_stage(pipe, out, seed=seed, **(evaluation_options or {}))
+    with _explain_audit_noise():
+        evaluation = run_evaluation_stage(pipe, out, seed=seed, **(evaluation_options or {}))
     stage_seconds["evaluation"] = time.monotonic() - t0
 
     print("[5/5] writing the report")
     evaluation_summary = None
     if evaluation is not None:
-        evaluation_summary = {k: evaluation[k] for k in ("claims", "clean", "rows", "audit", "files", "config")
-                              if k in evaluation}
+        evaluation_summary = {k: evaluation[k] for k in ("claims", "clean", "rows", "unmatched_obfuscations", "audit",
+                                                         "files", "config") if k in evaluation}
     metrics = {
         "model": model or "DEFAULT_MODEL",
         "num_images": num_images,
@@ -191,8 +180,7 @@ def run_demo(out: str | Path, *, model: str | None = None, num_images: int = 16,
         "torch_threads": torch.get_num_threads(),
         "seconds": round(time.monotonic() - started, 1),
     }
-    lines = _report_lines(out, metrics, releases, unlearning, evaluation, attributes=attributes,
-                          num_images=num_images, num_inference_steps=num_inference_steps, stage_seconds=stage_seconds)
+    lines = report_lines(metrics, out)
     _atomic_write(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
     _atomic_write(out / "report.md", "\n".join(lines) + "\n")
     _atomic_write(out / "report.html", markdown_to_html(lines))
@@ -211,58 +199,9 @@ def _protect_stage(pipe, originals, *, attributes, epsilons, delta, num_inferenc
                       num_inference_steps=num_inference_steps, generator=torch.Generator().manual_seed(seed),
                       output_type="pil")
         rows.append(result.images)
-        labels.append(f"epsilon={_fmt(result.epsilon)}")
+        labels.append("epsilon=inf: none" if math.isinf(result.epsilon) else f"epsilon={_fmt(result.epsilon)}")
         releases.append(result.report.to_dict())
     return rows, labels, releases
-
-
-def _report_lines(out: Path, metrics: dict, releases: list, unlearning: dict, evaluation: dict | None, *,
-                  attributes, num_images: int, num_inference_steps: int, stage_seconds: dict) -> list[str]:
-    """The Markdown lines of ``report.md``."""
-    lines = [
-        "# dpdiffusion demo report",
-        "",
-        f"Protected attributes: {', '.join(attributes)}; {num_images} SynthFaces images; "
-        f"{num_inference_steps} DDIM steps; {metrics['seconds']} s in all "
-        f"({', '.join(f'{k} {v:.0f} s' for k, v in stage_seconds.items())}; {torch.get_num_threads()} torch threads). "
-        "Produced by `dpdiffusion demo`; every figure below is computed by this run.",
-        "",
-        "## Protected releases",
-        "",
-        "![before/after grid](grid.png)",
-        "",
-        "Rows: the originals, then the same faces released at each epsilon (the same stochastic code x_T for every "
-        "row; the privacy noise of each release is fresh, from the OS CSPRNG).",
-        "",
-        "| epsilon | delta | noise multiplier | sigma per attribute | strength | noise source | guarantee |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for rel in releases:
-        sig = ", ".join(f"{k}: {_fmt(v)}" for k, v in rel["sigmas"].items())
-        lines.append(f"| {_fmt(rel['epsilon'])} | {rel['delta']:g} | {_fmt(rel['noise_multiplier'])} | {sig} | "
-                     f"{rel['strength']:.3f} | {rel['noise_source']} | {rel['guarantee']} |")
-    lines += ["", "Neighbouring relation: " + releases[0]["neighbouring_relation"] + ".", ""]
-    ref = unlearning["table_reversed"]["reference"]
-    lines += ["## Feature unlearning", "", unlearning["setup"], "", unlearning["table_md"], "",
-              "![unlearning time and accuracy](unlearning.png)", "",
-              "### Where it matters: the reversed-correlation split", "",
-              f"{unlearning['reversed_setup']} Reference: retraining, mean over {ref['retrain_seeds']} seeds "
-              f"(smiling accuracy {ref['reversed_accuracy']:.4f}; agreement between the retrained models "
-              f"{ref['agreement_floor']:.4f}, the noise floor; their membership-inference AUC {ref['mia_auc']:.4f}).",
-              "", unlearning["table_reversed_md"], "", "![gap restored against seconds](gap_restored.png)", ""]
-    if evaluation and evaluation.get("table_md"):
-        files = evaluation.get("files", {})
-        lines += ["## Privacy-utility evaluation (quick sweep)", "", evaluation["table_md"], ""]
-        for key, caption in (("privacy_utility", "privacy-utility trade-off"),
-                             ("leakage_vs_epsilon", "protected-attribute leakage vs epsilon"),
-                             ("audit", "empirical privacy audit"),
-                             ("samples_methods", "samples of every method")):
-            if key in files:
-                lines += [f"![{caption}]({Path(files[key]).relative_to(out).as_posix()})", ""]
-        if "results_md" in files:
-            lines += [f"Full evaluation report (claims checked, audit details, commands): "
-                      f"[evaluation/results.md]({Path(files['results_md']).relative_to(out).as_posix()}).", ""]
-    return lines
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -335,10 +274,12 @@ def run_unlearning_stage(pipe, *, seed: int = 0, num_train: int = 2000, num_test
     reversed_setup = (f"{num_test} fresh SynthFaces whose skin tone is the opposite of smiling on every face (the "
                       "same face parameters with dark_skin flipped where it agreed: exact counterfactual renders), so "
                       "the shortcut the original model learnt is always wrong; `reversed_accuracy` is the smiling "
-                      "accuracy there, `gap_restored` the share of the original -> retrained gap a method restores.")
+                      "accuracy there, `gap_restored` the share of the gap between the original model and "
+                      "retraining (the mean of the retraining seeds) that a method restores.")
     return {"setup": setup, "table": table, "table_md": format_table(table), "privacy": report.to_dict(),
             "reversed_setup": reversed_setup, "table_reversed": table_reversed,
-            "table_reversed_md": format_table(table_reversed)}
+            "table_reversed_md": format_table(table_reversed),
+            "scale": {"num_train": num_train, "epochs": epochs, "num_changed": len(changed)}}
 
 
 def run_evaluation_stage(pipe, out: Path, *, seed: int = 0, **options) -> dict | None:

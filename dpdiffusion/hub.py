@@ -63,10 +63,12 @@ METRIC_DESCRIPTIONS = {
     "prob_distance_to_retrained": "mean distance of predicted probabilities to the retrained model's",
     "probe_accuracy": "accuracy of a linear probe for the protected attribute on the penultimate features",
 }
-METRIC_TYPES = {"accuracy_revised_before": "accuracy", "accuracy_revised_after": "accuracy",
-                "accuracy_shifted_before": "accuracy", "accuracy_shifted_after": "accuracy",
-                "accuracy_shifted_retrained": "accuracy", "gap_restored_shifted": "gap_restored",
-                "agreement_with_retrained": "agreement", "mia_auc": "roc_auc", "mia_auc_retrained": "roc_auc",
+# the `model-index` metric type of each figure: for the unlearn job's figures, the `evaluate` module that computed it
+# (`evaluate.load(dpdiffusion.evaluation.metric_path(type))`, or a Space pushed by `dpdiffusion evaluate push-metrics`)
+METRIC_TYPES = {"accuracy_revised_before": "classification_accuracy", "accuracy_revised_after": "classification_accuracy",
+                "accuracy_shifted_before": "classification_accuracy", "accuracy_shifted_after": "classification_accuracy",
+                "accuracy_shifted_retrained": "classification_accuracy", "gap_restored_shifted": "gap_restored",
+                "agreement_with_retrained": "agreement", "mia_auc": "mia_auc", "mia_auc_retrained": "mia_auc",
                 "test_accuracy": "accuracy", "unlearning_seconds": "wall_time", "retrain_seconds": "wall_time",
                 "wall_seconds": "wall_time", "seconds": "wall_time", "speedup_vs_retrain": "speedup"}
 

@@ -40,6 +40,7 @@ from .models.diffae_encoder import DiffAESemanticEncoder
 from .models.diffae_unet import DiffAEUNet2DModel
 from .models.semantic_encoder import SemanticEncoder
 from .models.steps import resolve_num_inference_steps
+from .models.training_domain import TrainingDomain, check_photo_domain
 from .pipeline_hub import CUSTOM_PIPELINE_FILE, CUSTOM_PIPELINE_NAME, PipelineHubMixin  # noqa: F401
 from .pipeline_hub import _download_repo, _from_hub_folder, check_safetensors_weights
 from .pipeline_outputs import DPDiffusionPipelineOutput, PrivacyReport
@@ -66,15 +67,22 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         encoder (`SemanticEncoder` or `DiffAESemanticEncoder`): ``x -> z`` and ``z -> condition``.
         scheduler (`DDIMScheduler`): the noise schedule; decoding and inversion share its grid.
         attribute_directions (`AttributeDirections`): directions, centre and public clip bounds.
+        training_domain (`dict` or `TrainingDomain`, *optional*): what the model was trained on (name, resolution,
+            synthetic, description; ``dpdiffusion.models.training_domain``), saved in ``model_index.json`` and read
+            back by ``from_pretrained``; `None` (a folder that does not declare it) reads as ``"unknown"``. A
+            synthetic domain makes ``faces="detect"`` refuse photos unless ``allow_domain_mismatch=True``.
     """
 
     model_cpu_offload_seq = "encoder->unet"
 
     def __init__(self, unet: UNet2DModel | DiffAEUNet2DModel, encoder: SemanticEncoder | DiffAESemanticEncoder,
-                 scheduler: DDIMScheduler, attribute_directions: AttributeDirections):
+                 scheduler: DDIMScheduler, attribute_directions: AttributeDirections,
+                 training_domain: dict | TrainingDomain | None = None):
         super().__init__()
         self.register_modules(unet=unet, encoder=encoder, scheduler=scheduler,
                               attribute_directions=attribute_directions)
+        declared = None if training_domain is None else TrainingDomain.from_config(training_domain).to_dict()
+        self.register_to_config(training_domain=declared)  # model_index.json; None: not declared ("unknown")
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -104,6 +112,12 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
     @property
     def image_size(self) -> int:
         return int(self.unet.config.sample_size)
+
+    @property
+    def training_domain(self) -> TrainingDomain:
+        """What the model was trained on (``name``, ``resolution``, ``synthetic``, ``description``), as its
+        ``model_index.json`` declares it; ``name="unknown"`` for a folder that does not."""
+        return TrainingDomain.from_config(self.config.get("training_domain"))
 
     def preprocess(self, image: Any = None, *, input_range=(0.0, 1.0), **kwargs) -> torch.Tensor:
         """Any supported image input -> ``(B, 3, H, W)`` in [-1, 1] at the model's resolution, on the pipeline's
@@ -385,6 +399,7 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         min_confidence: float | None = None,
         num_images_per_prompt: int = 1,
         input_range=(0.0, 1.0),
+        allow_domain_mismatch: bool = False,
         **kwargs,
     ):
         r"""Release protected versions of ``image``.
@@ -438,6 +453,10 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
                 ``ValueError`` naming its index, before anything is released or charged. Needs the ``faces`` extra.
             min_face_size (`int`, *optional*), min_confidence (`float`, *optional*): with ``faces="detect"``, the
                 smallest face (detector box side, px; default 48) and detector score (default 0.5) protected.
+            allow_domain_mismatch (`bool`, defaults to `False`): with ``faces="detect"`` and a model trained only on
+                synthetic faces (``pipe.training_domain.synthetic``, e.g. the embedded default), photos are refused
+                with a ``ValueError`` that says what the model is and how to make a real-face pipeline; ``True`` runs
+                it anyway, to test the plumbing (every face comes back as a synthetic one).
 
         Returns:
             `DPDiffusionPipelineOutput` (or a tuple ``(images, report)`` when ``return_dict=False``).
@@ -446,8 +465,9 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         ``pipe.interrupt`` (diffusers' properties).
 
         Raises:
-            ValueError: for any invalid argument, and ``BudgetExceededError`` (a ``ValueError``) when a subject's
-            budget would be exceeded; nothing is charged or released then.
+            ValueError: for any invalid argument, ``BudgetExceededError`` (a ``ValueError``) when a subject's
+                budget would be exceeded, and ``DomainMismatchError`` (a ``ValueError``) for ``faces="detect"`` with
+                a synthetic-domain model without ``allow_domain_mismatch=True``; nothing is charged or released then.
         """
         from .faces.photos import DEFAULT_MIN_CONFIDENCE, DEFAULT_MIN_FACE_SIZE, check_faces_mode
 
@@ -457,6 +477,8 @@ class DPDiffusionPipeline(DDIMSamplingMixin, PipelineHubMixin, DiffusionPipeline
         if check_faces_mode(faces) == "detect":  # photos in the wild: detect, align, protect each face, paste back
             from .faces.photos import protect_photos
 
+            # a model that knows only synthetic faces would paste one over every real face: refused unless asked for
+            check_photo_domain(self.training_domain, allow_domain_mismatch=allow_domain_mismatch)
             if num_images_per_prompt != 1:
                 raise ValueError("num_images_per_prompt applies to faces='aligned' only (a photo holds one release of "
                                  f"each face); got num_images_per_prompt={num_images_per_prompt!r} with "

@@ -250,6 +250,6 @@ def _from_hub_folder(cls, folder: Path, kwargs: dict):
             wanted = dtype.get(name, dtype.get("default")) if isinstance(dtype, dict) else dtype  # diffusers' dict
             options = {"dtype": wanted} if wanted is not None else {}
             components[name] = klass.from_pretrained(folder / name, use_safetensors=use_safetensors, **options)
-    pipe = cls(**components)
+    pipe = cls(**components, training_domain=index.get("training_domain"))  # None: not declared
     pipe.register_to_config(_name_or_path=str(folder))
     return pipe

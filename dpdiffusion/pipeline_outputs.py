@@ -17,13 +17,17 @@ class PrivacyReport:
     """The privacy figures of one release (shared by every image of a call).
 
     Attributes:
-        epsilon (`float`), delta (`float`): the (epsilon, delta)-DP guarantee of one release (of one image).
+        epsilon (`float`): the epsilon of the (epsilon, delta)-DP guarantee of one release (of one image).
+        delta (`float`): its delta.
         noise_multiplier (`float`): noise of the composed Gaussian mechanism over its unit sensitivity.
         sigmas (`dict[str, float]`): noise standard deviation added to each protected coordinate.
         residual_sigma (`float | None`): noise std on the residual (``scope="latent"`` only).
         strength (`float`): the equivalent forward-diffusion time in [0, 1] of that noise.
-        attributes (`tuple[str]`), weights (`tuple[float]`), clip_bounds (`dict[str, float]`).
-        scope (`str`), guarantee (`str`): ``"formal"``, ``"heuristic"`` or ``"none (reproducible noise)"``.
+        attributes (`tuple[str]`): the protected attributes.
+        weights (`tuple[float]`): their shares of the budget.
+        clip_bounds (`dict[str, float]`): each protected coordinate's clip bound.
+        scope (`str`): the noise's scope.
+        guarantee (`str`): ``"formal"``, ``"heuristic"`` or ``"none (reproducible noise)"``.
         neighbouring_relation (`str`): the relation the guarantee is stated for.
         noise_source (`str`): ``"csprng"`` (the OS CSPRNG) or ``"seeded"`` (replayable from the generator).
         releases_per_image (`int`): how many independent releases of each input the call made

@@ -94,13 +94,14 @@ import secrets
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import PIL.Image
-import torch
 from tqdm.auto import tqdm
 
-from .data.images import MAX_IMAGE_PIXELS
+if TYPE_CHECKING:  # torch is imported where it is used: `dpdiffusion protect --help` stays fast
+    import torch
+
 from .models.steps import DEFAULT_INVERSION_STEPS, DEFAULT_NUM_INFERENCE_STEPS, resolve_num_inference_steps
 from .protect_columns import RECORD_KEYS, check_keep_columns, jsonable, protected_column_keys
 
@@ -111,7 +112,9 @@ logger = logging.getLogger(__name__)
 class ProtectConfig:
     """Settings of ``protect_dataset`` (also ``dpdiffusion protect``)."""
 
-    source: str = field(metadata={"help": "Image folder (optionally with metadata.csv/jsonl), a save_to_disk folder, or a Hub dataset name."})
+    source: str = field(metadata={"help": (
+        "Image folder (optionally with metadata.csv/jsonl), a save_to_disk folder, one image file (read as a folder "
+        "holding only it) or a Hub dataset id.")})
     output_dir: str = field(metadata={"help": (
         "Release folder, safe to publish: images/ and metadata.jsonl (file_name, each image's privacy figures and "
         "only the --keep-columns columns); an imagefolder that datasets.load_dataset reads.")})
@@ -151,6 +154,10 @@ class ProtectConfig:
         "the private skipped.jsonl, never to the output. Needs the 'faces' extra.")})
     min_face_size: int = field(default=48, metadata={"help": "With --faces detect: smallest face protected (px)."})
     min_confidence: float = field(default=0.5, metadata={"help": "With --faces detect: smallest detector score."})
+    allow_domain_mismatch: bool = field(default=False, metadata={"flag": True, "help": (
+        "With --faces detect: run a model trained only on synthetic faces (the embedded default: SynthFaces, 32 px "
+        "cartoons) on photos anyway, only to test the plumbing: every face comes back as a cartoon. Without it such "
+        "a model is refused before anything is written, with the commands that make a real-face pipeline.")})
 
     @property
     def secure_mode(self) -> bool:
@@ -159,6 +166,8 @@ class ProtectConfig:
 
 
 def _row_generator(seed: int, index: int) -> torch.Generator:
+    import torch
+
     digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
@@ -182,13 +191,23 @@ def _open_source(config: ProtectConfig):
     """The source as a stream whose image column stays undecoded (nothing is materialised)."""
     import datasets
 
+    from .data.sources import source_kind
+
+    kind = source_kind(config.source)  # a slip (no such path, not an image, no Hub id) is refused before the Hub
     src = Path(config.source)
-    if src.is_dir() and ((src / "state.json").exists() or (src / "dataset_dict.json").exists()):
+    if kind == "saved":
         ds = _open_saved(src, config.split)
-    elif src.is_dir():
+    elif kind == "folder":
         ds = datasets.load_dataset("imagefolder", data_dir=str(src), split=config.split, streaming=True)
+    elif kind == "file":  # one image: a folder holding only it (no metadata file is read)
+        ds = datasets.load_dataset("imagefolder", data_files={config.split: [str(src)]}, split=config.split,
+                                   streaming=True)
     else:
-        ds = datasets.load_dataset(config.source, split=config.split, streaming=True)
+        try:
+            ds = datasets.load_dataset(os.fspath(config.source), split=config.split, streaming=True)
+        except OSError as exc:  # not found, or the Hub out of reach: say why the Hub was asked at all
+            raise OSError(f"source={os.fspath(config.source)!r} is no local file or folder, so it was looked up as a "
+                          f"Hub dataset id: {exc}") from exc
     if config.image_column not in (ds.column_names or [config.image_column]):
         raise ValueError(f"image_column={config.image_column!r} is not a column of {config.source}; "
                          f"columns are {ds.column_names}")
@@ -291,6 +310,9 @@ def _check_folders(out: Path, private: Path, source: str) -> None:
         if real_src == real_out or real_src in real_out.parents or real_out in real_src.parents:
             raise ValueError(f"output_dir must be outside the source folder and not contain it (the release would sit "
                              f"with the originals), got output_dir={str(out)!r} and source={source!r}")
+    elif os.path.isfile(source) and real_out in Path(os.path.realpath(source)).parents:
+        raise ValueError(f"output_dir must not contain the source file (the release would sit with the original), "
+                         f"got output_dir={str(out)!r} and source={source!r}")
     if real_private == real_out or real_out in real_private.parents:
         raise ValueError(f"private_dir must be outside output_dir (everything in output_dir is for publication), got "
                          f"private_dir={str(private)!r} and output_dir={str(out)!r}")
@@ -323,6 +345,8 @@ def _decode(value: Any) -> PIL.Image.Image:
         raise ValueError("the row has no image (no bytes and no path)")
     img = PIL.Image.open(io.BytesIO(data)) if data else PIL.Image.open(path)
     w, h = img.size  # from the header: refuse a huge image before decoding its pixels
+    from .data.images import MAX_IMAGE_PIXELS
+
     if w * h > MAX_IMAGE_PIXELS:
         raise ValueError(f"the image is {w}x{h} px; at most {MAX_IMAGE_PIXELS} pixels are accepted")
     img.load()  # raises on truncated files
@@ -355,6 +379,19 @@ def _check_config(config: ProtectConfig) -> None:
     if config.limit is not None and (isinstance(config.limit, bool) or not isinstance(config.limit, int)
                                      or config.limit < 0):
         raise ValueError(f"limit must be None or an integer >= 0, got limit={config.limit!r}")
+
+
+def _check_domain(pipe, config: ProtectConfig) -> None:
+    """``--faces detect`` with a model trained only on synthetic faces: refused (a ``ValueError`` naming the model's
+    domain and the two commands that make a real-face pipeline) unless ``allow_domain_mismatch``."""
+    from .models.training_domain import TrainingDomain, check_photo_domain
+
+    if config.faces != "detect":
+        return
+    domain = getattr(pipe, "training_domain", None)
+    check_photo_domain(domain if isinstance(domain, TrainingDomain) else TrainingDomain.from_config(None),
+                       allow_domain_mismatch=config.allow_domain_mismatch, what="--faces detect",
+                       opt_in="--allow-domain-mismatch")
 
 
 def _private_fd(path: Path, flags: int) -> int:
@@ -483,6 +520,7 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
     world = accelerator.num_processes if accelerator is not None else 1
     # validate all arguments, the model's step count and the source before touching the disk
     _check_config(config)
+    _check_domain(pipe, config)
     spec = pipe.privacy_spec(attributes=config.attributes, weights=config.weights, epsilon=config.epsilon,
                              delta=config.delta, scope=config.scope, stochastic_code=config.stochastic_code,
                              secure_mode=config.secure_mode)
@@ -498,7 +536,7 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
     _check_folders(out, private, config.source)
     part_dir = private / ".parts"
     settings = jsonable({**{k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in asdict(config).items()
-                            if k not in ("output_dir", "private_dir", "limit", "batch_size")},
+                            if k not in ("output_dir", "private_dir", "limit", "batch_size", "allow_domain_mismatch")},
                          "keep_columns": keep or None, "model": _model_name(pipe)})
     cfg_path = private / "protect_config.json"
     old = json.loads(cfg_path.read_text()) if cfg_path.exists() else None
@@ -539,6 +577,16 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
     skipped = _open_append(part_dir / f"skipped-{rank}.jsonl")
     bar = tqdm(desc=f"protect (worker {rank})", unit="img", disable=not progress, position=rank)
     n_skipped = 0
+    resize_noted = False
+
+    def note_resize(size):
+        """Say once (per worker) that faces="aligned" shrinks or stretches each whole image to the model's square."""
+        nonlocal resize_noted
+        resize_noted = True
+        side = pipe.image_size
+        logger.warning("resizing each whole image to %dx%d px, the model's resolution (centre-cropped to a square; the "
+                       "first one was %dx%d px): faces='aligned' (the default) takes every image as an aligned face "
+                       "crop; to protect the faces in photos, use faces='detect' (--faces detect)", side, side, *size)
 
     def status(i):
         """"done" (image and record), "recover" (image without record), "lost" (record without image), "todo"."""
@@ -584,6 +632,8 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
                               "reason": f"{type(exc).__name__}: {exc}"})
                 continue
             batch.append((i, img, extra, state))
+            if config.faces != "detect" and not resize_noted and img.size != (pipe.image_size, pipe.image_size):
+                note_resize(img.size)
         if any(state in ("todo", "lost") for *_, state in batch):
             lines.extend(release(batch))
         if lines:
@@ -595,6 +645,8 @@ def protect_dataset(pipe, config: ProtectConfig, *, accelerator=None, progress: 
     def generator_for(key):
         """Stochastic code of row (or face) ``key``: CSPRNG-seeded and never recorded, or seeded by (N, key)."""
         if config.secure_mode:
+            import torch
+
             return torch.Generator().manual_seed(secrets.randbits(63))
         return _row_generator(config.insecure_seed, key)
 

@@ -6,7 +6,9 @@
 
 The folder holds ``model_index.json`` (``DiffAEUNet2DModel``, ``DiffAESemanticEncoder``, ``DDIMScheduler``,
 ``AttributeDirections``), safetensors weights and a model card (``README.md``: source, licence, what was converted,
-assumptions, the clip quantile). Load it with ``DPDiffusionPipeline.from_pretrained(OUTPUT)``.
+assumptions, the clip quantile, the training domain). Load it with ``DPDiffusionPipeline.from_pretrained(OUTPUT)``.
+The pipeline declares what the checkpoint was trained on (``pipe.training_domain``: FFHQ, CelebA-HQ, ... at its
+resolution; ``--domain``, by default read from the checkpoint), so photos of real people are not refused with it.
 
 The official files are PyTorch pickles; they are read with ``torch.load(weights_only=True)`` (tensors and plain
 containers only, no code execution). Should a file hold other objects, ``--allow-pickle`` loads it fully: only for
@@ -33,6 +35,7 @@ base_model_source: https://github.com/phizaz/diffae
 converted_weights: ema_model
 clip_quantile: {clip_quantile}
 attributes: {attributes}
+training_domain: {training_domain}
 ---
 
 # {name}: official Diffusion Autoencoder weights for `DPDiffusionPipeline`
@@ -41,6 +44,9 @@ Converted from the official checkpoints of *Diffusion Autoencoders: Toward a Mea
 Representation* (Preechakul et al., CVPR 2022; code and weights: https://github.com/phizaz/diffae, MIT licence,
 Copyright (c) 2021 VISTEC). The weights keep the original licence; check the terms of the training data (FFHQ:
 CC BY-NC-SA 4.0 for the dataset; CelebA-HQ attributes: non-commercial research) before any use.
+
+## Training domain
+{domain_text}
 
 ## What was converted
 - `unet` (`DiffAEUNet2DModel`) and `encoder` (`DiffAESemanticEncoder`): the **EMA** weights (`ema_model.*`) of
@@ -90,20 +96,37 @@ def _load(path: Path, allow_pickle: bool = False) -> dict:
 
 def convert(checkpoint: Path, latent_stats: Path, output: Path, *, classifier: Path | None = None,
             attributes: list[str] | None = None, clip_quantile: float = 0.95, name: str | None = None,
-            allow_pickle: bool = False, fit_sample_size: int | None = None) -> Path:
-    """Convert and save; returns ``output``. See the module docstring."""
+            allow_pickle: bool = False, fit_sample_size: int | None = None, domain: str = "auto") -> Path:
+    """Convert and save; returns ``output``. See the module docstring.
+
+    ``domain``: the training set the checkpoint was trained on (a key of
+    ``dpdiffusion.models.training_domain.OFFICIAL_DIFFAE_DOMAINS``: ``ffhq``, ``celeba-hq``, ...), declared in the
+    pipeline's ``model_index.json`` and card at the checkpoint's resolution; ``"auto"`` reads it from the
+    checkpoint's ``data_name`` / ``name`` (``ffhqlmdb256`` / ``ffhq256_autoenc``: FFHQ) and declares it ``unknown``,
+    with a warning, when they name no known set."""
     from dpdiffusion import DPDiffusionPipeline
+    from dpdiffusion.models.training_domain import (OFFICIAL_DIFFAE_DOMAINS, TrainingDomain, official_diffae_domain,
+                                                    official_domain_key)
     from dpdiffusion.models.diffae_conversion import (ASSUMED_ENUM_DEFAULTS, CELEBA_HQ_ATTRIBUTES,
                                                       attribute_directions_from_classifier,
                                                       attribute_directions_from_latents,
                                                       configs_from_hyper_parameters, convert_models)
 
+    if domain != "auto" and domain not in OFFICIAL_DIFFAE_DOMAINS:  # before reading anything
+        raise ValueError(f"--domain must be 'auto' or one of {sorted(OFFICIAL_DIFFAE_DOMAINS)}, got {domain!r}")
     ckpt = _load(checkpoint, allow_pickle)
     if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ValueError(f"--checkpoint must be an official Lightning checkpoint with 'state_dict' and "
                          f"'hyper_parameters', got keys {sorted(ckpt)} in {checkpoint}")
     hparams = dict(ckpt["hyper_parameters"])
     unet, encoder, scheduler = convert_models(ckpt["state_dict"], hparams)
+    key = official_domain_key(hparams) if domain == "auto" else domain
+    if key is None:
+        logger.warning("the checkpoint's data_name=%r and name=%r name no known training set; the pipeline declares "
+                       "its training domain 'unknown' (pass --domain %s)", hparams.get("data_name"),
+                       hparams.get("name"), "|".join(sorted(OFFICIAL_DIFFAE_DOMAINS)))
+    trained_on = (official_diffae_domain(key, unet.config.sample_size) if key is not None
+                  else TrainingDomain.from_config(None))
     stats = _load(latent_stats, allow_pickle)
     missing = [k for k in ("conds", "conds_mean", "conds_std") if k not in stats]
     if missing:
@@ -135,7 +158,8 @@ def convert(checkpoint: Path, latent_stats: Path, output: Path, *, classifier: P
         dirs = attribute_directions_from_latents(conds, stats["conds_mean"], clip_quantile=clip_quantile)
         directions = "no classifier given: one placeholder direction (`pc_1`, the first principal axis of `conds`)."
         subset_note = ""
-    pipe = DPDiffusionPipeline(unet=unet, encoder=encoder, scheduler=scheduler, attribute_directions=dirs)
+    pipe = DPDiffusionPipeline(unet=unet, encoder=encoder, scheduler=scheduler, attribute_directions=dirs,
+                               training_domain=trained_on if trained_on.known else None)
     output.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(output, safe_serialization=True)
     unet_cfg, enc_cfg, _ = configs_from_hyper_parameters(hparams)
@@ -149,6 +173,10 @@ def convert(checkpoint: Path, latent_stats: Path, output: Path, *, classifier: P
         arch=json.dumps({k: hparams.get(k) for k in arch_keys if k in hparams}),
         enums=json.dumps(ASSUMED_ENUM_DEFAULTS),
         T=scheduler.config.num_train_timesteps, directions=directions, n_conds=conds.shape[0], subset_note=subset_note,
+        training_domain=json.dumps(trained_on.to_dict() if trained_on.known else None),
+        domain_text=(f"**{trained_on.summary()}** (`pipe.training_domain`): {trained_on.description}"
+                     if trained_on.known else "Not declared: the checkpoint names no known training set (convert it "
+                     "again with `--domain`); `pipe.training_domain.name` is `unknown`."),
         latent_net=(" The latent DPM (`latent_net.*`) was not converted."
                     if any(k.startswith("ema_model.latent_net.") for k in ckpt["state_dict"]) else ""))
     (output / "README.md").write_text(card)
@@ -156,11 +184,14 @@ def convert(checkpoint: Path, latent_stats: Path, output: Path, *, classifier: P
         "source": "https://github.com/phizaz/diffae", "checkpoint": checkpoint.name, "latent_stats": latent_stats.name,
         "classifier": classifier.name if classifier else None, "weights": "ema_model", "clip_quantile": clip_quantile,
         "attributes": list(dirs.names), "assumed_enum_defaults": ASSUMED_ENUM_DEFAULTS, "unet": unet_cfg,
+        "training_domain": trained_on.to_dict() if trained_on.known else None,
         "encoder": enc_cfg}, indent=1, default=list))
     return output
 
 
 def main(argv=None) -> int:
+    from dpdiffusion.models.training_domain import OFFICIAL_DIFFAE_DOMAINS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="official last.ckpt (Lightning)")
     parser.add_argument("--latent-stats", type=Path, required=True,
@@ -175,6 +206,10 @@ def main(argv=None) -> int:
     parser.add_argument("--fit-sample-size", type=int, default=None,
                         help="rows of the training latents whose raw attribute coordinates are stored for the clip "
                              "bounds and prior of every protected subset (default: all; evenly spaced otherwise)")
+    parser.add_argument("--domain", default="auto",
+                        choices=["auto", *OFFICIAL_DIFFAE_DOMAINS],
+                        help="the checkpoint's training set, declared in the pipeline (pipe.training_domain) and its "
+                             "card; auto (default): from the checkpoint's data_name/name (ffhq256_autoenc: ffhq)")
     parser.add_argument("--output", type=Path, required=True, help="pipeline folder to write")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="load the official files with full unpickling (only for files you trust)")
@@ -184,7 +219,7 @@ def main(argv=None) -> int:
     try:
         out = convert(args.checkpoint, args.latent_stats, args.output, classifier=args.classifier,
                       attributes=attributes, clip_quantile=args.clip_quantile, allow_pickle=args.allow_pickle,
-                      fit_sample_size=args.fit_sample_size)
+                      fit_sample_size=args.fit_sample_size, domain=args.domain)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

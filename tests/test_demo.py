@@ -35,7 +35,10 @@ def test_demo_writes_report_html_metrics_and_plots(tiny_model, tmp_path, capsys)
                    "reversed-correlation split", "![gap restored against seconds](gap_restored.png)"):
         assert needle in text, needle
     html = (out / "report.html").read_text()
-    assert html.count("<table>") >= 3 and "<img alt='before/after grid' src='grid.png'" in html
+    # every table keeps its data rows in <tbody> (tests/test_demo_report_render.py also reads it in a browser)
+    assert html.count("<table>") == 4 and html.count("<tbody>") == 4
+    assert '<img src="grid.png" alt="before/after grid"' in html
+    assert "no protection" in text and "restores 100% of the gap by definition" in text
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["stage_seconds"]) == {"protect", "unlearning", "evaluation"}
     assert [r["epsilon"] for r in metrics["releases"]] == [1.0, math.inf]
@@ -55,7 +58,11 @@ def test_demo_writes_report_html_metrics_and_plots(tiny_model, tmp_path, capsys)
 def test_markdown_to_html_renders_tables_images_and_escapes():
     from dpdiffusion.demo import markdown_to_html
 
-    page = markdown_to_html(["# T <x>", "", "| a | b |", "|---|---|", "| 1 | `c` |", "", "![cap](p.png)", "text"])
+    page = markdown_to_html(["# T <x>", "", "| a | b |", "|---|---|", "| 1 | `c` |", "", "![cap](p.png)", "", "text"])
     assert "<h1>T &lt;x&gt;</h1>" in page
-    assert "<thead><tr><th>a</th><th>b</th></tr></thead><tbody><tr><td>1</td><td><code>c</code></td></tr>" in page
-    assert "<img alt='cap' src='p.png'" in page and "<p>text</p>" in page
+    compact = "".join(page.split("\n"))
+    assert "<thead><tr><th>a</th><th>b</th></tr></thead><tbody><tr><td>1</td><td><code>c</code></td></tr>" in compact
+    assert '<img src="p.png" alt="cap" />' in page and "<p>text</p>" in page
+    # a table given as one multi-line item (as format_table returns it) is a table too, not one header row
+    page = markdown_to_html(["| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |"])
+    assert "".join(page.split("\n")).count("<tbody><tr><td>1</td><td>2</td></tr><tr><td>3</td><td>4</td></tr>") == 1

@@ -69,6 +69,8 @@ __all__ = [
     "counterfactual_pixel_count",
     "match_psnr",
     "match_quality",
+    "QualityMatch",
+    "match_obfuscation",
     "quantize",
     "laplace_noise",
 ]
@@ -232,12 +234,20 @@ def match_quality(images: torch.Tensor, target: float, method: str, *, metric: s
                   feature_fn=None, reference_features=None, candidates: Sequence[float] | None = None
                   ) -> tuple[float, float]:
     """The strength of ``method`` (``"blur"``: sigma in pixels; ``"pixelate"``: cell size) whose quality on
-    ``images`` is closest to ``target``. Returns ``(parameter, achieved value)``.
+    ``images`` is closest to ``target``. Returns ``(parameter, achieved value)``; the nearest setting may leave the
+    images unchanged (pixelate's cell size 1): `match_obfuscation` says when no setting matches.
 
     Args:
         metric (`str`): ``"psnr"`` (mean PSNR in dB against ``images``) or ``"fd"`` (Frechet distance of
             ``feature_fn`` features of the obfuscated images to ``reference_features``; needs both).
     """
+    best = _nearest_setting(images, target, method, metric=metric, feature_fn=feature_fn,
+                            reference_features=reference_features, candidates=candidates)
+    return best[0], best[1]
+
+
+def _nearest_setting(images, target, method, *, metric, feature_fn, reference_features, candidates):
+    """``(parameter, achieved value, released images)`` of the candidate closest to ``target``."""
     fn, default = _obfuscation(method)
     candidates = candidates or default or list(range(1, max(2, images.shape[-1] // 2) + 1))
     if metric == "psnr":
@@ -254,10 +264,69 @@ def match_quality(images: torch.Tensor, target: float, method: str, *, metric: s
         raise ValueError(f"metric must be 'psnr' or 'fd', got metric={metric!r}")
     best = None
     for p in candidates:
-        value = measure(quantize(fn(images, p)))
+        released = quantize(fn(images, p))
+        value = measure(released)
         if best is None or abs(value - target) < abs(best[1] - target):
-            best = (float(p), value)
+            best = (float(p), value, released)
     return best
+
+
+_PARAMETER_NAMES = {"blur": "sigma", "pixelate": "cell size"}
+
+
+@dataclass(frozen=True)
+class QualityMatch:
+    """An obfuscation's strength matched to a target image quality, or the statement that no setting matches.
+
+    Attributes:
+        method (`str`): ``"blur"`` or ``"pixelate"``.
+        metric (`str`): ``"psnr"`` or ``"fd"``.
+        target (`float`): the quality to match (e.g. dpdiffusion's at one epsilon).
+        parameter (`float` or `None`): the matched strength; `None` when no setting matches.
+        achieved (`float`): the quality of the nearest setting (of the matched one when there is one).
+        nearest_parameter (`float`): the nearest setting, matched or not.
+        reason (`str` or `None`): why no setting matches.
+    """
+
+    method: str
+    metric: str
+    target: float
+    parameter: float | None
+    achieved: float
+    nearest_parameter: float
+    reason: str | None = None
+
+    @property
+    def matched(self) -> bool:
+        return self.parameter is not None
+
+
+def match_obfuscation(images: torch.Tensor, target: float, method: str, *, metric: str = "psnr", feature_fn=None,
+                      reference_features=None, candidates: Sequence[float] | None = None) -> QualityMatch:
+    """`match_quality`, with the case it cannot handle said out loud: when the setting nearest to ``target`` leaves
+    the released (8-bit) images identical to ``images`` (pixelate with cell size 1, a blur too small to change a
+    pixel level), every setting that does anything is further from the target, so *no setting matches*; the result
+    then has ``parameter=None`` and a ``reason``, and must not be listed as a protection (it would be the clean
+    images under the method's name).
+
+    Args: as `match_quality`.
+
+    Returns:
+        `QualityMatch`.
+
+    Raises:
+        ValueError: for an unknown ``method`` or ``metric``, or ``metric="fd"`` without its features.
+    """
+    param, achieved, released = _nearest_setting(images, target, method, metric=metric, feature_fn=feature_fn,
+                                                 reference_features=reference_features, candidates=candidates)
+    if torch.equal(released, quantize(images)):
+        name = _PARAMETER_NAMES[method]
+        unit = "dB PSNR" if metric == "psnr" else "FD"
+        reason = (f"no {method} setting matches: the nearest ({name} {param:g}, {achieved:.3g} {unit} against the "
+                  f"target {target:.3g}) leaves the images unchanged, and every {name} that changes them is further "
+                  f"from the target")
+        return QualityMatch(method, metric, float(target), None, achieved, param, reason)
+    return QualityMatch(method, metric, float(target), param, achieved, param)
 
 
 def match_psnr(images: torch.Tensor, target_psnr_db: float, method: str, *, candidates: Sequence[float] | None = None
@@ -281,8 +350,15 @@ class ProtectionMethod:
     parameters: dict = field(default_factory=dict)
 
     def describe(self, epsilon: float) -> dict:
+        """The method at ``epsilon``: its guarantee is ``"formal"`` only for a formal method at a finite epsilon;
+        epsilon = inf adds no noise and is ``"none (epsilon = inf)"``, as `dpdiffusion.privacy.spec.guarantee_of`
+        labels the pipeline's releases."""
+        if not self.formal:
+            guarantee = "none"
+        else:
+            guarantee = "none (epsilon = inf)" if math.isinf(epsilon) else "formal"
         return {"method": self.name, "epsilon": epsilon if self.formal else None,
-                "guarantee": "formal" if self.formal else "none",
+                "guarantee": guarantee,
                 "neighbouring_relation": self.neighbouring_relation, "parameters": dict(self.parameters)}
 
     def protect(self, images: torch.Tensor, *, epsilon: float, generator: torch.Generator | None = None,

@@ -151,7 +151,8 @@ _UNLEARNING_STYLE = {"first_order": ("tab:blue", "o"), "second_order": ("tab:pur
 
 def plot_gap_restored(table: dict, path: str | Path, *, title: str = "Feature unlearning on the reversed split") -> Path:
     """Share of the original -> retrained gap restored (reversed-correlation split) against wall-clock seconds,
-    one point per method of a `compare_on_reversed_split` table (log-scaled time axis; retraining at 1)."""
+    one point per method of a `compare_on_reversed_split` table (log-scaled time axis; retraining at 1, the band
+    around it the retraining seeds' own spread, `reference["gap_restored_seeds"]`)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, row in table["rows"].items():
@@ -166,6 +167,10 @@ def plot_gap_restored(table: dict, path: str | Path, *, title: str = "Feature un
         ax.annotate(f"{row['gap_restored']:.0%}, {row['seconds']:.1f} s", (row["seconds"], row["gap_restored"]),
                     fontsize=7, textcoords="offset points", xytext=(5, -10))
     ax.axhline(1.0, color="black", ls=":", lw=1, label="retraining (mean over seeds)")
+    seeds = [g for g in table.get("reference", {}).get("gap_restored_seeds", []) if math.isfinite(g)]
+    if len(seeds) >= 2:  # the spread of retraining itself: each seed against the seeds' mean
+        ax.axhspan(min(seeds), max(seeds), color="black", alpha=0.08, lw=0,
+                   label=f"retraining seeds ({min(seeds):.0%} to {max(seeds):.0%})")
     ax.axhline(0.0, color="tab:red", ls=":", lw=1, label="original model")
     ax.set_xscale("log")
     ax.set_xlabel("seconds (one run, same machine)")

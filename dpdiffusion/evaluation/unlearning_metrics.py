@@ -22,6 +22,7 @@ from ..training.classifier import (
     predict_logits,
     to_pixel_values,
 )
+from .metrics import load_metric
 from .probes import fit_logistic_regression, predict_logistic_regression, roc_auc
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ __all__ = [
     "fit_logistic_regression",
     "predict_logistic_regression",
     "best_threshold",
+    "prediction_accuracy",
     "accuracy",
     "predictions",
     "prediction_agreement",
@@ -62,6 +64,32 @@ def best_threshold(scores: Any, labels: Any) -> tuple[float, float]:
         if acc > best_acc:
             best_t, best_acc = float(t), float(acc)
     return best_t, best_acc
+
+
+def prediction_accuracy(predictions: Any, references: Any) -> float:
+    """Accuracy of hard predictions: top-1 for class ids ``(N,)``, the mean per-label accuracy for 0/1 rows ``(N, L)``.
+
+    The one accuracy of the evaluation's ``evaluate`` modules (``classification_accuracy``, ``gap_restored``).
+
+    Example:
+    ```py
+    >>> prediction_accuracy([2, 0, 1, 1], [2, 0, 0, 1])
+    0.75
+    >>> prediction_accuracy([[1, 0], [1, 1]], [[1, 1], [1, 1]])
+    0.75
+
+    ```
+
+    Raises:
+        ValueError: if the shapes differ, there are no predictions, or the arrays are neither 1-D nor 2-D.
+    """
+    p, y = np.asarray(predictions), np.asarray(references)
+    if p.shape != y.shape or p.size == 0 or p.ndim not in (1, 2):
+        raise ValueError(f"predictions and references must be non-empty arrays of the same shape, (N,) or (N, L), "
+                         f"got {p.shape} and {y.shape}")
+    if p.ndim == 2:
+        p, y = p > 0.5, y > 0.5
+    return float(np.mean(p == y))
 
 
 def _split(n: int, fraction: float, seed: int, stratify: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +219,9 @@ def membership_inference(
     loss = np.concatenate([loss_m, loss_n])
     feats = np.concatenate([lm, ln])
     feats = np.log(np.concatenate([feats, loss[:, None]], axis=1) + 1e-12)
-    out = {"auc": roc_auc(-loss, is_member), "member_loss": float(loss_m.mean()), "non_member_loss": float(loss_n.mean())}
+    # the threshold attack's AUC through the ``mia_auc`` evaluate module (`roc_auc`), as every report shows it
+    auc = load_metric("mia_auc").compute(predictions=-loss, references=is_member.astype(np.int64))["mia_auc"]
+    out = {"auc": auc, "member_loss": float(loss_m.mean()), "non_member_loss": float(loss_n.mean())}
     fit, rest = _split(len(loss), fit_fraction, seed, stratify=is_member)
     if len(np.unique(is_member[fit])) == 2 and len(np.unique(is_member[rest])) == 2:
         lr = fit_logistic_regression(feats[fit], is_member[fit])

@@ -235,7 +235,7 @@ class AttributeDirections(ModelMixin, ConfigMixin):
 
         Raises:
             ValueError: if the model has neither raw directions nor a stored prior (fit it again, or use
-            ``post_processing="clip"``).
+                ``post_processing="clip"``).
         """
         idx = self.indices(attributes)
         names = [self.names[i] for i in idx]
@@ -306,7 +306,7 @@ class AttributeDirections(ModelMixin, ConfigMixin):
 
         Raises:
             ValueError: on shape mismatches, a zero direction, directions that are linearly dependent or a bad
-            ``fit_sample_size``.
+                ``fit_sample_size``.
         """
         raw = torch.as_tensor(raw_directions, dtype=torch.float64)
         latents = torch.as_tensor(latents, dtype=torch.float64)

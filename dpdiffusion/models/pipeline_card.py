@@ -23,6 +23,7 @@ def render_pipeline_card(model_dir: str | Path, *, command: str, training_state:
 
     from ..hub import render_model_card
     from .attribute_directions import AttributeDirections
+    from .training_domain import REAL_FACE_COMMANDS, TrainingDomain
 
     model_dir = Path(model_dir)
     dirs = AttributeDirections.from_pretrained(model_dir / "attribute_directions")
@@ -31,13 +32,16 @@ def render_pipeline_card(model_dir: str | Path, *, command: str, training_state:
     state = training_state or {}
     index = json.loads((model_dir / "model_index.json").read_text())
     unet_class, encoder_class = index["unet"][1], index["encoder"][1]
+    domain = TrainingDomain.from_config(index.get("training_domain"))  # not declared: "unknown"
     decoder = ("`DiffAEUNet2DModel` decoder (the DiffAE architecture: timestep AdaGN, z multiplying every residual "
                "block; official respaced DDIM sampler, no semantic guidance)" if unet_class == "DiffAEUNet2DModel"
                else f"`{unet_class}` decoder conditioned on z (added to the timestep embedding)")
     data = ModelCardData(library_name="diffusers", license="apache-2.0",
-                         tags=["differential-privacy", "diffusion-autoencoder", "dpdiffusion", "synthetic-data"],
+                         tags=["differential-privacy", "diffusion-autoencoder", "dpdiffusion"]
+                         + (["synthetic-data"] if domain.synthetic else []),
                          pipeline_tag="image-to-image")
     data.training_command = command
+    data.training_domain = domain.to_dict()
     data.attribute_names = list(dirs.names)
     data.clip_bounds = dirs.clip_bounds
     basis = ("per release, the span of the protected attributes' raw directions, orthonormalised (QR) in the order "
@@ -55,7 +59,9 @@ def render_pipeline_card(model_dir: str | Path, *, command: str, training_state:
         custom_pipeline=custom_pipeline, encoder_class=encoder_class, decoder=decoder,
         latent_dim=enc_cfg.get("latent_dim", "?"), attribute_names=list(dirs.names),
         image_size=unet_cfg.get("sample_size", unet_cfg.get("image_size", "?")),
-        steps=state.get("step", "unknown"), dataset=state.get("dataset", "SynthFaces"), command=command,
+        steps=state.get("step", "unknown"),
+        dataset=state.get("dataset", domain.name if domain.known else "an undeclared dataset"), command=command,
+        domain=domain, real_face_commands=REAL_FACE_COMMANDS,
         repo_or_path=repo_or_path,
         bounds=[{"name": n, "alone": dirs.clip_bounds[n], "bound": b, "accuracy": a} for n, b, a in
                 zip(dirs.names, dirs.clip_bound_values.tolist(), dirs.probe_accuracy.tolist())],

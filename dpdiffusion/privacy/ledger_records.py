@@ -22,9 +22,13 @@ class BudgetExceededError(ValueError):
     """A release would push a subject's spent epsilon above the ledger's budget; nothing was recorded.
 
     Attributes:
-        subject_id (`str`), budget_epsilon (`float`), delta (`float`), spent_epsilon (`float`, before the release),
-        release_epsilon (`float`, the release on its own), epsilon_after (`float`, total had it been recorded),
-        remaining_epsilon (`float`, what is left).
+        subject_id (`str`): the subject refused.
+        budget_epsilon (`float`): the ledger's budget.
+        delta (`float`): the ledger's delta.
+        spent_epsilon (`float`): the subject's spend before the release.
+        release_epsilon (`float`): the release on its own.
+        epsilon_after (`float`): the total had it been recorded.
+        remaining_epsilon (`float`): what is left.
     """
 
     def __init__(self, *, subject_id, budget_epsilon, delta, spent_epsilon, release_epsilon, epsilon_after,
@@ -51,10 +55,17 @@ class Release:
     """One recorded release of a subject.
 
     Args:
-        release_id (`int`), subject_id (`str`), noise_multiplier (`float`), epsilon (`float`: this release alone
-        at the ledger delta), spent_after (`float`: the subject's total after it), attributes (`tuple[str, ...]`),
-        scope (`str`), note (`str` or `None`), created_at (`str`, ISO 8601 UTC), guarantee (`str`: one of
-        `dpdiffusion.privacy.spec.GUARANTEES`, or "unrecorded" for releases of a ledger older than the column).
+        release_id (`int`): the release's row.
+        subject_id (`str`): the subject charged.
+        noise_multiplier (`float`): the release's noise over its sensitivity.
+        epsilon (`float`): this release alone at the ledger delta.
+        spent_after (`float`): the subject's total after it.
+        attributes (`tuple[str, ...]`): the attributes protected.
+        scope (`str`): the noise's scope.
+        note (`str` or `None`): the caller's note.
+        created_at (`str`): ISO 8601 UTC.
+        guarantee (`str`): one of `dpdiffusion.privacy.spec.GUARANTEES`, or "unrecorded" for releases of a ledger
+            older than the column.
     """
 
     release_id: int

@@ -157,7 +157,8 @@ def build_demo(pipe=None, *, ledger_dir=None, feedback_dir=None, budget_epsilon:
 
 
 def main(argv=None) -> None:
-    """``python app.py [--port P] [--host H] [--model M] [--budget-epsilon E] [--new-ledger]``: serve the Space.
+    """``python app.py [--port P] [--host H] [--model M] [--budget-epsilon E] [--new-ledger]
+    [--allow-domain-mismatch]``: serve the Space.
 
     Sets the process's umask to 077 first: every file and folder the server creates, Gradio's included, is its
     user's only."""
@@ -173,6 +174,10 @@ def main(argv=None) -> None:
                         help=f"Start a new ledger and subject secret where one or both have gone missing or the "
                              f"secret is not the ledger's (default: ${ENV_NEW_LEDGER}); the old files are moved aside. "
                              "Without it such a Space refuses to start, since every face would get a fresh budget.")
+    parser.add_argument("--allow-domain-mismatch", action="store_true",
+                        help="Run the photo mode with a model trained only on synthetic faces (the embedded default: "
+                             "SynthFaces, 32 px cartoons), only to test the plumbing: every face comes back as a "
+                             "cartoon. Without it such a Space refuses photos, saying how to serve real faces.")
     ns = parser.parse_args(argv)
     # every file and folder this process creates (Gradio's releases and cache included) is for this user only
     os.umask(0o077)
@@ -182,8 +187,8 @@ def main(argv=None) -> None:
 
         torch.set_num_threads(int(os.environ[ENV_THREADS]))
     pipe, model_name = load_pipeline(ns.model)
-    build_demo(pipe, model_name=model_name, budget_epsilon=ns.budget_epsilon,
-               new_ledger=ns.new_ledger).launch(server_port=ns.port, server_name=ns.host)
+    build_demo(pipe, model_name=model_name, budget_epsilon=ns.budget_epsilon, new_ledger=ns.new_ledger,
+               allow_domain_mismatch=ns.allow_domain_mismatch).launch(server_port=ns.port, server_name=ns.host)
 
 
 if __name__ == "__main__":

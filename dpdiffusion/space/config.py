@@ -59,6 +59,9 @@ class SpaceConfig:
             never a research tool; seeded (reproducible) noise has no place in it.
         num_samples (`int`), sample_seed (`int`), sample_size (`int`): the SynthFaces samples offered.
         max_concurrent_releases (`int`): releases generated at once; the rest wait in the queue (with progress).
+        allow_domain_mismatch (`bool`): run the photo mode with a model that knows only synthetic faces
+            (`synthetic_domain`), to test the plumbing (``--allow-domain-mismatch`` at launch); by default such a
+            Space refuses photos with the model's domain and how to serve real faces (`photo_domain_refusal`).
 
     Raises:
         ValueError: a setting out of range, or ``secure_mode=False``.
@@ -76,6 +79,7 @@ class SpaceConfig:
     sample_seed: int = 2024
     sample_size: int = 128
     max_concurrent_releases: int = 1
+    allow_domain_mismatch: bool = False
 
     def __post_init__(self):
         if self.secure_mode is not True:
@@ -91,6 +95,9 @@ class SpaceConfig:
                              f"got start_epsilon={self.start_epsilon}")
         if not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be an int >= 1, got {self.num_inference_steps!r}")
+        if not isinstance(self.allow_domain_mismatch, bool):
+            raise ValueError(f"allow_domain_mismatch must be True or False, got "
+                             f"allow_domain_mismatch={self.allow_domain_mismatch!r}")
         if self.max_concurrent_releases < 1:
             raise ValueError(f"max_concurrent_releases must be >= 1, got {self.max_concurrent_releases}")
 
@@ -169,6 +176,36 @@ def public_model_name(model: Optional[str]) -> str:
                 if title and "/" not in title and "\\" not in title:
                     return title
     return "a local pipeline"
+
+
+def synthetic_domain(pipe):
+    """The training domain of ``pipe`` when it knows only synthetic faces (the embedded default: SynthFaces, 32 px,
+    cartoons), else `None`: the Space then shows a banner saying so and how to serve real faces.
+
+    The one place the Space decides this: it reads the domain the model declares (``pipe.training_domain``, from its
+    ``model_index.json``; `dpdiffusion.models.training_domain`). A model that declares none (``"unknown"``) gets no
+    banner.
+
+    Returns:
+        `TrainingDomain` or `None`.
+    """
+    domain = getattr(pipe, "training_domain", None)
+    return domain if getattr(domain, "synthetic", False) is True else None
+
+
+def photo_domain_refusal(pipe, config: SpaceConfig) -> Optional[str]:
+    """The photo mode's refusal (Markdown) while the Space serves a model that knows only synthetic faces and was not
+    launched with ``--allow-domain-mismatch``: what the model is and the two commands that serve real faces; `None`
+    when photos may go through."""
+    from ..models.training_domain import REAL_FACE_CHECKPOINT, photo_refusal_message
+
+    domain = synthetic_domain(pipe)
+    if domain is None or config.allow_domain_mismatch:
+        return None
+    return photo_refusal_message(domain, what="This photo", markdown=True,
+                                 opt_in="`--allow-domain-mismatch` when the Space is started "
+                                        "(`dpdiffusion space --allow-domain-mismatch`)",
+                                 use_command=f"dpdiffusion space --model {REAL_FACE_CHECKPOINT}")
 
 
 def hub_token() -> Optional[str]:

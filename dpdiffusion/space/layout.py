@@ -1,6 +1,9 @@
 """The Space's page: the Gradio Blocks, the in-browser upload component and the statements on the page.
 
 Gradio plumbing only: every handler delegates to `session.DPSpace` (face mode) or `photo.protect_photo` (photo mode).
+What the page offers follows the session after each answer (`page_controls`: no figure before a release, the judgement
+buttons only while an image awaits judgement; `shown_weights`: a weight for each ticked attribute), through events
+that are not part of the API; while the model knows only synthetic faces a banner says so (`domain_banner`).
 
 Both modes take their picture through one component (`upload_component`): a `gr.HTML` whose script reads the file
 in the browser, checks the limits, shrinks it to at most ``PHOTO_SIDE`` px on its long side on a canvas and puts
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import html
 import inspect
 import os
 import re
@@ -29,7 +33,7 @@ import stat
 from functools import lru_cache
 from pathlib import Path
 
-from .config import SESSION_TTL_S, SpaceConfig
+from .config import SESSION_TTL_S, SpaceConfig, synthetic_domain
 from .hardware import gpu_task
 from .images import FACE_SIDE, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, MIN_UPLOAD_SIDE, PHOTO_SIDE
 from .session import DPSpace, SubjectSession, View
@@ -161,7 +165,7 @@ computed without the server's secret, which is never shown, logged or stored wit
 
 
 def upload_component(elem_id: str, *, title: str, pick: str, empty: str, alt: str, fit: str = "contain",
-                     box: int = 256, rendering: str = "auto"):
+                     box: int = 256, rendering: str = "auto", label: str = "image"):
     """The in-browser upload (a `gr.HTML`): its value is the picture's PNG data URL, read and shrunk in the browser.
 
     Args:
@@ -169,13 +173,64 @@ def upload_component(elem_id: str, *, title: str, pick: str, empty: str, alt: st
             the empty preview, the preview's alt text).
         fit (`str`): how the preview fills its square (``"cover"`` shows the face mode's centre square).
         box (`int`): the preview's side (px); rendering (`str`): CSS ``image-rendering`` of the preview.
+        label (`str`): its name in the API where an endpoint returns it (not shown on the page).
     """
     import gradio as gr
 
     return gr.HTML(value="", html_template=_UPLOAD_TEMPLATE, css_template=_UPLOAD_CSS, js_on_load=_UPLOAD_JS,
-                   elem_id=elem_id, max_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_UPLOAD_PIXELS,
-                   min_side=MIN_UPLOAD_SIDE, side=PHOTO_SIDE, title=title, pick=pick, empty=empty, alt=alt, fit=fit,
-                   box=box, rendering=rendering)
+                   label=label, show_label=False, elem_id=elem_id, max_bytes=MAX_UPLOAD_BYTES,
+                   max_pixels=MAX_UPLOAD_PIXELS, min_side=MIN_UPLOAD_SIDE, side=PHOTO_SIDE, title=title, pick=pick,
+                   empty=empty, alt=alt, fit=fit, box=box, rendering=rendering)
+
+
+_BANNER_CSS = """
+.dp-banner { border: 2px solid #d97706; background: #fffbeb; color: #78350f; border-radius: 8px; padding: 10px 14px; }
+.dp-banner strong { color: #78350f; }
+.dp-banner pre { margin: 6px 0 0; padding: 6px 8px; background: #fef3c7; color: #451a03; border-radius: 4px;
+                 white-space: pre-wrap; overflow-wrap: anywhere; font-size: 0.85em; }
+"""
+
+
+def domain_banner(space: DPSpace):
+    """The banner shown while the Space serves a model that knows only synthetic faces (`config.synthetic_domain`,
+    e.g. the embedded default: SynthFaces, 32 px, cartoons): what the model is and how to serve real faces (convert
+    the official DiffAE checkpoint, then launch the Space with ``--model``). HTML; `None` for any other model.
+
+    Only public facts about the model (its name as `config.public_model_name` gives it, and its declared domain)."""
+    domain = synthetic_domain(space.pipe)
+    if domain is None:
+        return None
+    from ..models.training_domain import REAL_FACE_CHECKPOINT, REAL_FACE_COMMANDS
+
+    size = f"{domain.resolution} px" if domain.resolution is not None else "its training resolution"
+    kind = "cartoon" if domain.name == "SynthFaces" else "synthetic"
+    esc = html.escape
+    return (
+        f'<div class="dp-banner" role="note"><strong>Demonstration model: it knows only synthetic faces.</strong> '
+        f"This Space serves <strong>{esc(space.model_name)}</strong> ({esc(domain.summary())}), trained only on "
+        f"{esc(domain.description)} On a photo of a real person it can only draw a blurred {esc(size)} {kind} face, "
+        "at any ε. To protect real faces, convert the official Diffusion Autoencoder checkpoint (FFHQ, 256 px: "
+        "download <code>ffhq256_autoenc/</code> and <code>ffhq256_autoenc_cls/</code> from "
+        "https://github.com/phizaz/diffae) and launch the Space with it:"
+        f"<pre>{esc(REAL_FACE_COMMANDS[0])}\ndpdiffusion space --model {esc(REAL_FACE_CHECKPOINT)}</pre></div>")
+
+
+def page_controls(session) -> dict:
+    """What the face mode's page offers for ``session`` (pure, no Gradio).
+
+    Returns:
+        `dict`: ``figures``: the figures of a release are shown (after the session's first release; before it the
+        page shows a dash, not 0); ``judge``: *More privacy*, *More detail* and *Accept* can be pressed (an image is
+        shown and the session is not accepted).
+    """
+    released = session is not None and session.protected is not None
+    return {"figures": released, "judge": released and not session.finished}
+
+
+def shown_weights(names, ticked) -> list:
+    """Which weight sliders the page shows: those of the ticked attributes (``names`` in order; pure)."""
+    ticked = set(ticked or ())
+    return [name in ticked for name in names]
 
 
 def _named(fn, names):
@@ -408,6 +463,9 @@ def _intro(space: DPSpace, config: SpaceConfig, hub_note: str) -> None:
         f"Model: {space.model_name} ({size}×{size} px). Each face has a privacy budget of "
         f"ε = {config.budget_epsilon:g} at δ = {config.delta:.0e} over all the images released of it, in all "
         "sessions and both modes.")
+    banner = domain_banner(space)
+    if banner is not None:
+        gr.HTML(value=banner, css_template=_BANNER_CSS, elem_id="dp-domain-banner")
     every, age = CACHE_DELETION
     gr.Markdown(_PRIVACY_NOTE.format(side=PHOTO_SIDE, face_side=FACE_SIDE, ttl=f"{SESSION_TTL_S / 3600:g}",
                                      cache_min=age // 60, cache_max=(age + every) // 60,
@@ -439,16 +497,17 @@ def _photo_mode(space: DPSpace, attributes, release: dict) -> tuple:
             with gr.Column(scale=1, min_width=300):
                 photo_in = upload_component("dp-photo-in", title="Photo (stays in your browser and this request)",
                                             pick="Upload a photo…", empty="no photo loaded", alt="photo",
-                                            fit="contain", box=320)
+                                            fit="contain", box=320, label="photo")
             with gr.Column(scale=2, min_width=300):
                 photo_out = gr.HTML(value={}, html_template=_PHOTO_OUT_TEMPLATE, css_template=_PHOTO_OUT_CSS,
-                                    js_on_load=None, elem_id="dp-photo-out")
+                                    js_on_load=None, elem_id="dp-photo-out", label="protected_photo",
+                                    show_label=False)
         with gr.Row():
             photo_eps = gr.Number(value=space.config.start_epsilon, label="ε of each face",
                                   minimum=space.config.min_epsilon, maximum=space.config.max_epsilon,
                                   elem_id="dp-photo-epsilon")
             photo_btn = gr.Button("Protect the faces", variant="primary", elem_id="dp-photo-protect")
-        photo_status = gr.Markdown(elem_id="dp-photo-status")
+        photo_status = gr.Markdown(elem_id="dp-photo-status", label="status", show_label=False)
     photo_btn.click(gpu_task(on_photo), [photo_in, attributes, photo_eps], [photo_out, photo_status],
                     api_name="protect_photo", **{k: v for k, v in release.items() if k != "show_progress_on"})
     return photo_in, photo_out
@@ -486,36 +545,62 @@ def build_page(space: DPSpace, *, hub_note: str):
                 protected = gr.Image(label="Protected", type="numpy", format="png", interactive=False,
                                      height=300, elem_id="dp-protected", buttons=["download"])
             with gr.Column(scale=1, min_width=260):
-                epsilon_box = gr.Number(label="ε of this image", interactive=False, elem_id="dp-epsilon",
-                                        precision=None)
-                spent_box = gr.Number(label="ε spent by this session", interactive=False,
-                                      elem_id="dp-session-spent")
+                # before the session's first release there is no figure to show: a dash, not the Numbers' 0
+                no_figures = gr.Markdown("ε of this image: –\n\nε spent by this session: –",
+                                         elem_id="dp-no-figures")
+                with gr.Column(visible=False, elem_id="dp-figure-boxes") as figure_boxes:
+                    epsilon_box = gr.Number(label="ε of this image", interactive=False, elem_id="dp-epsilon",
+                                            precision=None)
+                    spent_box = gr.Number(label="ε spent by this session", interactive=False,
+                                          elem_id="dp-session-spent")
+                # judging needs an image to judge: enabled after a release, until it is accepted (`page_controls`)
                 with gr.Row():
-                    more_privacy_btn = gr.Button("More privacy", elem_id="dp-more-privacy", variant="secondary")
-                    more_detail_btn = gr.Button("More detail", elem_id="dp-more-detail", variant="secondary")
-                accept_btn = gr.Button("Accept", elem_id="dp-accept", variant="primary")
-        status = gr.Markdown("Load a face, choose what to protect, and press **Protect**.", elem_id="dp-status")
+                    more_privacy_btn = gr.Button("More privacy", elem_id="dp-more-privacy", variant="secondary",
+                                                 interactive=False)
+                    more_detail_btn = gr.Button("More detail", elem_id="dp-more-detail", variant="secondary",
+                                                interactive=False)
+                accept_btn = gr.Button("Accept", elem_id="dp-accept", variant="primary", interactive=False)
+        status = gr.Markdown("Load a face, choose what to protect, and press **Protect**.", elem_id="dp-status",
+                             label="status", show_label=False)
         with gr.Row():
             with gr.Column(scale=1):
                 attributes = gr.CheckboxGroup(list(space.attribute_names), value=space.default_attributes,
                                               label="Protected attributes", elem_id="dp-attributes")
-                weight_sliders = [gr.Slider(0.1, 10.0, value=1.0, step=0.1, label=f"weight: {a}",
-                                            elem_id=f"dp-weight-{a}") for a in space.attribute_names]
                 start_eps = gr.Number(value=config.start_epsilon, label="starting ε", minimum=config.min_epsilon,
                                       maximum=config.max_epsilon, elem_id="dp-start-epsilon")
                 protect_btn = gr.Button("Protect", variant="primary", elem_id="dp-protect")
+                # how the budget is shared: a slider for each ticked attribute only (`shown_weights`)
+                shown = shown_weights(space.attribute_names, space.default_attributes)
+                weight_sliders = [gr.Slider(0.1, 10.0, value=1.0, step=0.1, label=f"weight: {a}", visible=v,
+                                            elem_id=f"dp-weight-{a}") for a, v in zip(space.attribute_names, shown)]
             with gr.Column(scale=2):
-                figures = gr.Markdown(elem_id="dp-figures")
-                report = gr.Markdown(elem_id="dp-report")
+                figures = gr.Markdown(elem_id="dp-figures", label="figures", show_label=False)
+                report = gr.Markdown(elem_id="dp-report", label="report", show_label=False)
 
         outs = [protected, epsilon_box, spent_box, figures, status, report, session_state]
         release = dict(concurrency_limit=config.max_concurrent_releases, concurrency_id="release",
                        show_progress="full", show_progress_on=[protected])
+
+        def on_controls(session):
+            offered = page_controls(session)
+            return (gr.Column(visible=offered["figures"]), gr.Markdown(visible=not offered["figures"]),
+                    *(gr.Button(interactive=offered["judge"]) for _ in range(3)))
+
+        def on_attributes(ticked):
+            return [gr.Slider(visible=v) for v in shown_weights(space.attribute_names, ticked)]
+
+        # the page's own state (which figures and buttons it offers) follows each answer; not part of the API
+        controls = dict(fn=on_controls, inputs=[session_state],
+                        outputs=[figure_boxes, no_figures, more_privacy_btn, more_detail_btn, accept_btn],
+                        api_visibility="private", queue=False)
         protect_btn.click(on_protect, [original, attributes, start_eps, session_state, *weight_sliders], outs,
-                          api_name="protect", **release)
-        more_privacy_btn.click(on_more_privacy, [session_state], outs, api_name="more_privacy", **release)
-        more_detail_btn.click(on_more_detail, [session_state], outs, api_name="more_detail", **release)
-        accept_btn.click(on_accept, [session_state], outs, api_name="accept", concurrency_limit=None)
+                          api_name="protect", **release).then(**controls)
+        more_privacy_btn.click(on_more_privacy, [session_state], outs, api_name="more_privacy",
+                               **release).then(**controls)
+        more_detail_btn.click(on_more_detail, [session_state], outs, api_name="more_detail",
+                              **release).then(**controls)
+        accept_btn.click(on_accept, [session_state], outs, api_name="accept", concurrency_limit=None).then(**controls)
+        attributes.change(on_attributes, [attributes], weight_sliders, api_visibility="private", queue=False)
         sample_btn.click(on_sample, [sample_index], [original], api_name="sample", concurrency_limit=None)
         photo_in, photo_out = _photo_mode(space, attributes, release)
         # the uploads, and the photo mode's answer (the upload's pixels outside the faces): never kept by Gradio

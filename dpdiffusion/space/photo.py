@@ -22,6 +22,7 @@ import secrets
 
 import numpy as np
 
+from .config import photo_domain_refusal
 from .images import decode_photo, image_to_data_url
 from .report import fmt
 from .session import FaceLedger, ReleaseRefused, refusal_text
@@ -32,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 def protect_photo(space, photo, attributes, epsilon) -> tuple:
     """Protect every face of ``photo`` at ``epsilon``.
+
+    A Space serving a model that knows only synthetic faces (the embedded default) refuses every photo with the
+    model's domain and the commands that serve real faces, before the photo is decoded (`config.photo_domain_refusal`),
+    unless it was launched with ``--allow-domain-mismatch`` (``SpaceConfig.allow_domain_mismatch``).
 
     Args:
         space (`DPSpace`): the app (pipeline, ledger, face keying, config).
@@ -49,6 +54,9 @@ def protect_photo(space, photo, attributes, epsilon) -> tuple:
     from dpdiffusion.faces.photos import NoFaceFoundError, protect_photos
 
     config = space.config
+    refusal = photo_domain_refusal(space.pipe, config)  # a model that knows only synthetic faces: not on photos
+    if refusal is not None:
+        return None, f"**Refused**: {refusal} Nothing was released and nothing was charged."
     try:  # request-only refusals, before anything is detected or the ledger is read
         photo = decode_photo(photo)
         attributes = space.check_attributes(attributes)
@@ -66,13 +74,17 @@ def protect_photo(space, photo, attributes, epsilon) -> tuple:
     try:
         with space._new_subject_lock:  # faces resolved against the ledger and charged before another release
             known = set(space.ledger.subjects())
-            ids = [space.subjects.resolve(crop, known, photo=photo, face=face) for face, crop in found]
+            matches = [space.subjects.match(crop, known, photo=photo, face=face, register=False)
+                       for face, crop in found]
+            ids = [m.subject_id for m in matches]
             if len(set(ids)) != len(ids):
                 return None, ("**Refused**: two faces of this photo look the same to the app's face key, so they "
                               "cannot be charged separately; nothing was released and nothing was charged.")
             out = protect_photos(
                 space.pipe, [photo], detector=FoundFaces([f for f, _ in found]), subject_ids=["photo"],
-                face_subject_id=lambda _, j: ids[j], ledger=FaceLedger(space.ledger), attributes=attributes,
+                face_subject_id=lambda _, j: ids[j],
+                ledger=FaceLedger(space.ledger, on_charged=lambda: [space.subjects.register(m) for m in matches]),
+                attributes=attributes,
                 epsilon=eps, delta=config.delta, num_inference_steps=config.num_inference_steps, secure_mode=True,
                 generator=torch.Generator().manual_seed(secrets.randbits(63)), output_type="np")
     except ReleaseRefused as exc:

@@ -30,7 +30,7 @@ def release_figures(r: dict, *, releases_here: Sequence[float], session_spent: f
         session_spent (`float`): this session's releases composed (at ``delta``).
         budget (`float`), delta (`float`): the face's budget and the ledger's delta (public settings).
         latency_s (`float`, *optional*), steps (`int`): how long the release took, with how many DDIM steps.
-        hints (`list[str]`): what the next judgements would release.
+        hints (`list[str]`): what the next judgements would release (empty after "accept": no row).
     """
     sigmas = ", ".join(f"{a}: {fmt(s)}" for a, s in r["sigmas"].items())
     weights = ", ".join(f"{a}: {fmt(w, 3)}" for a, w in zip(r["attributes"], r["weights"]))
@@ -52,7 +52,8 @@ def release_figures(r: dict, *, releases_here: Sequence[float], session_spent: f
     ]
     if latency_s is not None:
         lines.append(f"| generated in | {latency_s:.2f} s ({steps} steps) |")
-    lines.append(f"| next release | {'; '.join(hints)} |")
+    if hints:  # none once the session is accepted: it releases nothing more
+        lines.append(f"| next release | {'; '.join(hints)} |")
     return "\n".join(lines)
 
 

@@ -95,11 +95,14 @@ class FaceLedger:
     Args:
         ledger (`PrivacyLedger`): the Space's ledger.
         subject_ids (`tuple[str]`, *optional*): the subjects each release of the pipeline's one image is charged to.
+        on_charged (callable, *optional*): called once the ledger has charged (before anything is generated): the
+            faces' band keys join the subject index then, so a refused request teaches the index nothing.
     """
 
-    def __init__(self, ledger, subject_ids: Optional[tuple] = None):
+    def __init__(self, ledger, subject_ids: Optional[tuple] = None, *, on_charged=None):
         self.ledger = ledger
         self.subject_ids = None if subject_ids is None else tuple(subject_ids)
+        self.on_charged = on_charged
 
     def charge_many(self, subject_ids, **kwargs) -> list:
         from ..privacy.ledger import BudgetExceededError
@@ -111,6 +114,8 @@ class FaceLedger:
             raise ReleaseRefused("budget") from None
         except ValueError:  # the neighbouring relation of a subject's first release (the pipeline checked the rest)
             raise ReleaseRefused("relation") from None
+        if self.on_charged is not None:
+            self.on_charged()
         return left if self.subject_ids is None else [min(left)] * len(subject_ids)
 
 
@@ -276,7 +281,7 @@ class DPSpace:
             attributes=list(session.attributes), weights=list(session.weights), epsilon=float(epsilon),
             delta=self.config.delta)).noise_multiplier
 
-    def _release(self, session: SubjectSession, epsilon: float, progress=None):
+    def _release(self, session: SubjectSession, epsilon: float, progress=None, on_charged=None):
         """Charge all of the session's subjects, then generate. Raises `ReleaseRefused` (nothing charged),
         `NoiseSourceError` (charged, image withheld) or ``ValueError``. Returns ``(image, report dict, seconds)``."""
         import torch
@@ -287,7 +292,7 @@ class DPSpace:
         # the pipeline charges the ledger atomically before it generates anything, and refuses (charging
         # nothing) when the release would exceed a subject's budget. Privacy noise: OS CSPRNG, always; the
         # stochastic code x_T comes from a generator seeded from `secrets`.
-        out = self.pipe(session.original, ledger=FaceLedger(self.ledger, session.subject_ids),
+        out = self.pipe(session.original, ledger=FaceLedger(self.ledger, session.subject_ids, on_charged=on_charged),
                         subject_ids=[session.subject_id], attributes=list(session.attributes),
                         weights=list(session.weights), epsilon=float(epsilon), delta=self.config.delta,
                         num_inference_steps=self.config.num_inference_steps,
@@ -304,7 +309,8 @@ class DPSpace:
     def _shown(self, session: SubjectSession, status: str, latency_s: Optional[float]) -> View:
         figures = release_figures(session.report, releases_here=session.epsilons, session_spent=session.spent_epsilon,
                                   budget=self.config.budget_epsilon, delta=self.config.delta, latency_s=latency_s,
-                                  steps=self.config.num_inference_steps, hints=self._next_hints(session))
+                                  steps=self.config.num_inference_steps,
+                                  hints=() if session.finished else self._next_hints(session))  # accepted: no next
         return View(session=session, status=status, protected=upscale_for_display(session.protected),
                     epsilon=float(session.report["epsilon"]),
                     session_spent=float(f"{session.spent_epsilon:.4g}"), figures=figures, latency_s=latency_s)
@@ -392,10 +398,18 @@ class DPSpace:
             progress(0.0, desc="finding the face's budget")  # faces, descriptor and keyed lookups: about 1 s
         found = find_face_crops(photo, within=face_square_box(photo))
 
+        matches: list = []
+
         def subjects_of(known) -> tuple:  # the picture itself first, then each face found in it (and its person)
-            ids = [self.subjects.resolve(original, known, person=not found),
-                   *(self.subjects.resolve(crop, known, photo=photo, face=face) for face, crop in found)]
-            return tuple(dict.fromkeys(ids))
+            square = (dict(person="veto", photo=photo, face=found[0][0]) if found else {})  # its faces: vetoes only
+            matches[:] = [self.subjects.match(original, known, register=False, **square),
+                          *(self.subjects.match(crop, known, photo=photo, face=face, register=False)
+                            for face, crop in found)]
+            return tuple(dict.fromkeys(m.subject_id for m in matches))
+
+        def charged() -> None:  # the faces' new band keys join the index only with a charge (never on a refusal)
+            for m in matches:
+                self.subjects.register(m)
 
         def start(subject_ids: tuple) -> SubjectSession:
             if subject_ids == session.subject_ids and not session.finished:
@@ -407,18 +421,20 @@ class DPSpace:
         known = set(self.ledger.subjects())
         subject_ids = subjects_of(known)
         if known.issuperset(subject_ids):
-            return self._generate(session, start(subject_ids), eps, progress, "First protected image")
+            return self._generate(session, start(subject_ids), eps, progress, "First protected image",
+                                  on_charged=charged)
         with self._new_subject_lock:  # a new face: resolve again and charge before another session can
             subject_ids = subjects_of(set(self.ledger.subjects()))
-            return self._generate(session, start(subject_ids), eps, progress, "First protected image")
+            return self._generate(session, start(subject_ids), eps, progress, "First protected image",
+                                  on_charged=charged)
 
     def _generate(self, old: SubjectSession, new: SubjectSession, epsilon: float, progress, what: str,
-                  verdict: Optional[str] = None) -> View:
+                  verdict: Optional[str] = None, on_charged=None) -> View:
         try:
             why = self._session_refusal(new, epsilon)
             if why is not None:
                 return self._refuse(old, why)
-            image, report, seconds = self._release(new, epsilon, progress)
+            image, report, seconds = self._release(new, epsilon, progress, on_charged)
         except ReleaseRefused as exc:
             logger.info("release refused by the ledger (%s)", exc.kind)
             return self._refuse(old, refusal_text(self.config.budget_epsilon, self.config.delta))

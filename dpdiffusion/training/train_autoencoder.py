@@ -24,7 +24,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -35,44 +35,12 @@ from tqdm.auto import tqdm
 from ..models.attribute_directions import AttributeDirections
 from ..models.diffae import _is_official, build_diffae_scheduler, build_diffae_unet, build_scheduler, build_unet
 from ..models.semantic_encoder import SemanticEncoder
+from ..models.training_domain import dataset_domain
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class AutoencoderTrainingConfig:
-    """Options of ``train_autoencoder`` (also the ``dpdiffusion train`` CLI)."""
-
-    output_dir: str = field(metadata={"help": "Where checkpoints and the final pipeline (output_dir/model) go."})
-    dataset: str = field(default="synthfaces", metadata={"help": "'synthfaces', a Hub dataset name, an image folder with metadata, or a save_to_disk folder."})
-    image_column: str = field(default="image", metadata={"help": "Image column of a real dataset."})
-    attribute_columns: list[str] | None = field(default=None, metadata={"help": "Attribute columns (protected ones first); SynthFaces' five by default."})
-    num_images: int = field(default=10000, metadata={"help": "SynthFaces images to generate (ignored for real datasets)."})
-    image_size: int = field(default=32, metadata={"help": "Training resolution in pixels."})
-    latent_dim: int = field(default=64, metadata={"help": "Dimension d of the semantic latent."})
-    unet_type: str = field(default="unet2d", metadata={"help": "'unet2d' (UNet2DModel, z added to the time "
-                           "embedding) or 'diffae' (DiffAE AdaGN: z multiplies every residual block; linear schedule)."})
-    prediction_type: str = field(default="epsilon", metadata={"help": "What the UNet predicts: 'epsilon' (the noise) "
-                                 "or 'v_prediction' (v = sqrt(abar) eps - sqrt(1 - abar) x0; with --unet_type diffae "
-                                 "only)."})
-    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 64], metadata={"help": "UNet block widths."})
-    encoder_channels: list[int] = field(default_factory=lambda: [32, 64, 128], metadata={"help": "Encoder block widths."})
-    batch_size: int = field(default=64, metadata={"help": "Per-process batch size."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate."})
-    max_steps: int = field(default=6000, metadata={"help": "Optimisation steps."})
-    max_minutes: float | None = field(default=None, metadata={"help": "Stop (and checkpoint) after this many minutes."})
-    warmup_steps: int = field(default=200, metadata={"help": "Linear warm-up steps."})
-    ema_decay: float = field(default=0.999, metadata={"help": "EMA decay of the weights that are saved."})
-    attribute_loss_weight: float = field(default=0.1, metadata={"help": "Weight of the auxiliary attribute loss on z."})
-    checkpoint_every: int = field(default=500, metadata={"help": "Steps between checkpoints."})
-    clip_quantile: float = field(default=0.95, metadata={"help": "Quantile of |a_i| used as the public clip bound."})
-    seed: int = field(default=0, metadata={"help": "Seed of data, initialisation and noise."})
-    mixed_precision: str = field(default="no", metadata={"help": "'no', 'fp16' or 'bf16' (Accelerate)."})
-    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
-    init_from: str | None = field(default=None, metadata={"help": "A pipeline folder saved by this trainer (e.g. an "
-                                  "embedded model) whose encoder and UNet weights start a fresh run (new optimiser, "
-                                  "schedule and attribute heads); its architecture must match these options. Ignored "
-                                  "when the run resumes from its own checkpoint."})
+from .config import AutoencoderTrainingConfig  # noqa: E402,F401  (re-exported: the trainer's options)
 
 
 def load_training_tensors(config: AutoencoderTrainingConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -224,7 +192,8 @@ def train_autoencoder(config: AutoencoderTrainingConfig):
     model_dir = out / "model"
     if accelerator.is_main_process:
         _save_pipeline(model_dir, ema, scheduler, images, labels, names, step=step,
-                       clip_quantile=config.clip_quantile)
+                       clip_quantile=config.clip_quantile,
+                       training_domain=dataset_domain(config.dataset, config.image_size))
     accelerator.wait_for_everyone()
     return model_dir
 
@@ -260,7 +229,8 @@ def export_checkpoint(output_dir: str | Path, *, checkpoint: str | Path | None =
     ema.load_state_dict(torch.load(ckpt / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=True))
     target = Path(model_dir) if model_dir is not None else out / f"export-step-{step}"
     _save_pipeline(target, ema.requires_grad_(False), scheduler, images, labels, names, step=step,
-                   clip_quantile=config.clip_quantile)
+                   clip_quantile=config.clip_quantile,
+                   training_domain=dataset_domain(config.dataset, config.image_size))
     return target
 
 
@@ -329,13 +299,14 @@ def _save_checkpoint(accelerator, ckpt_root: Path, step: int) -> None:
 
 
 def _save_pipeline(model_dir: Path, ema, scheduler, images, labels, names, *, step: int,
-                   clip_quantile: float) -> None:
-    """Fit the attribute directions on the EMA encoder and save the pipeline to ``model_dir`` atomically."""
+                   clip_quantile: float, training_domain=None) -> None:
+    """Fit the attribute directions on the EMA encoder and save the pipeline to ``model_dir`` atomically, declaring
+    ``training_domain`` (`dpdiffusion.models.training_domain.dataset_domain` of the run's dataset)."""
     from ..pipeline_dp_diffusion import DPDiffusionPipeline
 
     directions = fit_directions(ema.encoder, images, labels, names, clip_quantile=clip_quantile)
     pipe = DPDiffusionPipeline(unet=ema.unet, encoder=ema.encoder, scheduler=scheduler,
-                               attribute_directions=directions)
+                               attribute_directions=directions, training_domain=training_domain)
     tmp = model_dir.parent / f".tmp-{model_dir.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)

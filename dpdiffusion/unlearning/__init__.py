@@ -12,10 +12,29 @@ result = unlearn("me/vit-faces", original_ds, revised_ds, method="second_order",
 ```
 """
 
-from .api import unlearn
-from .core import METHODS, UnlearningResult, differentiable_attention, find_blocks, select_parameters
-from .data import LabelSpec, default_image_processor, load_classifier, make_transform
-from .second_order import HessianOperator, conjugate_gradient, power_iteration
+import importlib
+
+# imported on first use (PEP 562), so that `dpdiffusion unlearn --help` does not load torch and transformers
+_LAZY = {
+    "unlearn": ".api",
+    **dict.fromkeys(("METHODS", "UnlearningResult", "differentiable_attention", "find_blocks", "select_parameters"),
+                    ".core"),
+    **dict.fromkeys(("LabelSpec", "default_image_processor", "load_classifier", "make_transform"), ".data"),
+    **dict.fromkeys(("HessianOperator", "conjugate_gradient", "power_iteration"), ".second_order"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "METHODS",

@@ -15,6 +15,11 @@ Output: a complete Hub model folder in ``output_dir`` -- ``config.json``, ``mode
 ``preprocessor_config.json``, ``README.md`` (model card with ``base_model``, ``datasets``, ``license``, tags and a
 ``model-index`` holding only figures this run computed) and ``unlearning.json`` -- written to a temporary folder
 and moved into place when complete; with ``push_to_hub``, the same folder uploaded.
+
+The card's figures are computed through the project's ``evaluate`` modules (`dpdiffusion.evaluation.metrics`): the
+accuracies on a ``datasets`` split by ``evaluate.evaluator("image-classification")`` with ``classification_accuracy``
+(multi-label classifiers, which the evaluator does not read: the module on the decisions), the membership-inference
+AUC by ``mia_auc`` and the share of the gap by ``gap_restored``; the ``model-index`` names each module as the type.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,61 +38,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
-
-
-@dataclass
-class UnlearnConfig:
-    """Options of ``dpdiffusion unlearn``."""
-
-    classifier: str = field(metadata={"help": "transformers AutoModelForImageClassification: folder or Hub repo id "
-                                              "(its AutoImageProcessor is used for preprocessing)."})
-    original: str = field(metadata={"help": "Original training images (image folder with metadata, save_to_disk folder or Hub dataset)."})
-    revised: str = field(metadata={"help": "Output folder of `dpdiffusion protect` on those images."})
-    output_dir: str = field(metadata={"help": "Where the unlearned model, its processor and model card are written."})
-    label_columns: list[str] | None = field(default=None, metadata={
-        "help": "Multi-label: one 0/1 column per output of the classifier, named as in its id2label."})
-    label_column: str | None = field(default=None, metadata={
-        "help": "Single-label: the column of class names (the classifier's label2id) or integer ids."})
-    method: str = field(default="second_order", metadata={
-        "help": "first_order, second_order, head_exact (exact retraining of the linear head on frozen features), "
-                "finetune or retrain."})
-    head_l2: float = field(default=1e-3, metadata={"help": "L2 penalty of the head objective of --method head_exact (> 0)."})
-    image_column: str = field(default="image", metadata={"help": "Image column of the original dataset."})
-    image_size: int | None = field(default=None, metadata={
-        "help": "Input size for a classifier WITHOUT an image processor (then: centre crop, bicubic resize, [-1, 1]); "
-                "ignored when the classifier has a preprocessor_config.json."})
-    last_k_blocks: int | None = field(default=None, metadata={
-        "help": "Update only the classifier head and the last k blocks (0: the head only); default: all parameters."})
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (Accelerate autocast)."})
-    batch_size: int = field(default=32, metadata={"help": "Images per batch of gradient sums and HVPs."})
-    hessian_samples: int = field(default=256, metadata={"help": "Training rows on which the Hessian is estimated."})
-    step_search: str = field(default="held_out", metadata={
-        "help": "first/second order: held_out (the update's length chosen on a fifth of the changed pairs, held out), "
-                "training_loss (chosen on an estimate of the revised training loss: shorter, keeps more accuracy on "
-                "unchanged data, removes less) or quadratic (the local quadratic model's length)."})
-    epochs: int = field(default=10, metadata={"help": "Epochs of finetune/retrain (and of --compare-retrain)."})
-    retrain_lr: float = field(default=3e-3, metadata={
-        "help": "AdamW learning rate of --method retrain and --compare-retrain (cosine decay; > 0)."})
-    retrain_weight_decay: float = field(default=1e-4, metadata={
-        "help": "AdamW weight decay of the retraining (>= 0)."})
-    retrain_warmup_ratio: float = field(default=0.0, metadata={
-        "help": "Share of the retraining steps spent on a linear warm-up, in [0, 1) (a ViT trained from scratch "
-                "wants one: the ViT benchmark uses lr 1e-3, weight decay 0.05, warm-up 0.1)."})
-    compare_retrain: bool = field(default=False, metadata={
-        "help": "Also retrain from scratch: agreement with it, cost ratio, and (with --held-out) membership inference."})
-    held_out: str | None = field(default=None, metadata={
-        "help": "Held-out images with the same label column(s), never trained on: the non-members of the "
-                "membership-inference AUC (with --compare-retrain)."})
-    shifted_test: str | None = field(default=None, metadata={
-        "help": "Held-out images with the same label column(s) on which the correlation to unlearn is reversed "
-                "(e.g. dpdiffusion.evaluation.unlearning_shift.reversed_correlation_split rendered to a folder): "
-                "accuracy there before and after; with --compare-retrain, the retrained model's and the share of "
-                "the gap restored."})
-    dataset_ids: list[str] | None = field(default=None, metadata={
-        "help": "Hub dataset ids listed under `datasets` in the card (default: --original/--revised if they are Hub ids)."})
-    push_to_hub: str | None = field(default=None, metadata={"help": "Upload the result to this Hub repo id (needs a token)."})
-    seed: int = field(default=0, metadata={"help": "Seed."})
+from .job_config import MIXED_PRECISION, UnlearnConfig  # noqa: E402,F401  (re-exported: the job's options)
 
 
 def _read_revised_records(folder: Path) -> tuple[list[int], list[str], dict]:
@@ -131,12 +81,29 @@ def _predict(model, source, batch_size: int, device) -> torch.Tensor:
     return torch.cat(outs)
 
 
-def _correct(logits: torch.Tensor, labels: torch.Tensor, problem_type: str) -> torch.Tensor:
-    if problem_type == "single_label_classification":
-        return (logits.argmax(-1) == labels).float()
-    if problem_type == "regression":
-        raise ValueError("accuracy is undefined for regression")
-    return ((logits > 0) == (labels > 0.5)).float()
+def _evaluator_accuracy(model, processor, dataset, image_column: str, labels: torch.Tensor, device) -> float:
+    """Top-1 accuracy of a single-label classifier on a ``datasets`` split, computed by
+    ``evaluate.evaluator("image-classification")`` with the project's ``classification_accuracy`` module (loaded by
+    path: nothing is fetched from the Hub). The evaluator reads the split one image at a time."""
+    import evaluate
+
+    from ..evaluation.metrics import load_metric
+
+    data = dataset.select_columns([image_column]).add_column("_label", [int(v) for v in labels.tolist()])
+    model.eval()
+    # the model itself, not a Pipeline (evaluate 0.4.6 tests a Pipeline against transformers.TFPreTrainedModel, which
+    # transformers 5 no longer has); the evaluator builds the image-classification pipeline with `processor`
+    result = evaluate.evaluator("image-classification").compute(
+        model_or_pipeline=model, feature_extractor=processor, data=data, metric=load_metric("classification_accuracy"),
+        input_column=image_column, label_column="_label",
+        label_mapping={str(name): int(i) for i, name in model.config.id2label.items()},
+        device=(device.index or 0) if device.type == "cuda" else -1)
+    return float(result["accuracy"])
+
+
+def _module_labels(labels: torch.Tensor, problem_type: str) -> np.ndarray:
+    """Labels as the evaluate modules take them: class ids, or 0/1 rows for multi-label."""
+    return (labels if problem_type == "single_label_classification" else labels > 0.5).long().numpy()
 
 
 def _decisions(logits: torch.Tensor, problem_type: str) -> torch.Tensor:
@@ -152,8 +119,7 @@ def run_unlearn_job(config: UnlearnConfig, *, progress: bool = True) -> Path:
     import datasets
 
     from ..data.attributes import load_attribute_dataset
-    from ..evaluation.unlearning_metrics import roc_auc
-    from ..evaluation.unlearning_shift import gap_restored
+    from ..evaluation.metrics import load_metric
     from ..hub import push_unlearned_model, write_unlearned_model
     from ..training.classifier import per_example_loss, train_classifier
     from ..utils_accelerate import make_accelerator
@@ -230,14 +196,24 @@ def run_unlearn_job(config: UnlearnConfig, *, progress: bool = True) -> Path:
     device = next(result.model.parameters()).device
     problem_type = spec.problem_type
     metrics: dict = {"changed_pairs": len(idx), "training_rows": len(orig_all)}
+
+    def accuracy_of(m, source, dataset, image_column: str) -> float:
+        """Utility on a ``datasets`` split: ``evaluate``'s image-classification evaluator (single-label), or the
+        ``classification_accuracy`` module on the decisions (multi-label, which the evaluator does not read)."""
+        if problem_type == "single_label_classification":
+            return _evaluator_accuracy(m, processor, dataset, image_column, source.labels, device)
+        decisions = _decisions(_predict(m, source, config.batch_size, device), problem_type).long().numpy()
+        return load_metric("classification_accuracy").compute(
+            predictions=decisions, references=_module_labels(source.labels, problem_type))["accuracy"]
+
+    def decisions_of(m, source) -> np.ndarray:
+        return _decisions(_predict(m, source, config.batch_size, device), problem_type).long().numpy()
+
     if problem_type != "regression":
-        y_rev = rev_pairs.labels
-        metrics["accuracy_revised_before"] = float(_correct(_predict(model, rev_pairs, config.batch_size, device),
-                                                            y_rev, problem_type).mean())
-        metrics["accuracy_revised_after"] = float(_correct(_predict(result.model, rev_pairs, config.batch_size, device),
-                                                           y_rev, problem_type).mean())
+        metrics["accuracy_revised_before"] = accuracy_of(model, rev_pairs, rev_ds, "image")
+        metrics["accuracy_revised_after"] = accuracy_of(result.model, rev_pairs, rev_ds, "image")
     metrics["unlearning_seconds"] = result.seconds
-    shifted_accuracy = None
+    shifted_src = None
     if config.shifted_test is not None:
         if problem_type == "regression":
             raise ValueError("shifted_test needs a classifier (accuracy); this model does regression")
@@ -245,12 +221,8 @@ def run_unlearn_job(config: UnlearnConfig, *, progress: bool = True) -> Path:
         shifted_src = as_source(shifted, "shifted_test", transform=transform, label_spec=spec,
                                 image_column=config.image_column)
 
-        def shifted_accuracy(m):
-            logits = _predict(m, shifted_src, config.batch_size, device)
-            return float(_correct(logits, shifted_src.labels, problem_type).mean())
-
-        metrics["accuracy_shifted_before"] = shifted_accuracy(model)
-        metrics["accuracy_shifted_after"] = shifted_accuracy(result.model)
+        metrics["accuracy_shifted_before"] = accuracy_of(model, shifted_src, shifted, config.image_column)
+        metrics["accuracy_shifted_after"] = accuracy_of(result.model, shifted_src, shifted, config.image_column)
     if config.compare_retrain and config.method != "retrain":
         retrained = unlearn(model, orig_pairs, rev_pairs, method="retrain",
                             retrain_fn=lambda x, y: train_classifier(fresh_model(), x, y, **recipe), **common)
@@ -260,10 +232,15 @@ def run_unlearn_job(config: UnlearnConfig, *, progress: bool = True) -> Path:
             a = _decisions(_predict(result.model, train_set, config.batch_size, device), problem_type)
             b = _decisions(_predict(retrained.model, train_set, config.batch_size, device), problem_type)
             metrics["agreement_with_retrained"] = float((a == b).float().mean())
-        if shifted_accuracy is not None:
-            metrics["accuracy_shifted_retrained"] = shifted_accuracy(retrained.model)
-            restored = gap_restored(metrics["accuracy_shifted_after"], original=metrics["accuracy_shifted_before"],
-                                    retrained=metrics["accuracy_shifted_retrained"])
+        if shifted_src is not None:
+            metrics["accuracy_shifted_retrained"] = accuracy_of(retrained.model, shifted_src, shifted,
+                                                                config.image_column)
+            # the share of the gap through the ``gap_restored`` evaluate module, on the three models' decisions
+            restored = load_metric("gap_restored").compute(
+                predictions=decisions_of(result.model, shifted_src),
+                references=_module_labels(shifted_src.labels, problem_type),
+                original_predictions=decisions_of(model, shifted_src),
+                retrained_predictions=decisions_of(retrained.model, shifted_src))["gap_restored"]
             if math.isfinite(restored):  # no gap, no share of it
                 metrics["gap_restored_shifted"] = restored
         if config.held_out is not None:
@@ -277,7 +254,8 @@ def run_unlearn_job(config: UnlearnConfig, *, progress: bool = True) -> Path:
             is_member = np.r_[np.ones(len(orig_pairs)), np.zeros(len(held_src))]
             for name, m in (("mia_auc", result.model), ("mia_auc_retrained", retrained.model)):
                 scores = -torch.cat([losses(m, orig_pairs), losses(m, held_src)]).numpy()
-                metrics[name] = roc_auc(scores, is_member)
+                metrics[name] = load_metric("mia_auc").compute(predictions=scores,
+                                                               references=is_member.astype(np.int64))["mia_auc"]
         else:
             logger.warning("no --held-out images: the membership-inference AUC is not computed")
     metrics["wall_seconds"] = time.perf_counter() - start

@@ -127,17 +127,6 @@ def test_edits_and_another_framing_of_a_spent_photo_are_refused(dummy_pipe, tmp_
     assert space.protect(_url(data.coffee()), ATTRS, None, 0.5, None).level == "info"
 
 
-def _load_harness():
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("dpdiffusion_space_harness", Path(__file__).resolve().parents[1] /
-                                                  "spaces" / "space_harness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # the eight edits of the issue's measurement: one of each kind
 LAUNCHED_EDITS = ("mirror", "grayscale", "brightness -10%", "contrast +10%", "border 8 px black", "crop 10% centred",
                   "crop 10% top-left", "rotate +3 deg")
@@ -150,7 +139,8 @@ def test_through_the_launched_space_spent_faces_stay_spent_and_other_faces_stay_
     edits of one SynthFaces sample got a fresh budget (see the module docstring)."""
     from dpdiffusion.space.images import synthfaces_samples
 
-    H = _load_harness()
+    import space_harness as H  # tests/space_harness.py
+
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     faces = synthfaces_samples(32, 9090, 128)  # 32 distinct SynthFaces, as the Space's samples are made
     spent, others = faces[:8], faces[8:]

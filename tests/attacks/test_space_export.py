@@ -10,7 +10,6 @@ of those files. Fails on commit ae36aae, whose export copied the package folder 
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 

@@ -19,7 +19,6 @@ launch makes the folder 0700 (refusing one another user owns).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import stat
@@ -35,16 +34,7 @@ pytest.importorskip("gradio")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def load_harness():
-    name = "dpdiffusion_space_harness"
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "spaces" /
-                                                  "space_harness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-H = load_harness()
+import space_harness as H  # noqa: E402  (tests/space_harness.py)
 
 
 def _modes(root: Path) -> dict:

@@ -13,10 +13,8 @@ stored it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -24,16 +22,7 @@ pytest.importorskip("gradio")
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 
 
-def load_harness():
-    name = "dpdiffusion_space_harness"
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "spaces" /
-                                                  "space_harness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-H = load_harness()
+import space_harness as H  # noqa: E402  (tests/space_harness.py)
 
 
 @pytest.mark.parametrize("card", [True, False])

@@ -38,10 +38,8 @@ Two more come from an attacker review of the Space (commit 4c74bf1):
 
 from __future__ import annotations
 
-import importlib.util
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -50,16 +48,7 @@ pytest.importorskip("dlib")
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 
 
-def load_harness():
-    name = "dpdiffusion_space_harness"
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "spaces" /
-                                                  "space_harness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-H = load_harness()
+import space_harness as H  # noqa: E402  (tests/space_harness.py)
 BUDGET, DELTA = 5.0, 1e-5
 VICTIM_ATTRS = ["dark_skin"]
 

@@ -21,7 +21,6 @@ ledger or a check differs.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -34,16 +33,7 @@ pytest.importorskip("gradio")
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 
 
-def load_harness():
-    name = "dpdiffusion_space_harness"
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "spaces" /
-                                                  "space_harness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-H = load_harness()
+import space_harness as H  # noqa: E402  (tests/space_harness.py)
 
 
 def _a_space_that_ran(app, pipe, space: Path) -> str:

@@ -10,8 +10,6 @@ about 35 dB, not visible) or 4 % darker, is released again at epsilon 5 in both 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,16 +19,7 @@ pytest.importorskip("dlib")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def load_harness():
-    name = "dpdiffusion_space_harness"
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "spaces" /
-                                                  "space_harness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-H = load_harness()
+import space_harness as H  # noqa: E402  (tests/space_harness.py)
 _YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 
 

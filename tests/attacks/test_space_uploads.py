@@ -41,7 +41,6 @@ from __future__ import annotations
 import base64
 import gc
 import http.client
-import importlib.util
 import io
 import json
 import time
@@ -59,16 +58,7 @@ pytest.importorskip("dlib")
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 
 
-def load_harness():
-    name = "dpdiffusion_space_harness"
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "spaces" /
-                                                  "space_harness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-H = load_harness()
+import space_harness as H  # noqa: E402  (tests/space_harness.py)
 
 
 def _copies_of(upload: np.ndarray, png: bytes, roots) -> tuple:

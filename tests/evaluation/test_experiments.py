@@ -50,8 +50,12 @@ def test_json_holds_every_row_and_figure(sweep):
     methods = {(r["method"], r["epsilon"], r.get("matched_to_epsilon")) for r in data["rows"]}
     for m in ("dpdiffusion", "latent", "dp_pix", "dp_pix_attribute", "pixel_gaussian"):
         assert (m, 1.0, None) in methods and (m, "inf", None) in methods
-    for m in ("blur", "pixelate"):
-        assert (m, None, 1.0) in methods
+    for m in ("blur", "pixelate"):  # each matched setting a row, or said to match nothing (never both)
+        for eps in (1.0, "inf"):
+            unmatched = [u for u in data["unmatched_obfuscations"]
+                         if (u["method"], u["matched_to_epsilon"]) == (m, eps)]
+            assert ((m, None, eps) in methods) != bool(unmatched), (m, eps)
+            assert all(u["reason"].startswith(f"no {m} setting matches") for u in unmatched)
     row = next(r for r in data["rows"] if r["method"] == "dpdiffusion" and r["epsilon"] == 1.0)
     assert set(row["leakage"]["best"]) == {"dark_skin", "long_hair"}
     assert set(row["utility"]["per_attribute"]) == {"smiling", "eyeglasses", "wearing_hat"}

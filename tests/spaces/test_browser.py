@@ -255,6 +255,28 @@ def set_number(browser: Browser, elem_id: str, value: float) -> None:
         return true; }})()""")
 
 
+def shown(browser: Browser, selector: str) -> bool:
+    """Whether an element matching ``selector`` is on the page and laid out (not hidden)."""
+    return browser.evaluate(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); "
+                            "return !!e && e.getClientRects().length > 0; })()")
+
+
+def enabled(browser: Browser, selector: str) -> bool:
+    return browser.evaluate(f"!document.querySelector({json.dumps(selector)}).disabled")
+
+
+def wait_for_figures(browser: Browser, *, timeout: float = 30.0) -> None:
+    """Wait until the page shows the figures of a release (hidden, a dash instead, before the first one)."""
+    browser.wait_for("(() => { const e = document.querySelector('#dp-session-spent input'); "
+                     "return !!e && e.getClientRects().length > 0; })()", timeout=timeout)
+
+
+def press(browser: Browser, selector: str, *, timeout: float = 30.0) -> None:
+    """Click a button once the page has enabled it (the judgement buttons follow each answer)."""
+    browser.wait_for(f"!document.querySelector({json.dumps(selector)}).disabled", timeout=timeout)
+    browser.click(selector)
+
+
 def load_page_and_upload(browser: Browser, url: str, image_path: Path) -> None:
     browser.goto(url)
     browser.wait_for("!!document.querySelector('#dp-original input[type=file]') && "
@@ -312,9 +334,10 @@ def test_feedback_round_in_the_browser(served, tmp_path):
     load_page_and_upload(browser, demo.local_url, upload)
     browser.click("#dp-protect")
     wait_for_status(browser, "First protected image")
+    wait_for_figures(browser)
     epsilons, spent = [number(browser, "dp-epsilon")], [number(browser, "dp-session-spent")]
     for expected in ("0.5", "0.25"):
-        browser.click("#dp-more-privacy")
+        press(browser, "#dp-more-privacy")
         wait_for_status(browser, f"More privacy at ε={re.escape(expected)}")
         epsilons.append(number(browser, "dp-epsilon"))
         spent.append(number(browser, "dp-session-spent"))
@@ -347,6 +370,7 @@ def test_feedback_round_in_the_browser(served, tmp_path):
     set_number(browser, "dp-start-epsilon", 0.5)
     browser.click("#dp-protect")
     wait_for_status(browser, "First protected image at ε=0.5")
+    wait_for_figures(browser)
     assert ledger.subjects() == subjects and all(len(ledger.history(s)) == 4 for s in subjects)
     assert number(browser, "dp-session-spent") == pytest.approx(0.5, rel=1e-3)  # this page's own release only
 
@@ -357,3 +381,84 @@ def test_feedback_round_in_the_browser(served, tmp_path):
             assert raw[:2048] not in path.read_bytes(), path
             if path.suffix.lower() in (".png", ".webp"):
                 assert PIL.Image.open(path).size != (200, 200), path
+
+
+def test_the_page_before_and_after_a_release(dummy_components, tmp_path, monkeypatch):
+    """Issue 33: with a model that knows only synthetic faces the page says so (a banner with the two commands that
+    serve real faces); before a release it shows no figure (a dash, not 0) and the judgement buttons are disabled;
+    the Protect button sits above the weights, which are shown for the ticked attributes only; a release shows its
+    figures and enables the buttons; after "accept" they are disabled and the table offers no next release."""
+    from dpdiffusion import DPDiffusionPipeline
+    from dpdiffusion.data.synthfaces import make_synthfaces_arrays
+    from dpdiffusion.models.training_domain import synthfaces_domain
+
+    app = load_space_module()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    pipe = DPDiffusionPipeline(**dummy_components, training_domain=synthfaces_domain(16))
+    pipe.set_progress_bar_config(disable=True)
+    demo = app.build_demo(pipe, ledger_dir=tmp_path / "ledger", feedback_dir=tmp_path / "feedback",
+                          budget_epsilon=3.0, start_epsilon=1.0, num_inference_steps=2,
+                          model_name="embedded default (SynthFaces)")
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    browser = Browser(CHROMIUM)
+    judge = ("#dp-more-privacy", "#dp-more-detail", "#dp-accept")
+    try:
+        browser.goto(demo.local_url)
+        browser.wait_for("!!document.querySelector('#dp-protect') && !!document.querySelector('#dp-no-figures')",
+                         timeout=120)
+        banner = browser.evaluate("document.querySelector('#dp-domain-banner').innerText")
+        assert "only synthetic faces" in banner and "SynthFaces, 16 px, synthetic" in banner, banner
+        assert "scripts/convert_diffae_checkpoint.py" in banner and "dpdiffusion space --model" in banner, banner
+        # before a face is loaded: no figure (a dash), nothing to judge
+        assert browser.evaluate("document.querySelector('#dp-no-figures').innerText").count("–") == 2
+        assert not shown(browser, "#dp-epsilon input") and not shown(browser, "#dp-session-spent input")
+        assert not any(enabled(browser, b) for b in judge)
+        # the weights of the ticked attributes only, below the Protect button
+        names = list(pipe.attribute_directions.names)
+        ticked = demo.dp_space.default_attributes
+        assert [shown(browser, f"#dp-weight-{n}") for n in names] == [n in ticked for n in names]
+        top = "document.querySelector('{}').getBoundingClientRect().top"
+        weight = f"#dp-weight-{ticked[0]}"
+        assert browser.evaluate(top.format("#dp-protect")) < browser.evaluate(top.format(weight))
+        extra = next(n for n in names if n not in ticked)
+        box = f"#dp-attributes input[type=checkbox][name={json.dumps(extra)}]"
+        browser.click(box)
+        browser.wait_for(f"(() => {{ const e = document.querySelector('#dp-weight-{extra}'); "
+                         "return !!e && e.getClientRects().length > 0; })()", timeout=30)
+        browser.click(box)
+        browser.wait_for(f"(() => {{ const e = document.querySelector('#dp-weight-{extra}'); "
+                         "return !e || e.getClientRects().length === 0; })()", timeout=30)
+
+        upload = tmp_path / "face.png"
+        PIL.Image.fromarray(make_synthfaces_arrays(1, image_size=200, seed=11)[0][0]).save(upload)
+        browser.set_files("#dp-original input[type=file]", [upload])
+        browser.wait_for("!!document.querySelector('#dp-original img.dp-preview')", timeout=30)
+        assert not shown(browser, "#dp-epsilon input") and not any(enabled(browser, b) for b in judge)
+        shot = browser.screenshot(ARTIFACTS / "space_before_release.png")
+        print(f"\nscreenshot before a release: {shot}")
+
+        # a release: its figures, and the judgements
+        browser.click("#dp-protect")
+        wait_for_status(browser, "First protected image")
+        wait_for_figures(browser)
+        browser.wait_for("!document.querySelector('#dp-accept').disabled", timeout=30)
+        assert all(enabled(browser, b) for b in judge) and not shown(browser, "#dp-no-figures")
+        assert number(browser, "dp-epsilon") == 1.0
+        assert number(browser, "dp-session-spent") == pytest.approx(1.0, rel=1e-3)
+        assert "next release" in browser.evaluate("document.querySelector('#dp-figures').innerText")
+        shot = browser.screenshot(ARTIFACTS / "space_after_release.png")
+        print(f"screenshot after a release: {shot}")
+
+        # accepted: nothing more to judge, no next release offered; the accepted image's figures stay
+        press(browser, "#dp-accept")
+        wait_for_status(browser, "Accepted")
+        browser.wait_for("document.querySelector('#dp-accept').disabled", timeout=30)
+        assert not any(enabled(browser, b) for b in judge)
+        figures = browser.evaluate("document.querySelector('#dp-figures').innerText")
+        assert "ε of this image" in figures and "next release" not in figures, figures
+        assert number(browser, "dp-epsilon") == 1.0
+        shot = browser.screenshot(ARTIFACTS / "space_accepted.png")
+        print(f"screenshot after accept: {shot}")
+    finally:
+        browser.close()
+        demo.close()

@@ -26,7 +26,8 @@ SPACES = ROOT / "spaces"
 
 # import name -> distribution name, where they differ
 DISTRIBUTION_OF = {"PIL": "pillow", "huggingface_hub": "huggingface-hub", "dp_accounting": "dp-accounting",
-                   "skimage": "scikit-image", "sklearn": "scikit-learn", "yaml": "pyyaml", "dlib": "dlib-bin"}
+                   "skimage": "scikit-image", "sklearn": "scikit-learn", "yaml": "pyyaml", "dlib": "dlib-bin",
+                   "markdown_it": "markdown-it-py"}
 # provided by the Space itself: Gradio from `sdk_version`, `spaces` on ZeroGPU hardware (imported only there)
 PROVIDED_BY_THE_SPACE = {"gradio", "spaces"}
 

@@ -12,7 +12,7 @@ from .common import _f, _fmt, _jsonable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_claims", "render_markdown", "write_outputs"]
+__all__ = ["check_claims", "render_markdown", "unmatched_notes", "write_outputs"]
 
 
 def _row(rows, method, eps):
@@ -95,8 +95,10 @@ def _table(results: dict) -> list[str]:
     lines.append(f"| clean images | - | - | {c['leakage_accuracy']:.3f} | - | "
                  f"{_f(c['utility_mean_accuracy'])} | 1.000 | {_f(cid)} | inf | 1.000 | 0 |")
     for r in results["rows"]:
-        eps = (_fmt(r["epsilon"]) if r["epsilon"] is not None else
-               f"none (quality of eps={_fmt(r['matched_to_epsilon'])})")
+        if r["epsilon"] is None:
+            eps = f"none (quality of eps={_fmt(r['matched_to_epsilon'])})"
+        else:  # epsilon = inf adds no noise: the row is the method switched off, not a protection
+            eps = "inf (no noise: no protection)" if math.isinf(r["epsilon"]) else _fmt(r["epsilon"])
         leak = ", ".join(f"{v['accuracy']:.3f}" for v in r["leakage"]["best"].values())
         rel = r["description"]["neighbouring_relation"]
         rel = rel if len(rel) < 60 else rel[:57] + "..."
@@ -107,7 +109,17 @@ def _table(results: dict) -> list[str]:
             f"({_f(u['min_ratio'] if u else None)}) | {_f(r['identity']['top1'] if r['identity'] else None)} | "
             f"{r['quality']['psnr_db']:.2f} | {r['quality']['ssim']:.3f} | "
             f"{r['quality']['fd_synthfaces_resnet']:.2f} |")
+    for u in results.get("unmatched_obfuscations", []):
+        lines.append(f"| {u['method']} | no setting matches (quality of eps={_fmt(u['matched_to_epsilon'])}) | "
+                     "none (no formal guarantee) |" + " - |" * 8)
     return lines
+
+
+def unmatched_notes(results: dict) -> list[str]:
+    """One sentence per obfuscation setting that no strength matches (the table's "no setting matches" rows)."""
+    return [f"{u['method']} at the quality of dpdiffusion's eps={_fmt(u['matched_to_epsilon'])}: {u['reason']}; "
+            f"its figures would be the clean images', so it has no row of figures."
+            for u in results.get("unmatched_obfuscations", [])]
 
 
 def _claim_of(v: dict, eps_key) -> float:
@@ -214,6 +226,7 @@ def render_markdown(results: dict) -> str:
         "",
         *_table(results),
         "",
+        *(line for note in unmatched_notes(results) for line in (note, "")),
         "## Claims at epsilon = 1",
         "",
     ]

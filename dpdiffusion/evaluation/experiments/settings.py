@@ -17,15 +17,33 @@ import numpy as np
 import torch
 
 from ..baselines import (BlurMethod, DiffusionMethod, DPPixMethod, PixelateMethod, PixelGaussianMethod,
-                         counterfactual_l2_sensitivity, counterfactual_pixel_count, match_quality)
+                         counterfactual_l2_sensitivity, counterfactual_pixel_count, match_obfuscation)
 from ..identity import identity_leakage
-from ..leakage import dp_accuracy_bound, encode_images, latent_probe_leakage, leakage_accuracy, residual_leakage
+from ..leakage import dp_accuracy_bound, encode_images, latent_probe_leakage, residual_leakage
+from ..metrics import load_metric
 from ..quality import classifier_features, feature_frechet_distance, psnr, ssim
-from ..utility import attribute_accuracies, predict_labels, train_attribute_classifier, utility_report
+from ..utility import attribute_accuracies, predict_labels, train_attribute_classifier
 from .common import _fingerprint, _fmt, _jsonable, _seed_for, _threads
 from .data import EvaluationData
 
 FORMAL_ORDER = ("dpdiffusion", "latent", "dp_pix", "dp_pix_attribute", "pixel_gaussian")
+
+
+def _labels(values) -> np.ndarray:
+    return np.asarray(values).astype(np.int64)
+
+
+def _leakage(predictions, labels, **kwargs) -> dict:
+    """An attacker's leakage through the ``attribute_leakage`` evaluate module (`leakage_accuracy`)."""
+    return load_metric("attribute_leakage").compute(predictions=_labels(predictions), references=_labels(labels),
+                                                    **kwargs)
+
+
+def _utility(predictions, clean_predictions, labels, names, attributes) -> dict:
+    """The utility report through the ``utility_ratio`` evaluate module (`utility_report`)."""
+    return load_metric("utility_ratio").compute(predictions=_labels(predictions), references=_labels(labels),
+                                                clean_predictions=_labels(clean_predictions), names=list(names),
+                                                attributes=list(attributes))
 
 
 @dataclass
@@ -62,8 +80,8 @@ def _evaluate_setting(pipe, data: EvaluationData, prot_train: torch.Tensor, prot
     pred_clean = predict_labels(util_model, data.test_images)
     # leakage: attacker trained and tested on protected images
     eps_bound = None if epsilon is None else epsilon
-    resnet = {a: leakage_accuracy(pred_prot[:, names.index(a)], data.test_labels[:, names.index(a)],
-                                  epsilon=eps_bound, delta=delta) for a in protected}
+    resnet = {a: _leakage(pred_prot[:, names.index(a)], data.test_labels[:, names.index(a)], epsilon=eps_bound,
+                          delta=delta) for a in protected}
     z_tr, z_te = encode_images(pipe, prot_train), encode_images(pipe, prot_test)
     probe = latent_probe_leakage(z_tr, data.train_labels[:, [names.index(a) for a in protected]], z_te,
                                  data.test_labels[:, [names.index(a) for a in protected]], names=protected,
@@ -72,11 +90,11 @@ def _evaluate_setting(pipe, data: EvaluationData, prot_train: torch.Tensor, prot
     # utility: the data user's classifier (the attacker itself without augmentation) on clean test images
     acc = attribute_accuracies(pred_clean, data.test_labels, names)
     acc_prot = attribute_accuracies(pred_prot, data.test_labels, names)
-    util = utility_report(acc, clean["utility_accuracy"], unprotected) if unprotected else None
+    util = _utility(pred_clean, clean["utility_predictions"], data.test_labels, names, unprotected) \
+        if unprotected else None
     # the same figure for a data user who trains on the released images as they are (the attacker's model)
-    util_plain = util if util_model is model or not unprotected else utility_report(
-        attribute_accuracies(predict_labels(model, data.test_images), data.test_labels, names), clean["accuracy"],
-        unprotected)
+    util_plain = util if util_model is model or not unprotected else _utility(
+        predict_labels(model, data.test_images), clean["predictions"], data.test_labels, names, unprotected)
     # identity and quality
     ident = None
     if data.test_identities is not None:
@@ -106,17 +124,17 @@ def _clean_reference(sw: _Sweep, log) -> tuple[dict, dict]:
                                                  epochs=sw.epochs, seed=sw.seed, progress=sw.progress)
     feature_fn = (lambda imgs: classifier_features(clean_model, imgs * 2 - 1))  # noqa: E731
     pred = predict_labels(clean_model, data.test_images)
-    clean = {"accuracy": attribute_accuracies(pred, data.test_labels, data.names),
+    clean = {"accuracy": attribute_accuracies(pred, data.test_labels, data.names), "predictions": pred,
              "test_features": feature_fn(data.test_images),
              "test_latents": encode_images(sw.pipe, data.test_images)}
-    clean["utility_accuracy"] = clean["accuracy"]
+    clean["utility_accuracy"], clean["utility_predictions"] = clean["accuracy"], pred
     if sw.utility_augment and unprotected:  # the reference of the utility ratio uses the utility classifier's recipe
         with _threads(1):
             clean_util = train_attribute_classifier(data.train_images, data.train_labels, names=data.names,
                                                     epochs=sw.epochs, seed=sw.seed, progress=sw.progress, augment=True)
-        clean["utility_accuracy"] = attribute_accuracies(predict_labels(clean_util, data.test_images),
-                                                         data.test_labels, data.names)
-    clean_leak = {a: leakage_accuracy(pred[:, data.names.index(a)], data.test_labels[:, data.names.index(a)])
+        clean["utility_predictions"] = predict_labels(clean_util, data.test_images)
+        clean["utility_accuracy"] = attribute_accuracies(clean["utility_predictions"], data.test_labels, data.names)
+    clean_leak = {a: _leakage(pred[:, data.names.index(a)], data.test_labels[:, data.names.index(a)])
                   for a in protected}
     summary = {
         "accuracy": clean["accuracy"],
@@ -227,23 +245,33 @@ def _formal_rows(sw: _Sweep, objs: dict, epsilons: list, all_images, cache: dict
 
 
 def _obfuscation_rows(sw: _Sweep, obfus: list, epsilons: list, rows: list, match_metric: str, all_images,
-                      cache: dict, samples: dict, bar) -> tuple[list, str]:
-    """Blur and pixelate at the image quality of dpdiffusion at each epsilon (FD by default: see match_quality)."""
+                      cache: dict, samples: dict, bar) -> tuple[list, str, list]:
+    """Blur and pixelate at the image quality of dpdiffusion at each epsilon (FD by default: see match_obfuscation).
+
+    Returns the rows, the matched quality key and the settings that no strength matches (`match_obfuscation`: the
+    nearest leaves the images unchanged), which get no row: they would be the clean images under the method's name.
+    """
     data, clean = sw.data, sw.clean
     quality_key = {"fd": "fd_synthfaces_resnet", "psnr": "psnr_db"}[match_metric]
     ours = {r["epsilon"]: r["quality"][quality_key] for r in rows if r["method"] == "dpdiffusion"}
-    out = []
+    out, unmatched = [], []
     for name in obfus:
         for eps in epsilons:
             t0 = time.monotonic()
             target = ours.get(eps)
             if target is None:
                 param, achieved = (1.5, None) if name == "blur" else (4, None)
-            elif match_metric == "fd":  # the protocol of the table's FD column: test images vs clean test features
-                param, achieved = match_quality(data.test_images, target, name, metric="fd", feature_fn=sw.feature_fn,
-                                                reference_features=clean["test_features"])
-            else:
-                param, achieved = match_quality(data.test_images, target, name, metric="psnr")
+            else:  # FD: the protocol of the table's FD column, test images vs clean test features
+                match = match_obfuscation(data.test_images, target, name, metric=match_metric,
+                                          feature_fn=sw.feature_fn if match_metric == "fd" else None,
+                                          reference_features=clean["test_features"] if match_metric == "fd" else None)
+                if not match.matched:
+                    unmatched.append({"method": name, "matched_to_epsilon": eps, "matched_metric": quality_key,
+                                      "matched_target": target, "nearest_parameter": match.nearest_parameter,
+                                      "nearest_achieved": match.achieved, "reason": match.reason})
+                    bar.update(1)
+                    continue
+                param, achieved = match.parameter, match.achieved
             cls = BlurMethod if name == "blur" else PixelateMethod
             kwargs = {"sigma": param} if name == "blur" else {"cell_size": int(param)}
             method = cls(name=name, neighbouring_relation="none (no formal guarantee)", formal=False,
@@ -259,4 +287,4 @@ def _obfuscation_rows(sw: _Sweep, obfus: list, epsilons: list, rows: list, match
                         "description": method.describe(math.inf), **res, "leakage_bound": None,
                         "seconds": round(time.monotonic() - t0, 1)})
             bar.update(1)
-    return out, quality_key
+    return out, quality_key, unmatched

@@ -99,7 +99,8 @@ def run_paper_experiments(
 
     Returns:
         `dict`: the results (the content of ``results.json``, with ``inf`` as a float): ``command``, ``config``,
-        ``clean``, ``residual_leakage``, ``rows`` (one per method and epsilon), ``audit``, ``claims`` (the paper's
+        ``clean``, ``residual_leakage``, ``rows`` (one per method and epsilon), ``unmatched_obfuscations`` (blur /
+        pixelate settings that no strength matches, with the reason), ``audit``, ``claims`` (the paper's
         claims at epsilon = 1, checked), ``table_md`` (the Markdown table), ``seconds`` and ``files``.
 
     Raises:
@@ -133,7 +134,7 @@ def run_paper_experiments(
     objs = _build_methods(pipe, methods, protected, delta=delta, steps=steps, batch_size=batch_size,
                           dp_pix_cell_size=dp_pix_cell_size, dp_pix_m=dp_pix_m,
                           pixel_l2_sensitivity=pixel_l2_sensitivity, post_processing=post_processing)
-    rows, samples, quality_key = _sweep_rows(sw, objs, methods, epsilons, match_metric)
+    rows, samples, quality_key, unmatched = _sweep_rows(sw, objs, methods, epsilons, match_metric)
     # 4. audits
     audit = run_audits(pipe, data, objs, protected=protected, epsilons=list(audit_epsilons), delta=delta,
                        num_trials=audit_trials, decoded_trials=decoded_trials, num_pairs=audit_pairs,
@@ -148,7 +149,7 @@ def run_paper_experiments(
               "seed": seed, "image_size": pipe.image_size, "model": model or "DEFAULT_MODEL",
               **_environment(quality_key)}
     results = {"command": command, "config": config, "clean": clean_summary, "residual_leakage": resid, "rows": rows,
-               "audit": audit}
+               "unmatched_obfuscations": unmatched, "audit": audit}
     results["claims"] = check_claims(results)
     results["table_md"] = "\n".join(_table(results))
     results["seconds"] = round(time.monotonic() - started, 1)
@@ -159,7 +160,8 @@ def run_paper_experiments(
 
 def _sweep_rows(sw: _Sweep, objs: list, methods: list, epsilons: list, match_metric: str):
     """Every formal method at every epsilon, then the obfuscations at the image quality of dpdiffusion at each
-    epsilon (FD by default: see match_quality); returns the rows, the sample images and the matched quality key."""
+    epsilon (FD by default: see match_obfuscation); returns the rows, the sample images, the matched quality key and
+    the obfuscation settings that no strength matches (no row: see `_obfuscation_rows`)."""
     from tqdm.auto import tqdm
 
     data = sw.data
@@ -169,10 +171,11 @@ def _sweep_rows(sw: _Sweep, objs: list, methods: list, epsilons: list, match_met
     bar = tqdm(total=len(objs) * len(epsilons) + len(obfus) * len(epsilons), desc="sweep", disable=not sw.progress)
     cache: dict = {}
     rows = _formal_rows(sw, objs, epsilons, all_images, cache, samples, bar)
-    more, quality_key = _obfuscation_rows(sw, obfus, epsilons, rows, match_metric, all_images, cache, samples, bar)
+    more, quality_key, unmatched = _obfuscation_rows(sw, obfus, epsilons, rows, match_metric, all_images, cache,
+                                                     samples, bar)
     rows += more
     bar.close()
-    return rows, samples, quality_key
+    return rows, samples, quality_key, unmatched
 
 
 def _environment(quality_key: str) -> dict:

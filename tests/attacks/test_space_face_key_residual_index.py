@@ -1,4 +1,7 @@
-"""Review of the face keying (issue 32), attacker: the host operator, who holds the Space folder (threat model: "the
+"""A RESIDUAL, kept as a strict expected failure (docs/threat-model.md, "Residuals of the face keys"): a host holding
+the secret inverts the person band keys. If a change stops it, the xfail turns red and the threat model must say so.
+
+Review of the face keying (issue 32), attacker: the host operator, who holds the Space folder (threat model: "the
 Space folder" row says it holds budgets, the secret, the key check and the feedback; the host is trusted with the
 budgets, "not the uploads").
 
@@ -13,9 +16,7 @@ any photo collection; the row says nothing of it. Here 64 bands suffice (error a
 
 from __future__ import annotations
 
-import importlib.util
 import sqlite3
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,16 +26,7 @@ pytest.importorskip("dlib")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def load_harness():
-    name = "dpdiffusion_space_harness"
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "spaces" /
-                                                  "space_harness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-H = load_harness()
+import space_harness as H  # noqa: E402  (tests/space_harness.py)
 
 
 def _invert_person_bands(lsh, keys: set, bands: int, top: int = 9) -> np.ndarray:
@@ -62,6 +54,8 @@ def _invert_person_bands(lsh, keys: set, bands: int, top: int = 9) -> np.ndarray
     return np.linalg.lstsq(np.concatenate(rows), np.concatenate(targets), rcond=None)[0]
 
 
+@pytest.mark.xfail(strict=True, reason="residual: the secret protects the stored descriptors; a host holding it "
+                   "recovers each within about 0.13 to 0.2 (threat model)")
 def test_the_subject_index_gives_the_host_no_face_template(tmp_path):
     from skimage import data
 

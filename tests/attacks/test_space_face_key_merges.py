@@ -1,23 +1,21 @@
-"""Review of the face keying (issue 32): distinct faces must stay distinct, and a refused request must change nothing.
+"""Distinct faces stay distinct, and a refused request changes nothing (issue 32; both fail on 93f6e91, the commit
+before the fix).
 
 - Distinct people on one backdrop (ID photos, a studio, one webcam in one room). The picture code is an 8 x 8 blurred
-  luminance layout searched over 1330 probes, and a picture match is taken even when dlib sees two people: the face
-  square is keyed by picture only when a face is found, and its person is keyed with the aligned crop, which does not
-  veto the square. Measured on 100 LFW faces (25 px, upscaled) pasted on one backdrop (secret as here): 30
-  resolved to an earlier subject, 26 by the square's picture, 17 of those with dlib distance above 0.6 to every
-  face of that subject (0.61 to 0.81: different people). Each such person's first release is refused once the
-  earlier face's budget is spent: a denial of service, which also tells the person that someone with a similar
-  picture used the Space.
-- A refused request still resolves, and `resolve` registers the keys it did not recognise (a re-framed copy of a
-  spent face: a new subject for its square, 32 picture keys, never charged): a client grows the index, which every
-  process holds in memory, without a release and at no cost (low: releases at a small epsilon grow it too, slower).
+  luminance layout searched over 1330 probes; before the fix a picture match was taken even when dlib saw two
+  different people (on 100 LFW faces pasted on one backdrop, 30 resolved to an earlier subject, 17 of them people
+  dlib tells apart). Each such person's first release was refused once the earlier face's budget was spent: a denial
+  of service, which also told the person that someone with a similar picture used the Space. Now a picture match is
+  vetoed when dlib tells the persons apart (`face_identity.PERSON_VETO_VOTES`), also for the face mode's square,
+  which keeps the persons seen in it (kind ``"picture-person"``, for vetoes only).
+- A refused request resolved its faces and registered the band keys it did not recognise (a re-framed copy of a spent
+  face: a new subject, 32 picture keys, never charged): a client grew the index, which every process holds in memory,
+  without a release and at no cost. Now the keys join the index only once the ledger has charged the release.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import sqlite3
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -32,30 +30,11 @@ ATTRS = ["dark_skin"]
 SECRET = bytes(range(32))
 
 
-def load_harness():
-    name = "dpdiffusion_space_harness"
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "spaces" /
-                                                  "space_harness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-H = load_harness()
+import space_harness as H  # noqa: E402  (tests/space_harness.py)
 
 
 def _space(pipe, folder):
-    """The Space as `build_demo` builds it, with the face keying injected under a fixed secret (the keyed LSH's
-    directions depend on the secret: fixed, the figures are reproducible)."""
-    from dpdiffusion.privacy.ledger import PrivacyLedger
-    from dpdiffusion.space.app import DPSpace, FeedbackLog, SpaceConfig
-    from dpdiffusion.space.face_identity import FaceIdentityKeyer, open_subject_index
-
-    config = SpaceConfig(budget_epsilon=BUDGET, num_inference_steps=2)
-    ledger = PrivacyLedger(folder / "ledger.sqlite", budget_epsilon=BUDGET, delta=config.delta)
-    keyer = FaceIdentityKeyer(SECRET, open_subject_index(folder, SECRET, ledger=ledger))
-    return DPSpace(pipe, ledger=ledger, feedback=FeedbackLog(folder / "feedback"), config=config,
-                   model_name="dummy", subjects=keyer)
+    return H.keyed_space(pipe, folder, budget_epsilon=BUDGET, secret=SECRET)
 
 
 def _portrait(face: np.ndarray, side: int = 512, frac: float = 0.45) -> np.ndarray:

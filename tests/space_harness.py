@@ -1,7 +1,7 @@
 """Helpers shared by the Space's tests and its attacker tests (``tests/attacks/test_space_*.py``): serve the app on a
 tiny pipeline, and talk to it as its page does, through `gradio_client`.
 
-Import it by path (``load_harness()`` in the attacker tests); it is not a test module. The helpers only use what an
+Import it as ``import space_harness as H`` (``tests/`` is on the path: ``tests/conftest.py``); it is not a test module. The helpers only use what an
 actor outside the server has: the page's API, its answers and Gradio's routes.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-SPACES = Path(__file__).resolve().parents[2] / "spaces"
+SPACES = Path(__file__).resolve().parents[1] / "spaces"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
@@ -184,3 +184,17 @@ def feedback_records(space_dir: Path) -> list:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def keyed_space(pipe, folder: Path, *, budget_epsilon: float, secret: bytes = bytes(range(32))):
+    """The Space as `build_demo` builds it (`DPSpace`, in process), with the face keying injected under a fixed secret
+    (the keyed LSH's directions depend on the secret: fixed, the figures are reproducible)."""
+    from dpdiffusion.privacy.ledger import PrivacyLedger
+    from dpdiffusion.space.app import DPSpace, FeedbackLog, SpaceConfig
+    from dpdiffusion.space.face_identity import FaceIdentityKeyer, open_subject_index
+
+    config = SpaceConfig(budget_epsilon=budget_epsilon, num_inference_steps=2)
+    ledger = PrivacyLedger(folder / "ledger.sqlite", budget_epsilon=budget_epsilon, delta=config.delta)
+    keyer = FaceIdentityKeyer(secret, open_subject_index(folder, secret, ledger=ledger))
+    return DPSpace(pipe, ledger=ledger, feedback=FeedbackLog(folder / "feedback"), config=config,
+                   model_name="dummy", subjects=keyer)

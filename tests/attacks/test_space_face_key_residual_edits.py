@@ -1,4 +1,8 @@
-"""Review of the face keying (issue 32), attacker: an other client holding a picture whose budget is spent, who asks
+"""A RESIDUAL, kept as strict expected failures (docs/threat-model.md, "Residuals of the face keys"): the attacks
+below still get a fresh budget; if a change stops them, the xfail turns red and the threat model's residual must be
+rewritten as a promise.
+
+Review of the face keying (issue 32), attacker: an other client holding a picture whose budget is spent, who asks
 for it again in a new session after cheap edits (threat model: "an edited re-upload or another photo of a spent
 face").
 
@@ -15,8 +19,6 @@ face").
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -31,30 +33,11 @@ ATTRS = ["dark_skin"]
 SECRET = bytes(range(32))
 
 
-def load_harness():
-    name = "dpdiffusion_space_harness"
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "spaces" /
-                                                  "space_harness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-H = load_harness()
+import space_harness as H  # noqa: E402  (tests/space_harness.py)
 
 
 def _space(pipe, folder):
-    """The Space as `build_demo` builds it, with the face keying injected under a fixed secret (the keyed LSH's
-    directions depend on the secret: fixed, the figures are reproducible)."""
-    from dpdiffusion.privacy.ledger import PrivacyLedger
-    from dpdiffusion.space.app import DPSpace, FeedbackLog, SpaceConfig
-    from dpdiffusion.space.face_identity import FaceIdentityKeyer, open_subject_index
-
-    config = SpaceConfig(budget_epsilon=BUDGET, num_inference_steps=2)
-    ledger = PrivacyLedger(folder / "ledger.sqlite", budget_epsilon=BUDGET, delta=config.delta)
-    keyer = FaceIdentityKeyer(SECRET, open_subject_index(folder, SECRET, ledger=ledger))
-    return DPSpace(pipe, ledger=ledger, feedback=FeedbackLog(folder / "feedback"), config=config,
-                   model_name="dummy", subjects=keyer)
+    return H.keyed_space(pipe, folder, budget_epsilon=BUDGET, secret=SECRET)
 
 
 def _small(x: np.ndarray, side: int) -> np.ndarray:
@@ -87,6 +70,8 @@ def _fresh(space, first: np.ndarray, edits: dict) -> list:
             if space.protect(H.page_data_url(image), ATTRS, None, 0.5, None).level != "refused"]
 
 
+@pytest.mark.xfail(strict=True, reason="residual: a face dlib cannot describe is keyed by its picture, whose probes "
+                   "cover the listed edits one at a time, not a pure shift or a crop with a turn")
 def test_a_spent_photo_sent_small_and_reframed_is_refused(dummy_pipe, tmp_path):
     from skimage import data
 
@@ -99,6 +84,7 @@ def test_a_spent_photo_sent_small_and_reframed_is_refused(dummy_pipe, tmp_path):
     assert not fresh, f"a spent face was released again: {fresh}"
 
 
+@pytest.mark.xfail(strict=True, reason="residual: two listed edits at once are in no single geometric probe")
 def test_two_listed_edits_at_once_of_a_spent_sample_are_refused(dummy_pipe, tmp_path):
     from dpdiffusion.space.images import decode_original
 
