@@ -198,3 +198,19 @@ def keyed_space(pipe, folder: Path, *, budget_epsilon: float, secret: bytes = by
     keyer = FaceIdentityKeyer(secret, open_subject_index(folder, secret, ledger=ledger))
     return DPSpace(pipe, ledger=ledger, feedback=FeedbackLog(folder / "feedback"), config=config,
                    model_name="dummy", subjects=keyer)
+
+
+def backdrop_portrait(face: np.ndarray, side: int = 512, frac: float = 0.45) -> np.ndarray:
+    """A grey face (an LFW crop) as a head on a photographer's blue backdrop, above dark shoulders."""
+    yy, xx = np.mgrid[:side, :side] / side
+    v = 1 - 0.5 * ((yy - 0.45) ** 2 + (xx - 0.5) ** 2)
+    img = np.clip(np.stack([60 * v, 110 * v, 170 * v], -1), 0, 255).astype(np.uint8)
+    s = int(frac * side)
+    head = np.asarray(PIL.Image.fromarray(face).resize((s, s), PIL.Image.BICUBIC))
+    y, x = np.mgrid[:s, :s]
+    mask = (((y - s / 2) / (s / 2)) ** 2 + ((x - s / 2) / (s * 0.42)) ** 2) < 1
+    r0 = int(side / 2 - s / 2 - 0.05 * side)
+    c0 = int(side / 2 - s / 2)
+    img[r0 + int(0.85 * s):, max(0, c0 - s // 4):c0 + s + s // 4] = (40, 40, 50)
+    img[r0:r0 + s, c0:c0 + s][mask] = np.stack([head] * 3, -1)[mask]
+    return img
