@@ -42,11 +42,11 @@ Thresholds, from ``scripts/measure_face_identity.py`` (every picture decoded as 
 
 Resolution (`FaceIdentityKeyer.resolve`): the person's match if any, else the picture's, else (for ledgers written
 by `SubjectKeyer`) the old picture code's probes found in ``known``, else a new subject, whose id is
-``HMAC-SHA256(secret, version || picture signs)`` in hex. A picture match is *vetoed* when dlib sees a person in the
-face, the index holds persons for the matched subject, and this person's votes for it stay below
-``PERSON_VETO_VOTES`` (dlib tells the persons apart: two people on one backdrop). The face mode's square, whose faces
-are keyed on their own, stores the persons seen in it as kind ``"picture-person"``, used only for such vetoes. The
-face's band keys of each kind that did not make the match are added to the subject (a new photo of a known person
+``HMAC-SHA256(secret, version || picture signs)`` in hex. A picture match is never vetoed by dlib seeing another
+person: two attacker reviews turned such a veto into fresh budgets for a spent picture (a decoy face beside the
+square; a hybrid image, the spent picture's blur plus another person's fine detail, which the picture key and the
+32 px model read as the spent picture and dlib as the other person). So two people photographed on one backdrop may
+share a budget (a documented residual: the cautious side). The face's band keys of each kind that did not make the match are added to the subject (a new photo of a known person
 teaches the index that photo's picture, a face found by its picture teaches the person when dlib sees it now), so the
 index grows with what it did not recognise and never chains a subject through what it did; the Space adds them
 (`FaceIdentityKeyer.register`) only once the ledger has charged the face's release, so a refused request teaches the
@@ -102,13 +102,6 @@ PICTURE_BANDS, PICTURE_HASHES, PICTURE_PROBED, PICTURE_MIN_VOTES = 32, 32, 4, 25
 # ---- the person
 PERSON_BANDS, PERSON_HASHES, PERSON_PROBED, PERSON_MIN_VOTES = 128, 6, 3, 41
 PERSON_BUCKET_WIDTH = 1.0
-# A picture match is vetoed when dlib sees a person in the face, the matched subject has persons in the index, and
-# this person's votes for it stay below PERSON_VETO_VOTES: two persons on one backdrop (ID photos, a studio, one
-# webcam) have similar pictures but different faces. Simulated (40 pairs a distance): at Euclidean distance d a
-# person's votes are 73-100 at 0.27 (the farthest an edit moves it), 14-34 at 0.55, 10-24 at 0.6, 4-19 at 0.7,
-# 2-15 at 0.8 (median 87.5, 24, 16, 10, 4.5): below 20 votes the persons are mostly 0.55 or more apart (dlib's own
-# different-person distance is 0.6), far beyond what an edit of the picture does to them.
-PERSON_VETO_VOTES = 20
 DESCRIPTOR_DIM = 128
 # dlib's descriptors of cartoon faces lie together: of 200 SynthFaces at 128 px dlib found 46, all within 0.42 of
 # their mean, and one in five was taken for another by person. A descriptor within CARTOON_RADIUS of the mean of
@@ -339,35 +332,22 @@ class FaceIdentityKeyer:
         return keys
 
     def match(self, original: np.ndarray, known: Collection[str] = (), *, photo: np.ndarray | None = None,
-              face=None, person: bool | str = True, register: bool = True) -> Match:
+              face=None, person: bool = True, register: bool = True) -> Match:
         """Resolves ``original`` (see `resolve`) and says how; with ``register``, teaches the index what it did not
-        recognise of this face (or call `register` once the face is charged).
-
-        ``person="veto"``: the person of ``face`` (in ``photo``) only vetoes picture matches of other persons and is
-        stored as one of the persons seen in this picture (kind ``"picture-person"``, never matched on its own): for
-        a picture whose faces are keyed on their own, such as the face mode's square.
-        """
-        if person not in (True, False, "veto"):
-            raise ValueError(f"person must be True, False or 'veto', got {person!r}")
+        recognise of this face (or call `register` once the face is charged)."""
         original = _check_original(original)
         known = known if isinstance(known, (set, frozenset)) else set(known)
         own, picture_keys, picture_probes, person_keys, person_probes = self._keys_of(
-            original, photo=photo, face=face, person=bool(person) and self.persons)
+            original, photo=photo, face=face, person=person and self.persons)
         self.index.refresh()
         votes = {"picture": self._picture.votes(
             picture_probes, lambda keys: self.index.lookup("picture", keys, refresh=False))}
         if person_probes is not None:
-            for kind in ("person", "picture-person"):
-                votes[kind] = self._person.votes(
-                    person_probes, lambda keys, kind=kind: self.index.lookup(kind, keys, refresh=False))
-            if person == "veto":
-                vetoes = votes
-                votes = {"picture": votes["picture"]}
+            votes["person"] = self._person.votes(
+                person_probes, lambda keys: self.index.lookup("person", keys, refresh=False))
         chosen, by = None, "new"
         for kind, needed in (("person", PERSON_MIN_VOTES), ("picture", PICTURE_MIN_VOTES)):
             found = [(v, s in known, s) for s, v in votes.get(kind, {}).items() if v >= needed]
-            if kind == "picture" and person_probes is not None:  # persons told apart veto a picture's match
-                found = [f for f in found if not self._other_person(f[2], vetoes if person == "veto" else votes)]
             if found:
                 chosen, by = max(found)[2], kind  # most votes; a subject in the ledger first on a tie
                 break
@@ -379,21 +359,13 @@ class FaceIdentityKeyer:
         pending = []
         if by != "picture":
             pending.append(("picture", tuple(picture_keys)))
-        if person_keys is not None and person == "veto":
-            pending.append(("picture-person", tuple(person_keys)))
-        elif by != "person" and person_keys is not None:
+        if by != "person" and person_keys is not None:
             pending.append(("person", tuple(person_keys)))
-        result = Match(chosen, by, {k: v.get(chosen, 0) for k, v in votes.items() if k != "picture-person"},
-                       tuple(pending))
+        result = Match(chosen, by, {k: v.get(chosen, 0) for k, v in votes.items()}, tuple(pending))
         if register:
             self.register(result)
         logger.debug("face resolved by %s", by)  # never the subject id (the host's logs must not link sessions)
         return result
-
-    def _other_person(self, subject_id: str, votes: dict) -> bool:
-        """Whether dlib tells this face's person from every person the index holds for ``subject_id``."""
-        seen = max(votes.get("person", {}).get(subject_id, 0), votes.get("picture-person", {}).get(subject_id, 0))
-        return seen < PERSON_VETO_VOTES and bool({"person", "picture-person"} & self.index.kinds_of(subject_id))
 
     def register(self, match: Match) -> None:
         """Teaches the index what `match` did not recognise of its face (its ``pending`` band keys). Call it once the

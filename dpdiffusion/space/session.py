@@ -85,22 +85,6 @@ def refusal_text(budget_epsilon: float, delta: float) -> str:
             "current image, ask for more privacy (a smaller ε), protect more attributes, or load another face.")
 
 
-VETO_MIN_FACE_SHARE = 0.28
-
-
-def may_veto(face_box, square_box) -> bool:
-    """Whether a face found in the face mode's square may veto the square's picture match (`face_identity`): only a
-    face wholly inside the square whose side is at least ``VETO_MIN_FACE_SHARE`` of the square's. A face beside the
-    square, or a small one (a decoy in a corner, or the real face too small for the detector while another is
-    found), says nothing about who the matched picture shows: taken as evidence, it gave a spent picture a fresh
-    budget (`tests/attacks/test_space_face_key_veto.py`). A portrait's face spans 0.30 to 0.44 of the square; a decoy
-    that large inside the square changes the picture itself."""
-    x0, y0, x1, y1 = face_box
-    s0, t0, s1, t1 = square_box
-    inside = x0 >= s0 and y0 >= t0 and x1 <= s1 and y1 <= t1
-    return inside and (x1 - x0) >= VETO_MIN_FACE_SHARE * (s1 - s0)
-
-
 class FaceLedger:
     """The ledger as the pipeline sees it for one release.
 
@@ -412,18 +396,12 @@ class DPSpace:
             return self._refuse(session, str(exc))
         if progress is not None:
             progress(0.0, desc="finding the face's budget")  # faces, descriptor and keyed lookups: about 1 s
-        box = face_square_box(photo)
-        found = find_face_crops(photo, within=box)
-        vetoing = next((face for face, _ in found if may_veto(face.box, box)), None)
+        found = find_face_crops(photo, within=face_square_box(photo))
 
         matches: list = []
 
         def subjects_of(known) -> tuple:  # the picture itself first, then each face found in it (and its person)
-            # the square's own faces only veto a picture match of another person (`may_veto`: a face wholly inside
-            # and large; a face merely beside the square, or a small one, is no evidence the picture shows another)
-            square = (dict(person="veto", photo=photo, face=vetoing) if vetoing is not None
-                      else dict(person=False) if found else {})
-            matches[:] = [self.subjects.match(original, known, register=False, **square),
+            matches[:] = [self.subjects.match(original, known, person=not found, register=False),
                           *(self.subjects.match(crop, known, photo=photo, face=face, register=False)
                             for face, crop in found)]
             return tuple(dict.fromkeys(m.subject_id for m in matches))

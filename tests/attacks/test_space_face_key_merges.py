@@ -1,13 +1,13 @@
-"""Distinct faces stay distinct, and a refused request changes nothing (issue 32; both fail on 93f6e91, the commit
-before the fix).
+"""Distinct faces stay distinct, and a refused request changes nothing (issue 32; both fail on 93f6e91).
 
 - Distinct people on one backdrop (ID photos, a studio, one webcam in one room). The picture code is an 8 x 8 blurred
-  luminance layout searched over 1330 probes; before the fix a picture match was taken even when dlib saw two
-  different people (on 100 LFW faces pasted on one backdrop, 30 resolved to an earlier subject, 17 of them people
-  dlib tells apart). Each such person's first release was refused once the earlier face's budget was spent: a denial
-  of service, which also told the person that someone with a similar picture used the Space. Now a picture match is
-  vetoed when dlib tells the persons apart (`face_identity.PERSON_VETO_VOTES`), also for the face mode's square,
-  which keeps the persons seen in it (kind ``"picture-person"``, for vetoes only).
+  luminance layout searched over 1330 probes, and a picture match is taken even when dlib sees two different people
+  (on 100 LFW faces pasted on one backdrop, 30 resolved to an earlier subject, 17 of them people dlib tells apart).
+  Each such person's first release is refused once the earlier face's budget is spent: a denial of service, which
+  also tells the person that someone with a similar picture used the Space. A veto (a picture match refused when
+  dlib tells the persons apart) fixed it, and two attacker reviews turned that veto into fresh budgets for spent
+  pictures (`test_space_face_key_veto.py`, `test_space_face_key_hybrid.py`); it was removed, and this test is kept
+  as a strict expected failure: the residual, on the cautious side.
 - A refused request resolved its faces and registered the band keys it did not recognise (a re-framed copy of a spent
   face: a new subject, 32 picture keys, never charged): a client grew the index, which every process holds in memory,
   without a release and at no cost. Now the keys join the index only once the ledger has charged the release.
@@ -40,6 +40,9 @@ _portrait = H.backdrop_portrait
 
 
 
+@pytest.mark.xfail(strict=True, reason="residual: the veto that fixed it gave spent pictures fresh budgets "
+                   "(test_space_face_key_veto.py, test_space_face_key_hybrid.py), so two people on one backdrop may "
+                   "share a budget: the cautious side")
 def test_distinct_people_on_one_backdrop_each_get_their_first_release(dummy_pipe, tmp_path):
     from skimage import data
 

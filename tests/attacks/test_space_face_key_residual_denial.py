@@ -1,4 +1,5 @@
-"""A RESIDUAL, kept as a strict expected failure (docs/threat-model.md, "Residuals of the face keys").
+"""A RESIDUAL, kept as a strict expected failure (docs/threat-model.md, "Residuals of the face keys"). Written
+against the veto (since removed: `test_space_face_key_hybrid.py`); without it the denial is the same or wider.
 
 Attacker: anyone who wants to deny the people photographed on one backdrop (ID photos, a studio, one webcam) their
 budget, holding no photo of them (threat model: "Residuals of the face keys", the first finding, marked fixed).
@@ -43,9 +44,9 @@ _portrait = H.backdrop_portrait
 
 
 
-@pytest.mark.xfail(strict=True, reason="residual: a subject whose picture showed no face dlib describes holds no "
-                   "person, so nothing vetoes a match to it (a veto on 'no face seen' would reopen fresh budgets "
-                   "for faces first spent in a form dlib misses)")
+@pytest.mark.xfail(strict=True, reason="residual: a picture match is never vetoed by the persons dlib sees (a veto "
+                   "gave spent pictures fresh budgets), so a faceless picture of a backdrop shares its budget with "
+                   "the people later photographed on it")
 def test_people_on_a_backdrop_are_not_denied_by_a_faceless_picture_of_it(dummy_pipe, tmp_path):
     from skimage import data
 

@@ -1,6 +1,7 @@
 """Attacker: a Space user (or another client) holding a photo whose face's budget is spent, who wants a fresh budget
 for it without editing it at all (threat model: "Residuals of the face keys", the veto). Written by the attacker
-review of the veto; both tests fail on b87febc and pass since `session.may_veto`.
+review of the veto; both tests fail on b87febc and pass since the veto was removed (and fail again if a veto that a
+face beside the square can trigger comes back).
 
 The picture match of the face mode's square is vetoed when dlib sees a person in the upload whom it tells apart from
 every person the matched subject holds (`face_identity.PERSON_VETO_VOTES`). The person that vetoed was the first face
@@ -12,7 +13,8 @@ but the only person dlib finds is the decoy, so the match was vetoed: the square
 another, and the release charged to those two fresh budgets. Measured on b87febc (budget 3 spent, then epsilon 0.5):
 18 of 25 spent faces (the astronaut and 24 LFW faces on a backdrop) got a fresh budget this way, 0 of 25 without
 the decoy; repeated with new decoys and sizes, 5 of 5 rounds released at the whole budget (epsilon 18 spent on a
-budget of 3). Now only a face wholly inside the square and at least `session.VETO_MIN_FACE_SHARE` of its side vetoes.
+budget of 3). A picture match is no longer vetoed by any face (see `test_space_face_key_hybrid.py` for why a
+narrower veto failed too).
 """
 
 from __future__ import annotations
