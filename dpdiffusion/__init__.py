@@ -28,6 +28,8 @@ _LAZY = {
     "load_attribute_dataset": "dpdiffusion.data.attributes",
     "unlearn": "dpdiffusion.unlearning",
     "UnlearningResult": "dpdiffusion.unlearning",
+    "PrivacyLoop": "dpdiffusion.loop",
+    "LoopResult": "dpdiffusion.loop",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -54,4 +56,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from .privacy.accounting import gaussian_epsilon, gaussian_sigma
     from .privacy.ledger import PrivacyLedger
     from .privacy.spec import PrivacySpec
+    from .loop import LoopResult, PrivacyLoop
     from .unlearning import UnlearningResult, unlearn

@@ -1,4 +1,4 @@
-"""The ``dpdiffusion`` command line: ``demo | protect | unlearn | evaluate | train | space``.
+"""The ``dpdiffusion`` command line: ``demo | protect | unlearn | loop | evaluate | train | space``.
 
 Errors in the user's arguments are printed as one clear line (``dpdiffusion: error: ...``) with exit status 2,
 never as a stack trace.
@@ -347,6 +347,12 @@ def _add_unlearn_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_unlearn)
 
 
+def _add_loop_arguments(p: argparse.ArgumentParser) -> None:
+    from .loop.cli import add_loop_arguments
+
+    add_loop_arguments(p)
+
+
 def _add_experiments_arguments(p: argparse.ArgumentParser) -> None:
     from .evaluation.experiments_cli import add_arguments as add_experiment_arguments
 
@@ -463,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("unlearn", populate=_add_unlearn_arguments,
                    help="Unlearn any transformers image classifier (with its image processor) against a protected "
                         "dataset; write/push it as a complete Hub model with its card.")
+    sub.add_parser("loop", populate=_add_loop_arguments,
+                   help="The data owner's privacy loop: previews and the model's figures at epsilon, a verdict after "
+                        "each step, then one release, the unlearned model and loop.json.")
     sub.add_parser("evaluate", populate=_add_evaluate_arguments,
                    help="Evaluate: 'experiments' (privacy-utility sweep vs baselines, the paper's table) or "
                         "'autoencoder' (inversion PSNR, attribute keeping, probes).")
