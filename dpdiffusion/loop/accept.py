@@ -109,8 +109,6 @@ class LoopResult:
         privacy = {k: first.get(k) for k in ("epsilon", "delta", "guarantee", "neighbouring_relation", "attributes",
                                             "noise_source")}
         front = {"tags": ["differential-privacy", "dpdiffusion", "image-classification"], "privacy": privacy}
-        import yaml
-
         body = ["# Protected release", "",
                 f"Images released with (epsilon = {_fmt(self.epsilon)}, delta = {self.delta:g})-DP noise on the "
                 f"protected attributes {privacy['attributes']} of a diffusion autoencoder's semantic latent "
@@ -119,7 +117,8 @@ class LoopResult:
                 *(["", f"The classifier unlearned on this release: [{model_repo}](https://huggingface.co/{model_repo})."]
                   if model_repo else [])]
         steps = [s for s in self.history]
-        return ("---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + "\n".join(body) + "\n"
+        return ("---\n" + _front_matter(front) + "---\n\n"
+                + "\n".join(body) + "\n"
                 + loop_card_section(steps, self.figures, epsilon=self.epsilon, delta=self.delta))
 
     def push_to_hub(self, dataset_repo: str, model_repo: str, *, token: str | None = None, private: bool = True,
@@ -287,3 +286,19 @@ def run_accept(loop, output_dir, *, ledger: Any = None, budget_epsilon: float = 
         raise
     return LoopResult(output_dir=out, epsilon=eps, delta=loop.delta, figures=figures, history=public_history,
                       ledger_path=ledger_path)
+
+
+def _front_matter(front: dict) -> str:
+    """YAML block style for a mapping of scalars, lists and one level of mappings (each scalar written as JSON, which
+    YAML reads as the same value): no PyYAML needed in the exported Space."""
+    lines = []
+    for key, value in front.items():
+        if isinstance(value, dict):
+            lines.append(f"{key}:")
+            lines += [f"  {k}: {json.dumps(v)}" for k, v in value.items()]
+        elif isinstance(value, list):
+            lines.append(f"{key}:")
+            lines += [f"- {json.dumps(v)}" for v in value]
+        else:
+            lines.append(f"{key}: {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
